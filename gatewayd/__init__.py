@@ -1,0 +1,3 @@
+"""gatewayd: a managed file-transfer gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,199 @@
+"""Typed configuration objects.
+
+`etc/gatewayd.yaml` is validated into `Config`; each file of the rules folder into one
+`RuleConfig`. Every model forbids unknown keys and is strict about types, so that a typo
+is reported (with file and line, by the loader) instead of silently ignored.
+
+Protocol-specific options of servers, partners and accounts are validated by the model a
+protocol registers (see `protocols.base`), which subclasses the matching base here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Strict as StrictMode
+
+from gatewayd.model import Direction, TaskSpec
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+Secret = Annotated[str, Field(min_length=1)]
+# YAML gives strings and lists: these convert from them, every other field is strict.
+LaxPath = Annotated[Path, StrictMode(False)]
+Names = Annotated[tuple[str, ...], StrictMode(False)]
+LaxDirection = Annotated[Direction, StrictMode(False)]
+
+
+class DatabaseConfig(Strict):
+    backend: Literal["sqlite"] = "sqlite"
+    path: LaxPath = Path("var/gatewayd.db")
+    # NORMAL survives a process crash under WAL; FULL also survives a power loss.
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    busy_timeout_ms: Annotated[int, Field(ge=0)] = 5000
+
+
+class LoggingConfig(Strict):
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SchedulerConfig(Strict):
+    max_transfers: Annotated[int, Field(ge=1)] = 20
+    max_per_partner: Annotated[int, Field(ge=1)] = 4
+    # Defaults for new client transfers that do not say otherwise.
+    attempts: Annotated[int, Field(ge=0)] = 3
+    first_retry_delay: Annotated[float, Field(ge=0)] = 30.0
+    retry_increment_factor: Annotated[float, Field(ge=1)] = 2.0
+
+
+class DaemonConfig(Strict):
+    """Settings of the daemon itself. Relative paths resolve against `home`."""
+
+    home: LaxPath = Path(".")
+    state_dir: LaxPath = Path("var")
+    data_dir: LaxPath = Path("var/data")
+    rules_dir: LaxPath = Path("rules")
+    timezone: str | None = None
+    shutdown_timeout: Annotated[float, Field(gt=0)] = 10.0
+    # Server uploads under these names complete on rename, not on close.
+    temp_patterns: Names = ("*.part", "*.partial", "*.filepart", "*.tmp")
+    temp_rename_timeout: Annotated[float, Field(gt=0)] = 3600.0
+    progress_interval: Annotated[float, Field(gt=0)] = 1.0
+    exec_timeout: Annotated[float, Field(gt=0)] = 300.0
+
+
+class ListenConfig(Strict):
+    address: str = "127.0.0.1"
+    port: Port = 0
+
+
+class ServerConfig(Strict):
+    """A listener of ours. Protocols subclass it with their own options."""
+
+    protocol: str
+    address: str = "127.0.0.1"
+    port: Port = 0
+    enabled: bool = True
+
+
+class PartnerConfig(Strict):
+    """A remote system we connect to as a client. Protocols subclass it."""
+
+    protocol: str
+    address: str = ""
+    port: Port = 0
+    login: str = ""
+    password: Secret | None = Field(default=None, repr=False)
+    max_transfers: Annotated[int, Field(ge=1)] | None = None
+
+
+class AccountConfig(Strict):
+    """A local account that partners use to log in to our servers."""
+
+    # An argon2id hash ($argon2id$...) or bcrypt ($2b$...), never the password itself.
+    password: Secret | None = Field(default=None, repr=False)
+    public_keys: Names = ()
+    enabled: bool = True
+
+    @field_validator("password")
+    @classmethod
+    def _must_be_a_hash(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("$argon2id$", "$2b$", "$2a$", "$2y$")):
+            raise ValueError(
+                "must be an argon2id or bcrypt hash (make one with `gatewayd hash-password`)"
+            )
+        return value
+
+
+Permission = Annotated[str, Field(pattern=r"^[rwd]*$")]
+
+
+class AdminUserConfig(Strict):
+    password: Secret = Field(repr=False)
+    # Per area (transfers, servers, partners, rules, users, administration): any of r, w, d.
+    permissions: dict[
+        Literal["transfers", "servers", "partners", "rules", "users", "administration"],
+        Permission,
+    ] = Field(default_factory=dict)
+
+    @field_validator("password")
+    @classmethod
+    def _must_be_a_hash(cls, value: str) -> str:
+        return AccountConfig._must_be_a_hash(value) or value
+
+
+class ApiConfig(Strict):
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: Port = 8080
+    users: dict[str, AdminUserConfig] = Field(default_factory=dict)
+
+
+class Config(Strict):
+    """The whole of `gatewayd.yaml`, plus the rules loaded from the rules folder."""
+
+    daemon: DaemonConfig = DaemonConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    logging: LoggingConfig = LoggingConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    api: ApiConfig = ApiConfig()
+    servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    partners: dict[str, PartnerConfig] = Field(default_factory=dict)
+    accounts: dict[str, AccountConfig] = Field(default_factory=dict)
+    # Filled by the loader from the rules folder, not from gatewayd.yaml.
+    rules: dict[str, RuleConfig] = Field(default_factory=dict, exclude=True)
+    # Absolute path of the file this came from; relative paths resolve against home.
+    source: Path | None = Field(default=None, exclude=True)
+
+
+class TaskConfig(Strict):
+    type: str
+    args: dict[str, object] = Field(default_factory=dict)
+
+    def spec(self) -> TaskSpec:
+        return TaskSpec(type=self.type, args=dict(self.args))
+
+
+class AllowConfig(Strict):
+    accounts: Names | Literal["all"] = ()
+    partners: Names | Literal["all"] = ()
+
+
+class RuleConfig(Strict):
+    """One rule: `rules/<name>.yaml`."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    direction: LaxDirection
+    path: Annotated[str, Field(pattern=r"^/[^/\\\x00]+(/[^/\\\x00]+)*$")]
+    comment: str = ""
+    # Local folder of the rule; default: <data_dir>/<name>.
+    folder: LaxPath | None = None
+    # Per-account subfolders unless shared.
+    shared_folder: bool = False
+    on_collision: Literal["rename", "overwrite", "fail"] = "rename"
+    allow: AllowConfig | Literal["all"] = AllowConfig()
+    pre: Annotated[tuple[TaskConfig, ...], StrictMode(False)] = ()
+    post: Annotated[tuple[TaskConfig, ...], StrictMode(False)] = ()
+    error: Annotated[tuple[TaskConfig, ...], StrictMode(False)] = ()
+    # Where this rule came from, for messages; set by the loader.
+    source: Path | None = Field(default=None, exclude=True)
+
+    def allows_account(self, name: str) -> bool:
+        if self.allow == "all":
+            return True
+        return self.allow.accounts == "all" or name in self.allow.accounts
+
+    def allows_partner(self, name: str) -> bool:
+        if self.allow == "all":
+            return True
+        return self.allow.partners == "all" or name in self.allow.partners
+
+
+Config.model_rebuild()

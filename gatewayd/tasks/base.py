@@ -1,0 +1,112 @@
+"""What a task is, what it gets, and the registry of task types by name.
+
+A task is a plain class registered under its type name (`COPY`, `EXEC`, ...). Rules name
+tasks in their `pre`, `post` and `error` chains; the pipeline instantiates the class with
+the task's `args` and awaits `run(ctx)`. `run` raises `TaskError` to fail the transfer or
+`TaskWarning` to record a warning and go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Any, ClassVar, Protocol
+
+from gatewayd.errors import TransferError
+from gatewayd.model import Transfer
+
+
+class TransferCreator(Protocol):
+    """What the TRANSFER task calls: the core's transfer service."""
+
+    async def __call__(self, request: dict[str, Any], *, parent: Transfer) -> Transfer:
+        """Create a client transfer from a request shaped like the API's create body."""
+        ...
+
+
+@dataclass
+class TaskContext:
+    """Everything a task may read or change.
+
+    Tasks that re-target the transfer (MOVE, RENAME, EXECMOVE, ...) change
+    `transfer.local_filepath` (and file names); the pipeline persists the change.
+    """
+
+    transfer: Transfer
+    now: Callable[[], datetime]
+    timezone: tzinfo
+    local_host: str = "gatewayd"
+    remote_host: str = ""
+    # Folders of the rule as resolved for this transfer (for #INPATH#, #OUTPATH#, ...).
+    in_path: str = ""
+    out_path: str = ""
+    work_path: str = ""
+    home_path: str = ""
+    error: TransferError | None = None  # set while the error chain runs
+    exec_timeout: float = 300.0
+    create_transfer: TransferCreator | None = None
+    log: Any = field(default_factory=lambda: logging.getLogger("gatewayd.tasks"))
+    # Test hook: awaited before each task runs, may raise to inject a failure.
+    before_task: Callable[[str, int], Awaitable[None]] | None = None
+
+
+class Task(ABC):
+    """One task type. Subclasses set `type_name` and implement `run`."""
+
+    type_name: ClassVar[str]
+    # Argument names the task accepts, and which of them are required.
+    required_args: ClassVar[tuple[str, ...]] = ()
+    optional_args: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = args
+
+    @classmethod
+    def check_args(cls, args: dict[str, Any]) -> list[str]:
+        """Problems with `args` found without running anything (for check-config)."""
+        problems = [f"missing argument '{name}'" for name in cls.required_args if name not in args]
+        known = set(cls.required_args) | set(cls.optional_args)
+        problems += [f"unknown argument '{name}'" for name in args if name not in known]
+        return problems
+
+    @abstractmethod
+    async def run(self, ctx: TaskContext) -> None:
+        """Do the task's work; raise TaskError or TaskWarning."""
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task type available to rules under `cls.type_name`."""
+    name = cls.type_name.upper()
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"task type {name} registered twice")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def task_class(name: str) -> type[Task] | None:
+    """The class registered for a type name (case-insensitive), None when unknown."""
+    load_builtin_tasks()
+    return _REGISTRY.get(name.upper())
+
+
+def task_types() -> list[str]:
+    load_builtin_tasks()
+    return sorted(_REGISTRY)
+
+
+def load_builtin_tasks() -> None:
+    """Import the task modules of this package so that they register themselves."""
+    import importlib
+    import pkgutil
+
+    import gatewayd.tasks as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in ("base", "markers"):
+            importlib.import_module(f"gatewayd.tasks.{module.name}")

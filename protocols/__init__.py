@@ -1,0 +1,1 @@
+"""Protocols: each module or package registers its server and client sides in `base`."""

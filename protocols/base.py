@@ -1,0 +1,248 @@
+"""The small interfaces between the core and the protocols, and the protocol registry.
+
+A protocol module registers one `ProtocolSpec`: the typed option models of its servers
+and partners, and factories for its server and client sides. The core finds protocols
+only through this registry, by the name written in the configuration.
+
+Server side: the core hands a `ServerContext` to the protocol server; the server maps its
+sessions onto it (authenticate, list, open a transfer) and moves bytes through the
+`TransferHandle` it gets back. Client side: the pipeline drives a `ProtocolClient`,
+giving it a `DataSource` to send from or a `DataSink` to receive into.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from gatewayd.config.schema import PartnerConfig, ServerConfig
+from gatewayd.errors import TransferError
+from gatewayd.model import Direction, ErrorCode
+
+# ---------------------------------------------------------------------------- server side
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A name in an account's virtual tree, as `ls`/`stat`/`HEAD` show it."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime: datetime | None = None
+
+
+class TransferHandle(ABC):
+    """One open transfer, as a protocol server sees it.
+
+    Writes and reads take explicit offsets (SFTP clients pipeline requests). `close()`
+    is the clean end: for an upload it returns once the file is complete, fsynced and in
+    place and the post tasks ran (or raises the TransferError that ended it). `abort()`
+    is the broken end (dropped connection, short body): the transfer ends in ERROR with
+    its durable bytes kept for a resume.
+    """
+
+    transfer_id: int
+    direction: Direction
+    # Where the data starts: the durable progress of a resumed upload, or 0.
+    offset: int
+    # Size of the file for downloads; -1 for uploads of unknown size.
+    size: int
+
+    @abstractmethod
+    async def write(self, offset: int, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def read(self, offset: int, size: int) -> bytes: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def abort(self, error: TransferError) -> None: ...
+
+
+class ServerContext(Protocol):
+    """What the core offers a protocol server. Paths are the account's virtual paths
+    (`/inbox/report.csv`); the core confines them to what the account's rules allow."""
+
+    server_name: str
+
+    async def authenticate(
+        self,
+        login: str,
+        *,
+        password: str | None = None,
+        public_key: str | None = None,
+        remote: str = "",
+    ) -> str | None:
+        """The account name when the credential is good, None otherwise."""
+        ...
+
+    def authorized_keys(self, login: str) -> list[str]:
+        """The OpenSSH-format public keys registered for `login` (empty if unknown)."""
+        ...
+
+    async def stat(self, account: str, path: str) -> Entry | None: ...
+
+    async def list_dir(self, account: str, path: str) -> list[Entry]: ...
+
+    async def open_transfer(
+        self,
+        account: str,
+        path: str,
+        direction: Direction,
+        *,
+        offset: int = 0,
+        truncate: bool = False,
+        remote: str = "",
+        size: int = -1,
+    ) -> TransferHandle:
+        """Start or resume a server transfer. For an upload, `offset` > 0 continues the
+        unfinished upload of the same name (it must equal its durable progress) and
+        `truncate` starts it again from zero. Raises TransferError (TeForbidden,
+        TeFileNotFound, ...) for what the account may not do."""
+        ...
+
+    async def rename(self, account: str, old_path: str, new_path: str) -> None:
+        """Rename within a rule folder; completes an upload made under a temporary name."""
+        ...
+
+
+class ProtocolServer(ABC):
+    """A listener of one protocol. Built by the spec's `server_factory`."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Listen; return once connections are accepted."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop accepting; close sessions (their open transfers are aborted or interrupted)."""
+
+    @property
+    @abstractmethod
+    def bound_port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+
+
+# ---------------------------------------------------------------------------- client side
+
+
+@dataclass(frozen=True)
+class RemoteStat:
+    size: int
+    is_dir: bool = False
+    mtime: datetime | None = None
+
+
+class DataSource(Protocol):
+    """The local side of a send. `size` is known before the send starts."""
+
+    size: int
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Up to `length` bytes at `offset` (b"" at the end)."""
+        ...
+
+    def confirm(self, offset: int) -> None:
+        """Tell the pipeline that the peer durably holds bytes [0, offset)."""
+        ...
+
+
+class DataSink(Protocol):
+    """The local side of a receive."""
+
+    async def write(self, offset: int, data: bytes) -> None: ...
+
+    def set_size(self, size: int) -> None:
+        """The total size the peer announced, for the end-of-data check."""
+        ...
+
+
+class ProtocolClient(ABC):
+    """The client side of a protocol, for one partner. Built by `client_factory`; one
+    instance may serve several transfers to that partner (connections are reused)."""
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open (or check) the connection; raise TransferError(TeConnection, ...)."""
+
+    @abstractmethod
+    async def stat(self, remote_path: str) -> RemoteStat | None:
+        """What the peer holds at `remote_path` (None when nothing)."""
+
+    async def sent_offset(self, remote_path: str, local_offset: int) -> int:
+        """Where a resumed send may start: the smaller of what we recorded and what the
+        peer holds of the unfinished file. Default: the remote file's size."""
+        remote = await self.stat(remote_path)
+        return min(local_offset, remote.size if remote else 0)
+
+    @abstractmethod
+    async def send(self, source: DataSource, remote_path: str, offset: int) -> None:
+        """Send `source` from `offset` to `remote_path`, placing it under its final name
+        only once complete; `source.confirm()` as the peer makes bytes durable."""
+
+    @abstractmethod
+    async def receive(self, sink: DataSink, remote_path: str, offset: int) -> None:
+        """Receive `remote_path` from `offset` into `sink`."""
+
+    async def list(self, remote_dir: str) -> list[RemoteStat]:
+        raise TransferError(ErrorCode.TeUnimplemented, "this protocol cannot list folders")
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """What a protocol module registers."""
+
+    name: str
+    server_config: type[ServerConfig] | None = None
+    partner_config: type[PartnerConfig] | None = None
+    server_factory: Callable[[str, ServerConfig, ServerContext], ProtocolServer] | None = None
+    client_factory: Callable[[str, PartnerConfig], ProtocolClient] | None = None
+
+
+_REGISTRY: dict[str, ProtocolSpec] = {}
+_LOADED = False
+
+
+def register(spec: ProtocolSpec) -> ProtocolSpec:
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
+        raise ValueError(f"protocol {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> ProtocolSpec | None:
+    """The protocol registered under `name`, None when unknown."""
+    load_builtin()
+    return _REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    load_builtin()
+    return sorted(_REGISTRY)
+
+
+def load_builtin() -> None:
+    """Import every module of the `protocols` package so that each registers itself."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import protocols
+
+    for module in pkgutil.iter_modules(protocols.__path__):
+        if module.name != "base":
+            importlib.import_module(f"protocols.{module.name}")
