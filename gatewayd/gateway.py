@@ -1,25 +1,105 @@
 """The running gateway: ties the store, the pipeline, the scheduler and the servers.
 
 The daemon (`gatewayd.daemon`) owns process concerns (lock, signals, logging) and drives
-a `Gateway` through `start()` and `stop()`.
+a `Gateway` through `start()` and `stop()`. Tests build one directly, with a manual
+clock and pipeline hooks.
 """
 
 from __future__ import annotations
 
-from gatewayd.config.schema import Config
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from gatewayd.clock import Clock, SystemClock
+from gatewayd.config import LoadedConfig
+from gatewayd.model import Transfer
+from gatewayd.pipeline.clients import ClientPool
+from gatewayd.pipeline.engine import Engine, Hooks, Runtime
+from gatewayd.pipeline.server import CoreServerContext
+from gatewayd.pipeline.service import TransferService
+from gatewayd.scheduler import Scheduler
 from gatewayd.store.base import Store
+from protocols import base as protocols
+
+log = structlog.get_logger("gatewayd")
 
 
 class Gateway:
     """Everything that runs inside the daemon once the store is open."""
 
-    def __init__(self, config: Config, store: Store) -> None:
-        self.config = config
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        store: Store,
+        *,
+        clock: Clock | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
         self.store = store
+        self.clock = clock or SystemClock()
+        self.clients = ClientPool(loaded)
+        self.rt = Runtime(loaded, store, self.clock, self.clients, hooks or Hooks())
+        self.engine = Engine(self.rt)
+        scheduler = loaded.config.scheduler
+        self.scheduler = Scheduler(
+            store,
+            self.engine.run_client,
+            max_transfers=scheduler.max_transfers,
+            max_per_partner=scheduler.max_per_partner,
+            partner_limits={
+                name: p.max_transfers
+                for name, p in loaded.config.partners.items()
+                if p.max_transfers is not None
+            },
+            clock=self.clock,
+        )
+        self.service = TransferService(self.engine, wake=self.scheduler.wake)
+        self.rt.create_transfer = self._create_from_task
+        self.servers: dict[str, protocols.ProtocolServer] = {}
+
+    async def _create_from_task(self, request: dict[str, Any], *, parent: Transfer) -> Transfer:
+        return await self.service.create(request, parent=parent, trusted=True)
+
+    def server_context(self, name: str, protocol: str) -> CoreServerContext:
+        """What a protocol server named `name` gets from the core."""
+        return CoreServerContext(self.engine, name, protocol)
 
     async def start(self) -> None:
-        """Start the scheduler and every enabled server; return once all listen."""
+        """Start every enabled server and the scheduler; return once all listen."""
+        for name, server_config in self.config.servers.items():
+            if not server_config.enabled:
+                continue
+            spec = protocols.get(server_config.protocol)
+            if spec is None or spec.server_factory is None:
+                raise RuntimeError(f"protocol {server_config.protocol} has no server side")
+            server = spec.server_factory(
+                name, server_config, self.server_context(name, server_config.protocol)
+            )
+            await server.start()
+            self.servers[name] = server
+            log.info(
+                "server listening",
+                server=name,
+                protocol=server_config.protocol,
+                address=server_config.address,
+                port=server.bound_port,
+            )
+        await self.scheduler.start()
 
     async def stop(self, timeout: float) -> None:
         """Stop accepting work, interrupt running transfers with their state saved
         (status INTERRUPTED), and return within about `timeout` seconds."""
+        self.engine.shutting_down = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.scheduler.stop()
+                for server in self.servers.values():
+                    with contextlib.suppress(Exception):
+                        await server.stop()
+        await self.engine.stop_all(max(1.0, timeout / 2))
+        await self.clients.close_all()

@@ -1,0 +1,347 @@
+"""The local end of DATA: a temp file being received, or a file being sent.
+
+Both hash the bytes with SHA-256 as they pass, in the worker thread that does the I/O
+(hashlib releases the GIL), so the event loop never hashes or touches the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gatewayd.errors import TransferError
+from gatewayd.model import ErrorCode
+from gatewayd.pipeline.files import os_error
+
+CHUNK = 1 << 20  # bytes buffered before a write, and read per call when re-reading
+ProgressCallback = Callable[[int], None]
+T = TypeVar("T")
+
+
+def _hash_range(fd: int, hasher: hashlib._Hash, start: int, end: int) -> None:
+    pos = start
+    while pos < end:
+        data = os.pread(fd, min(CHUNK, end - pos), pos)
+        if not data:
+            raise TransferError(ErrorCode.TeIntegrity, f"file shorter than {end} bytes")
+        hasher.update(data)
+        pos += len(data)
+
+
+class _ThreadFile:
+    """Runs the blocking I/O of one file in worker threads, one call at a time.
+
+    A caller cancelled while its thread call runs does not stop that call, so the
+    descriptor is closed only once every call has returned (never under a live pwrite).
+    """
+
+    _fd: int | None
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._calls: set[asyncio.Future[Any]] = set()
+
+    async def _thread(self, fn: Callable[[], T]) -> T:
+        call = asyncio.ensure_future(asyncio.to_thread(fn))
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+        return await asyncio.shield(call)
+
+    async def _close_fd(self) -> None:
+        if self._calls:
+            await asyncio.gather(*self._calls, return_exceptions=True)
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            await asyncio.to_thread(os.close, fd)
+
+
+class ReceiveFile(_ThreadFile):
+    """Incoming bytes for one transfer, written to its temp file.
+
+    `durable` is the length of the prefix known to be fsynced: the only figure the
+    pipeline may record as progress. About every `interval` seconds a checkpoint flushes,
+    fsyncs in a worker thread while writes go on, then reports the new durable length
+    through `on_durable`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        offset: int,
+        hasher: hashlib._Hash,
+        on_durable: ProgressCallback,
+        interval: float,
+    ) -> None:
+        super().__init__()
+        self.path = path
+        self._fd = fd
+        self._hasher = hasher
+        self._hashed = offset
+        self._hash_stale = False
+        self.contiguous = offset  # every byte below this was written
+        self.durable = offset
+        self._extents: dict[int, int] = {}  # written ranges beyond `contiguous`
+        self._buf = bytearray()
+        self._buf_start = offset
+        self._on_durable = on_durable
+        self._interval = interval
+        self._last_checkpoint = time.monotonic()
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._failure: TransferError | None = None
+        self.expected_size = -1
+
+    @classmethod
+    async def open(
+        cls, path: Path, offset: int, on_durable: ProgressCallback, interval: float = 1.0
+    ) -> ReceiveFile:
+        """Open (creating) the temp file, keep its first `offset` bytes (the durable
+        progress of an earlier attempt) and hash them again."""
+
+        def _open() -> tuple[int, hashlib._Hash]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                if os.fstat(fd).st_size < offset:
+                    raise TransferError(
+                        ErrorCode.TeDataTransfer,
+                        f"temp file holds fewer bytes than the recorded progress {offset}",
+                    )
+                os.ftruncate(fd, offset)
+                hasher = hashlib.sha256()
+                _hash_range(fd, hasher, 0, offset)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, hasher
+
+        try:
+            fd, hasher = await asyncio.to_thread(_open)
+        except OSError as exc:
+            raise os_error(exc, f"cannot open temp file {path.name}") from exc
+        return cls(path, fd, offset, hasher, on_durable, interval)
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise TransferError(ErrorCode.TeInternal, "temp file already closed")
+        return self._fd
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Write `data` at `offset`. Sequential writes are buffered up to 1 MiB."""
+        async with self._lock:
+            await self._write(offset, data)
+
+    async def _write(self, offset: int, data: bytes) -> None:
+        if self._failure:
+            raise self._failure
+        if offset == self._buf_start + len(self._buf):
+            self._buf += data
+            if len(self._buf) >= CHUNK:
+                await self._flush()
+        else:
+            await self._flush()
+            await self._pwrite(offset, bytes(data))
+            self._buf_start = offset + len(data)
+        if time.monotonic() - self._last_checkpoint >= self._interval:
+            await self.checkpoint()
+
+    async def _flush(self) -> None:
+        if self._buf:
+            data, start = bytes(self._buf), self._buf_start
+            self._buf.clear()
+            self._buf_start = start + len(data)
+            await self._pwrite(start, data)
+
+    async def _pwrite(self, offset: int, data: bytes) -> None:
+        fd = self.fd
+        hash_now = offset == self._hashed
+        if offset < self._hashed:
+            self._hash_stale = True  # a rewrite of bytes already hashed: redo at the end
+
+        def _write() -> None:
+            view = memoryview(data)
+            pos = offset
+            while view:
+                written = os.pwrite(fd, view, pos)
+                view = view[written:]
+                pos += written
+            if hash_now:
+                self._hasher.update(data)
+
+        try:
+            await self._thread(_write)
+        except OSError as exc:
+            raise os_error(exc, f"cannot write {self.path.name}") from exc
+        if hash_now:
+            self._hashed = offset + len(data)
+        self._add_extent(offset, offset + len(data))
+
+    def _add_extent(self, start: int, end: int) -> None:
+        if start > self.contiguous:
+            self._extents[start] = max(end, self._extents.get(start, end))
+            return
+        self.contiguous = max(self.contiguous, end)
+        merged = True
+        while merged:
+            merged = False
+            for s, e in list(self._extents.items()):
+                if s <= self.contiguous:
+                    del self._extents[s]
+                    self.contiguous = max(self.contiguous, e)
+                    merged = True
+
+    async def checkpoint(self, wait: bool = False) -> None:
+        """Start (or, with `wait`, run to its end) a flush + fsync + progress report."""
+        if self._checkpoint is not None and not self._checkpoint.done():
+            if not wait:
+                return
+            await self._checkpoint
+        await self._flush()
+        self._last_checkpoint = time.monotonic()
+        self._checkpoint = asyncio.ensure_future(self._sync(self.contiguous))
+        if wait:
+            await self._checkpoint
+        if self._failure:
+            raise self._failure
+
+    async def _sync(self, length: int) -> None:
+        fd = self.fd
+        try:
+            await self._thread(lambda: os.fdatasync(fd))
+        except OSError as exc:
+            self._failure = os_error(exc, f"cannot sync {self.path.name}")
+            return
+        if length > self.durable:
+            self.durable = length
+            self._on_durable(length)
+
+    @property
+    def has_gaps(self) -> bool:
+        return bool(self._extents)
+
+    async def finish(self) -> str:
+        """End of data: every byte written and fsynced; returns the SHA-256 (hex)."""
+        async with self._lock:
+            return await self._finish()
+
+    async def _finish(self) -> str:
+        await self.checkpoint(wait=True)
+        fd, end = self.fd, self.contiguous
+        if self._extents:
+            raise TransferError(
+                ErrorCode.TeDataTransfer, f"data has holes after byte {self.contiguous}"
+            )
+
+        def _digest() -> str:
+            if self._hash_stale:
+                self._hasher = hashlib.sha256()
+                self._hashed = 0
+            _hash_range(fd, self._hasher, self._hashed, end)
+            self._hashed = end
+            return self._hasher.hexdigest()
+
+        try:
+            return await self._thread(_digest)
+        except OSError as exc:
+            raise os_error(exc, f"cannot read back {self.path.name}") from exc
+
+    async def close(self) -> None:
+        """Flush and fsync what was written (so it counts as progress), then close.
+        Never raises: used on aborts, where the first error is already known."""
+        async with self._lock:
+            if self._fd is None:
+                return
+            with contextlib.suppress(TransferError, OSError):
+                await self.checkpoint(wait=True)
+            await self._close_fd()
+
+
+class SendFile(_ThreadFile):
+    """A local file being sent: reads at offsets, hashing the sequential ones."""
+
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        size: int,
+        hasher: hashlib._Hash,
+        hashed: int,
+        on_progress: ProgressCallback,
+    ) -> None:
+        super().__init__()
+        self.path = path
+        self._fd = fd
+        self.size = size
+        self._hasher = hasher
+        self._hashed = hashed
+        self._on_progress = on_progress
+        self.confirmed = 0
+
+    @classmethod
+    async def open(cls, path: Path, offset: int, on_progress: ProgressCallback) -> SendFile:
+        """Open `path` for sending from `offset`; the prefix is hashed first, so the
+        digest covers the whole file however many attempts it took."""
+
+        def _open() -> tuple[int, int, hashlib._Hash]:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                hasher = hashlib.sha256()
+                _hash_range(fd, hasher, 0, min(offset, size))
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, size, hasher
+
+        try:
+            fd, size, hasher = await asyncio.to_thread(_open)
+        except OSError as exc:
+            raise os_error(exc, f"cannot open {path.name}") from exc
+        return cls(path, fd, size, hasher, min(offset, size), on_progress)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        fd = self._fd
+        if fd is None:
+            raise TransferError(ErrorCode.TeInternal, "file already closed")
+        hash_now = offset == self._hashed
+
+        def _read() -> bytes:
+            data = os.pread(fd, length, offset)
+            if hash_now and data:
+                self._hasher.update(data)
+            return data
+
+        try:
+            data = await self._thread(_read)
+        except OSError as exc:
+            raise os_error(exc, f"cannot read {self.path.name}") from exc
+        if hash_now:
+            self._hashed += len(data)
+        return data
+
+    def confirm(self, offset: int) -> None:
+        if offset > self.confirmed:
+            self.confirmed = offset
+            self._on_progress(offset)
+
+    async def digest(self) -> str:
+        fd = self._fd
+        if fd is None:
+            raise TransferError(ErrorCode.TeInternal, "file already closed")
+
+        def _digest() -> str:
+            _hash_range(fd, self._hasher, self._hashed, self.size)
+            self._hashed = self.size
+            return self._hasher.hexdigest()
+
+        return await self._thread(_digest)
+
+    async def close(self) -> None:
+        await self._close_fd()

@@ -1,0 +1,116 @@
+"""File-system primitives of the pipeline: name checks, durable writes, atomic placing.
+
+Everything here blocks; callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Literal
+
+from gatewayd.errors import TransferError
+from gatewayd.model import ErrorCode
+
+CollisionPolicy = Literal["rename", "overwrite", "fail"]
+MAX_NAME_BYTES = 255
+
+
+def check_name(name: str) -> str | None:
+    """Why `name` cannot be a file name of a transfer (None when it can)."""
+    if not name or name in (".", ".."):
+        return "empty or dot name"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return f"longer than {MAX_NAME_BYTES} bytes"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains a control character"
+    return None
+
+
+def valid_name(name: str) -> str:
+    """`name`, or TransferError(TeForbidden) explaining why it is refused."""
+    problem = check_name(name)
+    if problem:
+        raise TransferError(ErrorCode.TeForbidden, f"file name {name!r} refused: {problem}")
+    return name
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def os_error(
+    exc: OSError, what: str, default: ErrorCode = ErrorCode.TeDataTransfer
+) -> TransferError:
+    """The transfer error an OSError means: a full disk or quota is TeBadSize."""
+    if is_disk_full(exc):
+        return TransferError(ErrorCode.TeBadSize, f"{what}: {exc.strerror} (disk full or quota)")
+    if exc.errno == errno.ENOENT:
+        return TransferError(ErrorCode.TeFileNotFound, f"{what}: {exc.strerror}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return TransferError(ErrorCode.TeForbidden, f"{what}: {exc.strerror}")
+    return TransferError(default, f"{what}: {exc.strerror or exc}")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a creation in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _candidates(final: Path) -> list[Path]:
+    stem, suffix = final.stem, final.suffix
+    if final.name.startswith(".") and final.suffix == final.name:
+        stem, suffix = final.name, ""
+    return [final.with_name(f"{stem}_{n}{suffix}") for n in range(1, 1000)]
+
+
+def place(tmp: Path, final: Path, policy: CollisionPolicy) -> Path:
+    """Move the complete file `tmp` to `final` atomically; returns where it landed.
+
+    `rename` picks `name_1.ext`, `name_2.ext`... when the name is taken; `overwrite`
+    replaces; `fail` raises TeFinalization. Without overwrite, the file is linked under
+    its new name (which fails rather than replaces) and the temp name then removed, so a
+    concurrent file under the same name is never clobbered. The folder is fsynced.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if policy == "overwrite":
+            os.replace(tmp, final)
+            landed = final
+        else:
+            landed = _link_first_free(tmp, final, policy)
+            os.unlink(tmp)
+    except OSError as exc:
+        raise os_error(exc, f"cannot place {final.name}", ErrorCode.TeFinalization) from exc
+    fsync_dir(final.parent)
+    if tmp.parent != final.parent:
+        fsync_dir(tmp.parent)
+    return landed
+
+
+def _link_first_free(tmp: Path, final: Path, policy: CollisionPolicy) -> Path:
+    for candidate in [final, *(_candidates(final) if policy == "rename" else [])]:
+        try:
+            os.link(tmp, candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    if policy == "fail":
+        raise TransferError(ErrorCode.TeFinalization, f"{final.name} already exists")
+    raise TransferError(ErrorCode.TeFinalization, f"no free name left for {final.name}")
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether `path` (resolved, symlinks followed) stays under `root`."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True

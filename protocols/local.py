@@ -1,0 +1,174 @@
+"""The `local` protocol: a partner that is a folder on this machine (a mounted share).
+
+Client side only. It moves bytes through the same `ProtocolClient` interface as the
+network protocols: sends land under a temporary name and are renamed when complete,
+resumes start from the bytes the folder already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+from pydantic import Strict as StrictMode
+
+from gatewayd.config.schema import PartnerConfig
+from gatewayd.errors import TransferError
+from gatewayd.model import ErrorCode
+from gatewayd.pipeline.files import fsync_dir, inside, os_error
+from protocols.base import DataSink, DataSource, ProtocolClient, ProtocolSpec, RemoteStat, register
+
+CHUNK = 1 << 20
+SYNC_EVERY = 16 << 20  # bytes between fsyncs of a send (each one confirms progress)
+
+
+class LocalPartnerConfig(PartnerConfig):
+    """`protocol: local` partners: `root` is the folder that stands for the partner."""
+
+    root: Annotated[Path, StrictMode(False)]
+    # Sends land under `<name><temp_suffix>` and are renamed when complete.
+    temp_suffix: str = ".part"
+    # Bytes per second, 0 = unlimited (bandwidth limits for shares that need them).
+    max_rate: Annotated[int, Field(ge=0)] = 0
+
+
+class _Pacer:
+    """Keeps a copy loop under `rate` bytes per second."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate, self.start, self.sent = rate, time.monotonic(), 0
+
+    async def pace(self, nbytes: int) -> None:
+        if not self.rate:
+            return
+        self.sent += nbytes
+        ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+class LocalClient(ProtocolClient):
+    def __init__(self, name: str, config: PartnerConfig) -> None:
+        assert isinstance(config, LocalPartnerConfig)
+        self.name, self.config = name, config
+
+    def _path(self, remote_path: str) -> Path:
+        root = self.config.root
+        path = root / remote_path.lstrip("/")
+        if not inside(root, path):
+            raise TransferError(ErrorCode.TeForbidden, f"{remote_path} leaves the partner folder")
+        return path
+
+    def _temp(self, remote_path: str) -> Path:
+        path = self._path(remote_path)
+        return path.with_name(path.name + self.config.temp_suffix)
+
+    async def connect(self) -> None:
+        if not await asyncio.to_thread(os.path.isdir, self.config.root):
+            raise TransferError(
+                ErrorCode.TeConnection, f"partner folder {self.config.root} is not reachable"
+            )
+
+    async def stat(self, remote_path: str) -> RemoteStat | None:
+        return await asyncio.to_thread(_stat, self._path(remote_path))
+
+    async def sent_offset(self, remote_path: str, local_offset: int) -> int:
+        held = await asyncio.to_thread(_stat, self._temp(remote_path))
+        return min(local_offset, held.size if held else 0)
+
+    async def send(self, source: DataSource, remote_path: str, offset: int) -> None:
+        temp, final = self._temp(remote_path), self._path(remote_path)
+        pacer = _Pacer(self.config.max_rate)
+        try:
+            fd = await asyncio.to_thread(_open_at, temp, offset)
+        except OSError as exc:
+            raise os_error(exc, f"cannot write to partner {self.name}") from exc
+        try:
+            position, unsynced = offset, 0
+            while position < source.size:
+                data = await source.read(position, CHUNK)
+                if not data:
+                    raise TransferError(ErrorCode.TeDataTransfer, "local file shrank during send")
+                await asyncio.to_thread(_pwrite_all, fd, data, position)
+                position += len(data)
+                unsynced += len(data)
+                if unsynced >= SYNC_EVERY or (pacer.rate and unsynced >= pacer.rate):
+                    await asyncio.to_thread(os.fdatasync, fd)
+                    source.confirm(position)
+                    unsynced = 0
+                await pacer.pace(len(data))
+            await asyncio.to_thread(os.fsync, fd)
+        except OSError as exc:
+            raise os_error(exc, f"cannot write to partner {self.name}") from exc
+        finally:
+            await asyncio.to_thread(os.close, fd)
+        try:
+            await asyncio.to_thread(_rename, temp, final)
+        except OSError as exc:
+            raise os_error(
+                exc, f"cannot rename on partner {self.name}", ErrorCode.TeFinalization
+            ) from exc
+        source.confirm(source.size)
+
+    async def receive(self, sink: DataSink, remote_path: str, offset: int) -> None:
+        path = self._path(remote_path)
+        pacer = _Pacer(self.config.max_rate)
+        try:
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise os_error(exc, f"cannot read {remote_path} on partner {self.name}") from exc
+        try:
+            size = (await asyncio.to_thread(os.fstat, fd)).st_size
+            sink.set_size(size)
+            position = offset
+            while position < size:
+                data = await asyncio.to_thread(os.pread, fd, min(CHUNK, size - position), position)
+                if not data:
+                    raise TransferError(ErrorCode.TeDataTransfer, f"{remote_path} shrank")
+                await sink.write(position, data)
+                position += len(data)
+                await pacer.pace(len(data))
+        except OSError as exc:
+            raise os_error(exc, f"cannot read {remote_path} on partner {self.name}") from exc
+        finally:
+            await asyncio.to_thread(os.close, fd)
+
+    async def list(self, remote_dir: str) -> list[RemoteStat]:
+        raise TransferError(ErrorCode.TeUnimplemented, "listing comes with the Tapis API")
+
+    async def close(self) -> None:
+        return None
+
+
+def _stat(path: Path) -> RemoteStat | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return RemoteStat(size=st.st_size, is_dir=path.is_dir())
+
+
+def _open_at(path: Path, offset: int) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    os.ftruncate(fd, offset)
+    return fd
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _rename(temp: Path, final: Path) -> None:
+    os.replace(temp, final)
+    fsync_dir(final.parent)
+
+
+register(ProtocolSpec(name="local", partner_config=LocalPartnerConfig, client_factory=LocalClient))

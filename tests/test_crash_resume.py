@@ -1,0 +1,95 @@
+"""kill -9 of a real `gatewayd serve` in the middle of DATA, then a restart: the
+transfer resumes from its recorded offset and ends byte-identical, post tasks once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gatewayd.gateway import Gateway
+from gatewayd.store import make_store
+from tests.daemon_proc import DaemonProcess
+from tests.gateway_env import GatewayEnv, lines, make_file, trace_task
+
+MiB = 1 << 20
+
+
+def read_row(db: Path, transfer_id: int) -> dict[str, Any]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+async def wait_row(
+    db: Path,
+    transfer_id: int,
+    check: Callable[[dict[str, Any]], bool],
+    what: str,
+    daemon: DaemonProcess,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """Poll the database (read-only, as another process would) until `check` holds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not check(row := read_row(db, transfer_id)):
+                await asyncio.sleep(0.05)
+            return row
+    except TimeoutError:
+        raise AssertionError(
+            f"transfer {transfer_id} never {what}: {read_row(db, transfer_id)}\n{daemon.output}"
+        ) from None
+
+
+async def test_kill_9_mid_data_then_restart_resumes(tmp_path: Path) -> None:
+    env = GatewayEnv(tmp_path)
+    env.daemon.update(progress_interval=0.2)
+    env.extra["logging"] = {"format": "json"}
+    env.partners["share"]["max_rate"] = 6 * MiB
+    env.rule("out", "send", post=[trace_task(env.out, "post")])
+    loaded = env.load()
+    rule_folder = loaded.paths.rule_folder(loaded.config.rules["out"])
+    data = make_file(rule_folder / "big.bin", 30 * MiB + 99)
+    db = loaded.paths.database
+
+    # The transfer is created through the real transfer service, nothing running yet.
+    store = make_store(loaded.config.database, db)
+    await store.open()
+    request = {"rule": "out", "partner": "share", "file": "big.bin", "nbOfAttempts": 0}
+    transfer = await Gateway(loaded, store).service.create(request)
+    await store.close()
+    assert transfer.id is not None
+
+    first = await DaemonProcess.start(env.config_file)
+    try:
+        await first.wait_for("gatewayd ready")
+        await wait_row(db, transfer.id, lambda r: r["progress"] > 0, "made progress", first)
+    finally:
+        await first.kill()
+    at_kill = read_row(db, transfer.id)
+    assert at_kill["status"] == "RUNNING" and at_kill["step"] == "DATA"
+    recorded = at_kill["progress"]
+    assert 0 < recorded < len(data)
+    assert (env.share / "big.bin.part").stat().st_size >= recorded
+    assert not (env.share / "big.bin").exists()
+
+    second = await DaemonProcess.start(env.config_file)
+    try:
+        started = json.loads(await second.wait_for('"data starts"'))
+        assert started["transfer_id"] == transfer.id
+        assert started["offset"] == recorded, "resumed from the recorded offset"
+        done = await wait_row(
+            db, transfer.id, lambda r: r["status"] in ("DONE", "ERROR"), "ended", second
+        )
+    finally:
+        assert await second.stop() == 0, second.output
+    assert done["status"] == "DONE", done["error_msg"]
+    assert (env.share / "big.bin").read_bytes() == data
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert lines(env.out / "trace") == ["post big.bin"], "post tasks ran exactly once"
