@@ -10,10 +10,12 @@ protocol registers (see `protocols.base`), which subclasses the matching base he
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic import Strict as StrictMode
 
 from gatewayd.model import Direction, TaskSpec
@@ -60,6 +62,7 @@ class DaemonConfig(Strict):
     state_dir: LaxPath = Path("var")
     data_dir: LaxPath = Path("var/data")
     rules_dir: LaxPath = Path("rules")
+    # An IANA zone name (Europe/Paris); default: the system's zone.
     timezone: str | None = None
     shutdown_timeout: Annotated[float, Field(gt=0)] = 10.0
     # Server uploads under these names complete on rename, not on close.
@@ -67,6 +70,19 @@ class DaemonConfig(Strict):
     temp_rename_timeout: Annotated[float, Field(gt=0)] = 3600.0
     progress_interval: Annotated[float, Field(gt=0)] = 1.0
     exec_timeout: Annotated[float, Field(gt=0)] = 300.0
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as Europe/Paris or UTC)"
+            ) from None
+        return value
 
 
 class ListenConfig(Strict):
@@ -112,7 +128,13 @@ class AccountConfig(Strict):
         return value
 
 
-Permission = Annotated[str, Field(pattern=r"^[rwd]*$")]
+def _permission(value: str) -> str:
+    if not re.fullmatch(r"[rwd]*", value):
+        raise ValueError("must be made of the letters r (read), w (write) and d (delete)")
+    return value
+
+
+Permission = Annotated[str, AfterValidator(_permission)]
 
 
 class AdminUserConfig(Strict):
@@ -166,12 +188,36 @@ class AllowConfig(Strict):
     partners: Names | Literal["all"] = ()
 
 
+def _rule_name(value: str) -> str:
+    # The name is also the rule's file name: keep it portable.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise ValueError(
+            "must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _virtual_path(value: str) -> str:
+    parts = value.split("/")
+    if (
+        not value.startswith("/")
+        or any(part in ("", ".", "..") for part in parts[1:])
+        or re.search(r"[\\\x00-\x1f\x7f]", value)
+    ):
+        raise ValueError(
+            "must be a path such as /inbox or /partners/acme: starting with '/', "
+            "without empty, '.' or '..' parts, backslashes or control characters"
+        )
+    return value
+
+
 class RuleConfig(Strict):
     """One rule: `rules/<name>.yaml`."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    name: Annotated[str, AfterValidator(_rule_name)]
     direction: LaxDirection
-    path: Annotated[str, Field(pattern=r"^/[^/\\\x00]+(/[^/\\\x00]+)*$")]
+    # How partners address the rule (the virtual folder for SFTP/HTTP).
+    path: Annotated[str, AfterValidator(_virtual_path)]
     comment: str = ""
     # Local folder of the rule; default: <data_dir>/<name>.
     folder: LaxPath | None = None

@@ -268,7 +268,6 @@ class CoreServerContext:
         run = self.engine.new_run(t)
         try:
             await self._begin(run)
-            await run.enter(Step.DATA)
             sending = await run.open_send(offset)
             t.progress = min(offset, sending.size)
             await run.save()
@@ -375,7 +374,7 @@ class UploadHandle(TransferHandle):
 
     async def _expire(self) -> None:
         timeout = self.ctx.rt.loaded.config.daemon.temp_rename_timeout
-        if await self.ctx.rt.clock.wait(self._renamed, timeout):
+        if await self.ctx.rt.clock.wait(self._renamed, timeout) or self.run.stop_reason:
             return
         self.awaiting_rename = False
         name = self.run.transfer.dest_filename
@@ -389,6 +388,8 @@ class UploadHandle(TransferHandle):
 
     async def renamed(self, name: str, folder: Path) -> None:
         """The partner renamed the temporary name: complete DATA under `name`."""
+        if self.run.stop_reason is not None:
+            raise self.run.stopped_error()
         t = self.run.transfer
         t.dest_filename = name
         t.local_filepath = str(folder / name)

@@ -7,8 +7,10 @@ backend (PostgreSQL) can implement this interface without touching its callers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from gatewayd.model import Status, Transfer
 
@@ -89,3 +91,15 @@ class Store(ABC):
     @abstractmethod
     async def next_due_time(self) -> datetime | None:
         """When the next PLANNED client transfer becomes due (None: none is planned)."""
+
+    @abstractmethod
+    async def audit(
+        self, who: str, action: str, target: str, details: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record an administrative action (who did what to which object); returns once
+        committed. `details` is JSON-like; values JSON cannot carry are stored as text."""
+
+    @abstractmethod
+    async def list_audit(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Audit entries, newest first, as dicts: `id`, `at` (aware UTC datetime), `who`,
+        `action`, `target`, `details` (dict)."""

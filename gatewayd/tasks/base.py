@@ -107,6 +107,7 @@ def load_builtin_tasks() -> None:
 
     import gatewayd.tasks as package
 
+    # Modules named with a leading underscore are helpers shared by the task modules.
     for module in pkgutil.iter_modules(package.__path__):
-        if module.name not in ("base", "markers"):
+        if module.name not in ("base", "markers") and not module.name.startswith("_"):
             importlib.import_module(f"gatewayd.tasks.{module.name}")

@@ -1,0 +1,100 @@
+"""Where the gateway keeps things: absolute paths resolved from the settings, and the
+check that every folder it needs exists or can be created."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gatewayd.config.schema import DaemonConfig, DatabaseConfig, RuleConfig
+
+FOLDER_MODE = 0o750
+
+
+def absolute(path: Path, base: Path) -> Path:
+    """`path` (with `~` expanded) made absolute against `base`, without following links."""
+    return Path(os.path.abspath(base / Path(path).expanduser()))
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Absolute paths of the daemon's files and folders."""
+
+    config_file: Path
+    home: Path
+    state_dir: Path
+    data_dir: Path
+    rules_dir: Path
+    database: Path
+
+    @classmethod
+    def resolve(cls, config_file: Path, daemon: DaemonConfig, database: DatabaseConfig) -> Paths:
+        """`home` resolves against the config file's folder, everything else against home."""
+        config_file = absolute(config_file, Path.cwd())
+        home = absolute(daemon.home, config_file.parent)
+        return cls(
+            config_file=config_file,
+            home=home,
+            state_dir=absolute(daemon.state_dir, home),
+            data_dir=absolute(daemon.data_dir, home),
+            rules_dir=absolute(daemon.rules_dir, home),
+            database=absolute(database.path, home),
+        )
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the running daemon: one daemon per database and data folder."""
+        return self.state_dir / "gatewayd.lock"
+
+    def rule_folder(self, rule: RuleConfig) -> Path:
+        """The rule's local folder: its `folder` (relative to home) or data_dir/<name>."""
+        if rule.folder is not None:
+            return absolute(rule.folder, self.home)
+        return self.data_dir / rule.name
+
+    def rule_tmp_folder(self, rule: RuleConfig) -> Path:
+        """Where incoming files are written before their final rename. Inside the rule
+        folder, so that the rename stays on one filesystem and is atomic."""
+        return self.rule_folder(rule) / ".tmp"
+
+    def daemon_folders(self) -> list[Path]:
+        """Folders the daemon writes to, besides the rule folders."""
+        return [self.state_dir, self.data_dir, self.rules_dir, self.database.parent]
+
+
+def folder_problem(folder: Path, *, writable: bool = True) -> tuple[Path, str] | None:
+    """Why `folder` cannot be used, without creating anything: None when it is (or can be
+    made) a folder we may write to. Returns the path at fault and a message."""
+    if os.path.lexists(folder):
+        if not folder.is_dir():
+            return folder, f"{folder} is not a folder"
+        if writable and not os.access(folder, os.W_OK | os.X_OK):
+            return folder, f"folder {folder} is not writable"
+        return None
+    ancestor = folder.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        what = "a broken link" if ancestor.is_symlink() and not ancestor.exists() else "a file"
+        return ancestor, f"cannot create folder {folder}: {ancestor} is {what}"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return ancestor, f"cannot create folder {folder}: {ancestor} is not writable"
+    return None
+
+
+def create_folders(folders: Iterable[Path]) -> None:
+    """Create each folder and its missing parents with mode 0o750."""
+    for folder in folders:
+        missing: list[Path] = []
+        current = folder
+        while not current.is_dir():
+            missing.append(current)
+            current = current.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir(mode=FOLDER_MODE)
+            except FileExistsError:
+                if not path.is_dir():
+                    raise

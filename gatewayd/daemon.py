@@ -1,0 +1,269 @@
+"""The daemon process: configuration, safety checks, lock, logging, signals.
+
+Only process concerns live here. Everything that runs once the store is open belongs to
+`gatewayd.gateway.Gateway`, which this module starts and stops.
+
+Order of start-up, each step refusing to go on when it fails (exit status 1):
+load the configuration; refuse demo passwords on a non-loopback address; create the
+folders; take the lock of the state folder; configure logging; open the store; mark the
+transfers the previous run left RUNNING as INTERRUPTED; start the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from gatewayd import __version__
+from gatewayd.config import (
+    ConfigError,
+    LoadedConfig,
+    demo_secrets_in_use,
+    ensure_folders,
+    load_config,
+)
+from gatewayd.config.schema import Config
+from gatewayd.logs import configure_logging
+
+if TYPE_CHECKING:
+    from gatewayd.gateway import Gateway
+
+__all__ = [
+    "DaemonLock",
+    "LockHeld",
+    "demo_secrets_refusal",
+    "is_loopback",
+    "listen_addresses",
+    "run_daemon",
+]
+
+# Added to `daemon.shutdown_timeout` before the daemon gives up waiting for the gateway:
+# the gateway's own deadline is "about" the timeout, this bounds it for certain.
+_STOP_GRACE = 2.0
+
+log = structlog.get_logger("gatewayd.daemon")
+
+
+def run_daemon(config_path: Path) -> int:
+    """Run the gateway in the foreground until SIGTERM or SIGINT; return the exit status."""
+    try:
+        loaded = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"gatewayd: invalid configuration, not starting: {config_path}", file=sys.stderr)
+        return 1
+
+    refusal = demo_secrets_refusal(loaded)
+    if refusal:
+        print(f"gatewayd: {refusal}", file=sys.stderr)
+        return 1
+
+    lock = DaemonLock(loaded.paths.lock_file)
+    try:
+        ensure_folders(loaded)
+        lock.acquire()
+    except LockHeld as exc:
+        print(f"gatewayd: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # load_config checked the folders; this is a race or a disk
+        print(
+            f"gatewayd: cannot prepare {exc.filename or 'the state folder'}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+
+    try:
+        configure_logging(loaded.config.logging)
+        for warning in loaded.warnings:
+            log.warning(str(warning))
+        return asyncio.run(_serve(loaded))
+    except KeyboardInterrupt:
+        # A SIGINT that arrived before the signal handlers were in place.
+        return 130
+    finally:
+        lock.release()
+
+
+async def _serve(loaded: LoadedConfig) -> int:
+    # Deferred: the gateway pulls in the whole core, which a refused start never needs.
+    from gatewayd.gateway import Gateway
+    from gatewayd.store import make_store
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def request_stop(sig: signal.Signals) -> None:
+        if stopping.is_set():
+            log.info("already stopping", signal=sig.name)
+            return
+        log.info("stop requested", signal=sig.name)
+        stopping.set()
+
+    def request_reload() -> None:
+        # HOOK(reload): SIGHUP (systemd `reload`) will re-read the configuration and the
+        # rules, refuse an invalid one (keeping the old), and hand the new one to the
+        # gateway without dropping running transfers. Until then it only logs.
+        log.warning("reload not implemented yet", signal="SIGHUP")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, request_reload)
+
+    config = loaded.config
+    store = make_store(config.database, loaded.paths.database)
+    try:
+        await store.open()
+    except Exception:
+        log.exception("cannot open the database", path=str(loaded.paths.database))
+        return 1
+    try:
+        interrupted = await store.interrupt_running()
+        log.info("transfers left running by the previous run interrupted", count=len(interrupted))
+
+        gateway = Gateway(loaded, store)
+        try:
+            await gateway.start()
+        except Exception:
+            log.exception("gateway failed to start")
+            await _stop_gateway(gateway, config.daemon.shutdown_timeout)
+            return 1
+        log.info("gatewayd ready", version=__version__, pid=os.getpid())
+
+        await stopping.wait()
+        log.info("gatewayd stopping", timeout=config.daemon.shutdown_timeout)
+        clean = await _stop_gateway(gateway, config.daemon.shutdown_timeout)
+    finally:
+        await store.close()
+    log.info("gatewayd stopped", clean=clean)
+    return 0 if clean else 1
+
+
+async def _stop_gateway(gateway: Gateway, seconds: float) -> bool:
+    """Stop the gateway within `seconds` (plus a grace); False if it failed or overran."""
+    try:
+        async with asyncio.timeout(seconds + _STOP_GRACE):
+            await gateway.stop(timeout=seconds)
+    except TimeoutError:
+        log.error("gateway did not stop in time", timeout=seconds)
+        return False
+    except Exception:
+        log.exception("gateway failed to stop cleanly")
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ demo secrets exposed
+
+
+def listen_addresses(config: Config) -> list[tuple[str, str]]:
+    """(what, address) for every socket the configuration would listen on."""
+    found: list[tuple[str, str]] = []
+    if config.api.enabled:
+        found.append(("api", config.api.address))
+    found += [
+        (f"server {name}", server.address)
+        for name, server in config.servers.items()
+        if server.enabled
+    ]
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    """Whether `address` only accepts connections from this machine.
+
+    Empty, wildcard and host names other than `localhost` count as exposed: a name may
+    resolve to anything.
+    """
+    host = address.strip().strip("[]")
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def demo_secrets_refusal(loaded: LoadedConfig) -> str | None:
+    """Why the daemon must not start with this configuration, or None."""
+    demo = demo_secrets_in_use(loaded)
+    exposed = [
+        f"{what} on {address or '(all addresses)'}"
+        for what, address in listen_addresses(loaded.config)
+        if not is_loopback(address)
+    ]
+    if not demo or not exposed:
+        return None
+    return (
+        f"refusing to start: the demo passwords are still in use ({', '.join(demo)}) "
+        f"and gatewayd would listen beyond this machine ({', '.join(exposed)}). "
+        "Replace them with hashes from `gatewayd hash-password`, or listen on 127.0.0.1 only."
+    )
+
+
+# --------------------------------------------------------------------------------- lock
+
+
+class LockHeld(Exception):
+    """Another process holds the lock of this state folder."""
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        super().__init__(f"another gatewayd (pid {pid if pid else '?'}) holds {path}")
+        self.path = path
+        self.pid = pid
+
+
+class DaemonLock:
+    """An exclusive `flock` on the state folder's lock file, holding our pid.
+
+    The kernel drops the lock when the process dies, however it dies, so a stale lock
+    file never blocks a restart. The file itself is left in place on release: unlinking
+    it would let two processes lock two different files of the same name.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock and write our pid, or raise LockHeld."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LockHeld(self.path, self._read_pid()) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Empty the file and drop the lock; harmless when not held."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the last descriptor releases the flock
+
+    def _read_pid(self) -> int | None:
+        try:
+            text = self.path.read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None

@@ -1,0 +1,346 @@
+"""The SQLite store: WAL, versioned migrations, one batching writer, one reader.
+
+Two connections: every write goes through the `BatchWriter` on the write connection;
+reads use a read-only connection, so a read never waits behind a batch being written and
+never sees a batch that is not committed yet.
+
+Transfer ids are allocated here, in memory, from the largest id at `open()`: one daemon
+owns the database (it holds a lock file), so nobody else inserts. That lets an insert
+join a batch like any save, and the caller knows its id before the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiosqlite
+
+from gatewayd.model import Status, Transfer
+from gatewayd.store.base import SORT_FIELDS, Store, TransferFilter
+from gatewayd.store.codec import (
+    AUDIT_COLUMNS,
+    COLUMNS,
+    UPDATE_COLUMNS,
+    decode_audit,
+    decode_row,
+    encode_audit,
+    encode_row,
+    encode_time,
+    encode_update,
+)
+from gatewayd.store.migrate import apply_migrations, current_version, load_migrations
+from gatewayd.store.writer import BatchWriter
+
+_COLS = ", ".join(COLUMNS)
+_SELECT = f"SELECT {_COLS} FROM transfers"
+_INSERT = f"INSERT INTO transfers ({_COLS}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+_UPDATE = f"UPDATE transfers SET {', '.join(f'{c} = ?' for c in UPDATE_COLUMNS)} WHERE id = ?"
+_INSERT_AUDIT = (
+    f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS[1:])}) "
+    f"VALUES ({', '.join('?' for _ in AUDIT_COLUMNS[1:])})"
+)
+# Within a batch, inserts go before the updates that may follow them.
+_STATEMENTS = (_INSERT, _UPDATE, _INSERT_AUDIT)
+
+# A planned client transfer without a start time is due from its creation.
+_DUE_AT = "coalesce(start, created)"
+_PLANNED_CLIENT = f"status = '{Status.PLANNED.value}' AND is_server = 0"
+_UNFINISHED = f"status NOT IN ('{Status.DONE.value}', '{Status.CANCELLED.value}')"
+
+_SYNCHRONOUS = ("NORMAL", "FULL")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqliteStore(Store):
+    """`Store` on one SQLite file.
+
+    Reads (`get_transfer`, `list_transfers`, the scheduler's queries, `list_audit`) see
+    exactly the committed state: every write whose call has returned, and none of the
+    writes still pending in the writer.
+    """
+
+    def __init__(
+        self, path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000
+    ) -> None:
+        if synchronous not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}")
+        if busy_timeout_ms < 0:
+            raise ValueError("busy_timeout_ms must not be negative")
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._write_conn: aiosqlite.Connection | None = None
+        self._read_conn: aiosqlite.Connection | None = None
+        self._writer: BatchWriter | None = None
+        self._last_id = 0
+        self._closed = False
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the folder and the file if missing, migrate, start the writer.
+
+        Raises `SchemaTooNewError` for a database written by a newer gatewayd and
+        `SchemaError` when a migration fails (the database keeps its previous version).
+        """
+        if self._writer is not None or self._closed:
+            raise RuntimeError("a SqliteStore is opened once")
+        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+        migrations = await asyncio.to_thread(load_migrations)
+        try:
+            self._write_conn = await self._connect()
+            await self._write_conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            rows = list(await self._write_conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+            if str(rows[0][0]).lower() != "wal":
+                raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {rows[0][0]})")
+            await apply_migrations(self._write_conn, migrations, where=str(self.path))
+            self._last_id = await self._max_transfer_id(self._write_conn)
+            self._read_conn = await self._connect()
+            await self._read_conn.execute("PRAGMA query_only = ON")
+        except BaseException:
+            await self._close_connections()
+            raise
+        self._writer = BatchWriter(self._write_conn, _STATEMENTS)
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Write everything pending, stop the writer, close the connections. Idempotent."""
+        self._closed = True
+        try:
+            if self._writer is not None:
+                await self._writer.close()
+        finally:
+            await self._close_connections()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path)
+        await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms:d}")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def _close_connections(self) -> None:
+        # The writer's connection closes last: the last connection checkpoints the WAL.
+        for attr in ("_read_conn", "_write_conn"):
+            conn: aiosqlite.Connection | None = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                await conn.close()
+
+    @staticmethod
+    async def _max_transfer_id(conn: aiosqlite.Connection) -> int:
+        # sqlite_sequence also remembers ids of rows deleted since: never reuse them.
+        rows = list(
+            await conn.execute_fetchall(
+                "SELECT max(coalesce((SELECT max(id) FROM transfers), 0), coalesce("
+                "(SELECT seq FROM sqlite_sequence WHERE name = 'transfers'), 0))"
+            )
+        )
+        return int(rows[0][0])
+
+    def _live_writer(self) -> BatchWriter:
+        if self._writer is None or self._closed:
+            raise RuntimeError("the store is not open")
+        return self._writer
+
+    def _reader(self) -> aiosqlite.Connection:
+        if self._read_conn is None or self._closed:
+            raise RuntimeError("the store is not open")
+        return self._read_conn
+
+    @property
+    def commit_count(self) -> int:
+        """Transactions committed since `open()`: shows how well saves are batched."""
+        return 0 if self._writer is None else self._writer.commit_count
+
+    async def schema_version(self) -> int:
+        return await current_version(self._reader())
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def insert_transfer(self, transfer: Transfer) -> Transfer:
+        """Persist a new row; returns `transfer` once committed.
+
+        The id is set on the object at once (before the commit), as are `created`,
+        `updated` and, when empty, `remote_id` and `follow_id` (uuid4 hex). If the batch
+        fails, the id is taken back (set to None) and the error raised.
+        """
+        writer = self._live_writer()
+        if transfer.id is not None:
+            raise ValueError(f"transfer {transfer.id} is already inserted")
+        now = _now()
+        transfer.created = transfer.updated = now
+        if not transfer.remote_id:
+            transfer.remote_id = uuid.uuid4().hex
+        if not transfer.follow_id:
+            transfer.follow_id = uuid.uuid4().hex
+        new_id = self._last_id + 1
+        transfer.id = new_id
+        try:
+            row = encode_row(transfer)
+        except BaseException:
+            transfer.id = None
+            raise
+        self._last_id = new_id
+        try:
+            await asyncio.shield(writer.submit(_INSERT, row, key=new_id))
+        except asyncio.CancelledError:
+            raise  # the insert itself goes on
+        except Exception:
+            if transfer.id == new_id:
+                transfer.id = None
+            raise
+        return transfer
+
+    async def save_transfer(self, transfer: Transfer) -> None:
+        """Persist the current state of `transfer` (a snapshot taken now, so later
+        changes to the object do not leak into this write); sets `updated`.
+
+        Returns once committed. Saves of the same row queued before the writer picks
+        them up coalesce into one write of the newest state; saves issued in the same
+        event-loop turn (e.g. gathered) share one commit.
+        """
+        writer = self._live_writer()
+        if transfer.id is not None and transfer.id > self._last_id:
+            raise ValueError(f"transfer {transfer.id} was not inserted by this store")
+        transfer.updated = _now()
+        row = encode_update(transfer)
+        await asyncio.shield(writer.submit(_UPDATE, row, key=transfer.id))
+
+    async def interrupt_running(self) -> list[Transfer]:
+        """Call at start-up, before any transfer runs: a RUNNING row saved after this
+        stays RUNNING."""
+        writer = self._live_writer()
+        now = encode_time(_now())
+        async with writer.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                f"UPDATE transfers SET status = ?, updated = ? WHERE status = ? RETURNING {_COLS}",
+                (Status.INTERRUPTED.value, now, Status.RUNNING.value),
+            )
+        return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
+
+    async def audit(
+        self, who: str, action: str, target: str, details: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record an admin action; returns once committed (it joins the current batch)."""
+        writer = self._live_writer()
+        row = encode_audit(_now(), who, action, target, dict(details or {}))
+        await asyncio.shield(writer.submit(_INSERT_AUDIT, row))
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Transfer]:
+        rows = await self._reader().execute_fetchall(sql, params)
+        return [decode_row(row) for row in rows]
+
+    async def get_transfer(self, transfer_id: int) -> Transfer | None:
+        found = await self._fetch(f"{_SELECT} WHERE id = ?", (transfer_id,))
+        return found[0] if found else None
+
+    async def list_transfers(self, filt: TransferFilter) -> tuple[list[Transfer], int]:
+        if filt.sort not in SORT_FIELDS:
+            raise ValueError(f"cannot sort on {filt.sort!r}; allowed: {', '.join(SORT_FIELDS)}")
+        where, params = _where(filt)
+        direction = "DESC" if filt.descending else "ASC"
+        order = f"id {direction}"
+        if filt.sort != "id":
+            order = f"{filt.sort} {direction}, {order}"
+        # The count rides along as an uncorrelated sub-query (evaluated once): page and
+        # total come from the same snapshot in one round trip.
+        rows = list(
+            await self._reader().execute_fetchall(
+                f"SELECT {_COLS}, (SELECT count(*) FROM transfers{where}) "
+                f"FROM transfers{where} ORDER BY {order} LIMIT ? OFFSET ?",
+                (*params, *params, filt.limit, filt.offset),
+            )
+        )
+        if rows:
+            return [decode_row(row[:-1]) for row in rows], int(rows[0][-1])
+        # An empty page (e.g. an offset past the end) still reports the total.
+        counted = list(
+            await self._reader().execute_fetchall(f"SELECT count(*) FROM transfers{where}", params)
+        )
+        return [], int(counted[0][0])
+
+    async def find_unfinished_upload(
+        self, account: str, rule: str, filename: str
+    ) -> Transfer | None:
+        found = await self._fetch(
+            f"{_SELECT} WHERE account = ? AND rule = ? AND dest_filename = ? "
+            f"AND is_server = 1 AND is_send = 0 AND {_UNFINISHED} ORDER BY id DESC LIMIT 1",
+            (account, rule, filename),
+        )
+        return found[0] if found else None
+
+    async def due_client_transfers(self, now: datetime, limit: int) -> list[Transfer]:
+        """PLANNED client transfers whose start (or, without one, creation) and next
+        attempt have passed, by start time then id. The bounds are inclusive."""
+        at = encode_time(now)
+        return await self._fetch(
+            f"{_SELECT} WHERE {_PLANNED_CLIENT} AND {_DUE_AT} <= ? "
+            "AND (next_attempt IS NULL OR next_attempt <= ?) "
+            f"ORDER BY {_DUE_AT}, id LIMIT ?",
+            (at, at, limit),
+        )
+
+    async def next_due_time(self) -> datetime | None:
+        """The earliest time at which a PLANNED client transfer is due: the later of its
+        start (or creation) and its next attempt. It may be in the past."""
+        rows = list(
+            await self._reader().execute_fetchall(
+                f"SELECT min(max({_DUE_AT}, coalesce(next_attempt, ''))) "
+                f"FROM transfers WHERE {_PLANNED_CLIENT}"
+            )
+        )
+        value = rows[0][0]
+        return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+    async def list_audit(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Audit entries, newest first: dicts with `id`, `at` (aware UTC datetime),
+        `who`, `action`, `target` and `details` (a dict)."""
+        rows = await self._reader().execute_fetchall(
+            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit ORDER BY id DESC LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [decode_audit(row) for row in rows]
+
+
+def _where(filt: TransferFilter) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (with a leading space, or empty) and its parameters."""
+    terms: list[str] = []
+    params: list[Any] = []
+    if filt.statuses:
+        terms.append(f"status IN ({', '.join('?' for _ in filt.statuses)})")
+        params.extend(Status(s).value for s in filt.statuses)
+    for column in ("rule", "partner", "account", "follow_id", "parent_id"):
+        value = getattr(filt, column)
+        if value is not None:
+            terms.append(f"{column} = ?")
+            params.append(value)
+    if filt.is_server is not None:
+        terms.append("is_server = ?")
+        params.append(int(filt.is_server))
+    if filt.start_after is not None:
+        terms.append("start >= ?")
+        params.append(encode_time(filt.start_after))
+    return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(params)

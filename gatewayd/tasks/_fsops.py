@@ -1,0 +1,166 @@
+"""Blocking file operations of the tasks, meant to run in a worker thread.
+
+Every new file is written under a temporary name in its destination folder, fsynced, then
+published under its final name, and the folder fsynced: a reader never sees half a file,
+and a crash leaves at worst a hidden `.<name>.<random>.tmp` file. Publishing refuses to
+replace an existing file unless asked to, without a window between the check and the
+rename (a hard link fails atomically when the name exists).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from gatewayd.errors import TaskError
+from gatewayd.model import ErrorCode
+
+CHUNK = 1 << 20
+
+
+class ExistsError(TaskError):
+    """The destination exists and the task may not replace it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} already exists (set 'overwrite: true' to replace it)")
+        self.path = path
+
+
+def os_error_text(error: OSError) -> str:
+    """A short message naming the file, without the `[Errno n]` noise."""
+    text = error.strerror or str(error)
+    if error.filename is not None:
+        text = f"{text}: {error.filename}"
+    if error.filename2 is not None:
+        text = f"{text} -> {error.filename2}"
+    return text
+
+
+def fsync_dir(path: str) -> None:
+    """Make the names in folder `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def require_file(path: str) -> os.stat_result:
+    """The stat of the regular file `path`; TaskError (TeFileNotFound) otherwise."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise TaskError(f"file not found: {path}", ErrorCode.TeFileNotFound) from None
+    if not os.path.isfile(path):
+        raise TaskError(f"not a regular file: {path}", ErrorCode.TeFileNotFound)
+    return info
+
+
+def make_dirs(path: str) -> None:
+    """Create folder `path` and its missing parents; refuse a file in the way."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise TaskError(f"not a folder: {path}") from None
+
+
+def temp_name(dest: str) -> str:
+    """A fresh hidden name next to `dest`, short enough for any file system."""
+    folder, name = os.path.split(dest)
+    return os.path.join(folder, f".{name[:200]}.{secrets.token_hex(6)}.tmp")
+
+
+def publish(temp: str, dest: str, *, overwrite: bool) -> None:
+    """Give the complete file `temp` its final name `dest` (same folder, durable)."""
+    if overwrite:
+        os.replace(temp, dest)
+    else:
+        try:
+            os.link(temp, dest, follow_symlinks=False)
+        except FileExistsError:
+            raise ExistsError(dest) from None
+        except OSError as error:
+            # File systems without hard links: check then rename, the best they allow.
+            if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            if os.path.lexists(dest):
+                raise ExistsError(dest) from None
+            os.rename(temp, dest)
+        else:
+            os.unlink(temp)
+    fsync_dir(os.path.dirname(dest) or ".")
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: str) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+
+
+def write_atomic(
+    dest: str,
+    write: Callable[[BinaryIO], None],
+    *,
+    overwrite: bool,
+    mode_from: str | None = None,
+) -> None:
+    """Create `dest` with what `write` writes into an open file, atomically.
+
+    Missing parent folders are created. `mode_from` copies the permission bits of
+    another file (by default the new file gets the usual umask-based mode).
+    """
+    make_dirs(os.path.dirname(dest) or ".")
+    if not overwrite and os.path.lexists(dest):
+        # Fail before doing the work; publish() checks again, atomically.
+        raise ExistsError(dest)
+    temp = temp_name(dest)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    with _removed_on_error(temp):
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        if mode_from is not None:
+            shutil.copymode(mode_from, temp)
+        publish(temp, dest, overwrite=overwrite)
+
+
+def copy_atomic(src: str, dest: str, *, overwrite: bool) -> None:
+    """Copy the content and permission bits of file `src` to `dest`, atomically."""
+
+    def write(out: BinaryIO) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, out, CHUNK)
+
+    write_atomic(dest, write, overwrite=overwrite, mode_from=src)
+
+
+def move(src: str, dest: str, *, overwrite: bool) -> None:
+    """Move file `src` to `dest` (any file system), creating missing folders."""
+    make_dirs(os.path.dirname(dest) or ".")
+    try:
+        if overwrite:
+            os.replace(src, dest)
+        else:
+            try:
+                os.link(src, dest, follow_symlinks=False)
+            except FileExistsError:
+                raise ExistsError(dest) from None
+            os.unlink(src)
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        # Another file system (or no hard links): copy, then remove the original.
+        copy_atomic(src, dest, overwrite=overwrite)
+        os.unlink(src)
+    fsync_dir(os.path.dirname(dest) or ".")
+    fsync_dir(os.path.dirname(src) or ".")

@@ -1,0 +1,183 @@
+"""The `gatewayd` command line: check-config, hash-password, usage."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gatewayd import __version__, cli
+from gatewayd.passwords import verify_password
+from tests.conftest import CHECKOUT, DemoConfig
+
+TIMEOUT = 60  # seconds for one CLI subprocess; they take well under one
+
+
+def gatewayd(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatewayd", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+# ------------------------------------------------------------------------ check-config
+
+
+def test_check_config_accepts_the_shipped_demo(
+    demo_config: DemoConfig, subprocess_env: dict[str, str]
+) -> None:
+    result = gatewayd("check-config", "-c", str(demo_config.path), env=subprocess_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"{demo_config.path}: OK (0 servers, 0 partners, 1 account, 1 API user, 2 rules)"
+    )
+    # The demo passwords are public: each is pointed at, with file and line.
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) >= 2, result.stderr
+    assert any(_at_line(w, demo_config.path, "admin") for w in warnings), warnings
+    assert any(_at_line(w, demo_config.path, "demo") for w in warnings), warnings
+    # Only a check: nothing was created.
+    assert not (demo_config.root / "var").exists()
+
+
+def _at_line(warning: str, path: Path, name: str) -> bool:
+    """Whether `warning` points at a line of `path` and names `name`."""
+    return re.match(rf"warning: {re.escape(str(path))}:\d+: ", warning) is not None and (
+        name in warning
+    )
+
+
+def test_check_config_reports_every_problem_with_file_and_line(
+    demo_config: DemoConfig, subprocess_env: dict[str, str]
+) -> None:
+    config_lines = demo_config.path.read_text(encoding="utf-8").splitlines()
+    # A typo in a key, on a line we know.
+    typo_line = config_lines.index(
+        "  level: info                    # debug, info, warning or error"
+    )
+    config_lines[typo_line] = "  levle: info"
+    demo_config.path.write_text("\n".join(config_lines) + "\n", encoding="utf-8")
+    rule = demo_config.rules_dir / "outbox.yaml"
+    rule.write_text("name: outbox\ndirection: sideways\npath: /outbox\n", encoding="utf-8")
+
+    result = gatewayd("check-config", "-c", str(demo_config.path), env=subprocess_env)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    problems = [line for line in result.stderr.splitlines() if not line.endswith(")")]
+    assert any(line.startswith(f"{demo_config.path}:{typo_line + 1}: ") for line in problems), (
+        result.stderr
+    )
+    assert any(line.startswith(f"{rule}:2: ") for line in problems), result.stderr
+    assert all(re.match(r"^/\S+:\d+: \S", line) for line in problems), result.stderr
+    assert "invalid configuration (" in result.stderr
+
+
+def test_check_config_on_a_missing_file_fails(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    result = gatewayd("check-config", "-c", str(missing), env=subprocess_env)
+    assert result.returncode == 1
+    assert str(missing) in result.stderr
+
+
+def test_config_file_from_the_environment(
+    demo_config: DemoConfig, subprocess_env: dict[str, str]
+) -> None:
+    env = {**subprocess_env, "GATEWAYD_CONFIG": str(demo_config.path)}
+    result = gatewayd("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{demo_config.path}: OK")
+
+
+def test_default_config_is_the_checkouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    if cli.SYSTEM_CONFIG.exists():
+        pytest.skip(f"{cli.SYSTEM_CONFIG} exists on this machine and comes first")
+    monkeypatch.delenv("GATEWAYD_CONFIG", raising=False)
+    assert cli.default_config_path() == CHECKOUT / "etc" / "gatewayd.yaml"
+
+
+def test_no_config_anywhere_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GATEWAYD_CONFIG", raising=False)
+    monkeypatch.setattr(cli, "SYSTEM_CONFIG", tmp_path / "absent-system.yaml")
+    monkeypatch.setattr(cli, "CHECKOUT_CONFIG", tmp_path / "absent-checkout.yaml")
+    assert cli.main(["check-config"]) == 2
+    assert "no configuration file" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- hash-password
+
+
+def test_hash_password_from_stdin(subprocess_env: dict[str, str]) -> None:
+    password = "correct horse battery staple "  # a trailing space is part of it
+    result = gatewayd("hash-password", "--stdin", env=subprocess_env, stdin=password + "\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("$argon2id$")
+    assert verify_password(lines[0], password)
+    assert not verify_password(lines[0], password.strip())
+    assert "horse" not in result.stdout + result.stderr
+
+
+def test_hash_password_refuses_an_empty_password(subprocess_env: dict[str, str]) -> None:
+    result = gatewayd("hash-password", "--stdin", env=subprocess_env, stdin="\n")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "empty password" in result.stderr
+
+
+def test_hash_password_prompts_twice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts: list[str] = []
+    answers = iter(["s3cret!", "s3cret!"])
+
+    def fake_getpass(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr(cli.getpass, "getpass", fake_getpass)
+    assert cli.main(["hash-password"]) == 0
+    out = capsys.readouterr()
+    assert len(prompts) == 2
+    assert verify_password(out.out.strip(), "s3cret!")
+    assert "s3cret!" not in out.out + out.err
+
+
+def test_hash_password_refuses_two_different_answers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answers = iter(["first-try", "second-try"])
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt="": next(answers))
+    assert cli.main(["hash-password"]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "differ" in out.err
+    assert "try" not in out.err
+
+
+# ------------------------------------------------------------------------------- usage
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+    assert cli.main(["frobnicate"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert cli.main(["check-config", "--nope"]) == 2
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"gatewayd {__version__}"
