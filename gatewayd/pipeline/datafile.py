@@ -95,7 +95,9 @@ class ReceiveFile(_ThreadFile):
         self._last_checkpoint = time.monotonic()
         self._checkpoint: asyncio.Task[None] | None = None
         self._failure: TransferError | None = None
-        self.expected_size = -1
+        # Written since the last fsync; True at first so that even an empty or resumed
+        # file is synced once before it counts as complete.
+        self._dirty = True
 
     @classmethod
     async def open(
@@ -181,6 +183,7 @@ class ReceiveFile(_ThreadFile):
             raise os_error(exc, f"cannot write {self.path.name}") from exc
         if hash_now:
             self._hashed = offset + len(data)
+        self._dirty = True
         self._add_extent(offset, offset + len(data))
 
     def _add_extent(self, start: int, end: int) -> None:
@@ -205,6 +208,9 @@ class ReceiveFile(_ThreadFile):
             await self._checkpoint
         await self._flush()
         self._last_checkpoint = time.monotonic()
+        if not self._dirty:  # nothing written since the last fsync
+            return
+        self._dirty = False
         self._checkpoint = asyncio.ensure_future(self._sync(self.contiguous))
         if wait:
             await self._checkpoint

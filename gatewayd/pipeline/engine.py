@@ -128,8 +128,14 @@ class Run:
         except Exception:  # the next step change will try again and report it
             self.log.exception("progress save failed")
 
-    async def enter(self, step: Step) -> None:
-        """Move to `step` (task 0 unless resuming inside it) and commit before its work."""
+    async def enter(self, step: Step, *, commit: bool = True) -> None:
+        """Move to `step` (task 0 unless resuming inside it); with `commit`, the row
+        records it before the step's work starts.
+
+        A step with nothing to redo after a crash (SETUP, an empty chain) need not be
+        committed: a restart from the previous checkpoint does the same. Skipping those
+        commits keeps a small transfer at a few commits instead of one per step.
+        """
         t = self.transfer
         if t.step != step:
             t.step = step
@@ -137,7 +143,14 @@ class Run:
         self.log = self.log.bind(step=str(step))
         if self.rt.hooks.before_step:
             await self.rt.hooks.before_step(t, step)
-        await self.save()
+        if commit:
+            await self.save()
+
+    async def run_step_chain(self, step: Step) -> None:
+        """Enter a task step (committed only if it has tasks) and run its chain."""
+        chain: list[TaskSpec] = getattr(self.transfer, CHAINS[step])
+        await self.enter(step, commit=bool(chain))
+        await self.run_chain(step)
 
     # ------------------------------------------------------------------ tasks
 
@@ -258,7 +271,7 @@ class Run:
 
     async def finalize(self) -> None:
         t = self.transfer
-        await self.enter(Step.FINALIZATION)
+        await self.enter(Step.FINALIZATION, commit=False)  # DONE is its one commit
         t.status = Status.DONE
         t.step = Step.NONE
         t.task_number = 0
@@ -303,6 +316,8 @@ class Run:
         t.local_filepath = str(landed)
         t.progress = t.filesize = size
         t.sha256 = sha
+        # Committed whatever follows: the row must say where the file landed before
+        # anything else happens to it.
         await self.enter(Step.POST_TASKS)
 
     async def complete_send(self) -> None:
@@ -313,7 +328,7 @@ class Run:
         t.sha256 = await sending.digest()
         t.progress = t.filesize = sending.size
         await self.close_files()
-        await self.enter(Step.POST_TASKS)
+        await self.enter(Step.POST_TASKS, commit=bool(t.post_tasks))
 
     def policy(self) -> Any:
         rule = self.rt.loaded.config.rules.get(self.transfer.rule)
@@ -404,11 +419,10 @@ class Engine:
         t.start = t.start or self.rt.clock.now()
         try:
             if start <= ORDER.index(Step.SETUP):
-                await run.enter(Step.SETUP)
+                await run.enter(Step.SETUP, commit=False)  # the claim recorded RUNNING
             client = await self.rt.clients.connect(t)
             if start <= ORDER.index(Step.PRE_TASKS):
-                await run.enter(Step.PRE_TASKS)
-                await run.run_chain(Step.PRE_TASKS)
+                await run.run_step_chain(Step.PRE_TASKS)
             if start <= ORDER.index(Step.DATA):
                 await run.enter(Step.DATA)
                 if t.is_send:
@@ -426,7 +440,7 @@ class Engine:
                     await client.receive(_Sink(run, receiving), t.remote_filepath, t.progress)
                     await run.complete_receive()
             if start <= ORDER.index(Step.POST_TASKS):
-                await run.enter(Step.POST_TASKS)
+                await run.enter(Step.POST_TASKS, commit=False)  # done by complete_*
                 await run.run_chain(Step.POST_TASKS)
             await run.finalize()
         except TransferError as exc:

@@ -5,10 +5,12 @@ Everything here blocks; callers run it in a worker thread.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from gatewayd.errors import TransferError
 from gatewayd.model import ErrorCode
@@ -64,20 +66,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _candidates(final: Path) -> list[Path]:
+def _candidates(final: Path) -> Iterator[Path]:
+    """The name itself, then `name_1.ext`, `name_2.ext`, ... (made as needed)."""
+    yield final
     stem, suffix = final.stem, final.suffix
     if final.name.startswith(".") and final.suffix == final.name:
         stem, suffix = final.name, ""
-    return [final.with_name(f"{stem}_{n}{suffix}") for n in range(1, 1000)]
+    for n in range(1, 1000):
+        yield final.with_name(f"{stem}_{n}{suffix}")
 
 
 def place(tmp: Path, final: Path, policy: CollisionPolicy) -> Path:
     """Move the complete file `tmp` to `final` atomically; returns where it landed.
 
     `rename` picks `name_1.ext`, `name_2.ext`... when the name is taken; `overwrite`
-    replaces; `fail` raises TeFinalization. Without overwrite, the file is linked under
-    its new name (which fails rather than replaces) and the temp name then removed, so a
-    concurrent file under the same name is never clobbered. The folder is fsynced.
+    replaces; `fail` raises TeFinalization. Without overwrite, the move never replaces a
+    file that appeared under the name meanwhile. The destination folder is fsynced: one
+    journal commit makes the new name durable (the temp name's removal rides along).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -85,26 +90,51 @@ def place(tmp: Path, final: Path, policy: CollisionPolicy) -> Path:
             os.replace(tmp, final)
             landed = final
         else:
-            landed = _link_first_free(tmp, final, policy)
-            os.unlink(tmp)
+            landed = _move_to_first_free(tmp, final, policy)
+        fsync_dir(final.parent)
     except OSError as exc:
         raise os_error(exc, f"cannot place {final.name}", ErrorCode.TeFinalization) from exc
-    fsync_dir(final.parent)
-    if tmp.parent != final.parent:
-        fsync_dir(tmp.parent)
     return landed
 
 
-def _link_first_free(tmp: Path, final: Path, policy: CollisionPolicy) -> Path:
-    for candidate in [final, *(_candidates(final) if policy == "rename" else [])]:
+def _move_to_first_free(tmp: Path, final: Path, policy: CollisionPolicy) -> Path:
+    for candidate in _candidates(final) if policy == "rename" else [final]:
         try:
-            os.link(tmp, candidate)
+            rename_noreplace(tmp, candidate)
             return candidate
         except FileExistsError:
             continue
     if policy == "fail":
         raise TransferError(ErrorCode.TeFinalization, f"{final.name} already exists")
     raise TransferError(ErrorCode.TeFinalization, f"no free name left for {final.name}")
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc: Any = None
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename that fails with FileExistsError instead of replacing `dst`.
+
+    Linux's renameat2(RENAME_NOREPLACE) does it in one atomic step; where it is missing
+    (old kernel or libc, some filesystems) a hard link then an unlink gives the same
+    guarantee at the cost of a second metadata operation.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True).renameat2
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        if _libc(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(dst))
+    os.link(src, dst)
+    os.unlink(src)
 
 
 def inside(root: Path, path: Path) -> bool:

@@ -238,7 +238,10 @@ class CoreServerContext:
                 self.rt.loaded.paths.rule_tmp_folder(target.rule) / f"{t.remote_id}.part"
             )
             t.status = Status.RUNNING
+            if not t.pre_tasks:
+                t.step = Step.DATA  # nothing runs before the data: one commit creates it
             await self.rt.store.insert_transfer(t)
+        new = existing is None
         t.status = Status.RUNNING
         t.error_code, t.error_msg, t.error_step = ErrorCode.TeOk, "", Step.NONE
         t.stop = None
@@ -246,7 +249,7 @@ class CoreServerContext:
             t.filesize = size
         run = self.engine.new_run(t)
         try:
-            await self._begin(run)
+            await self._begin(run, new=new and t.step == Step.DATA)
             await run.open_receive()
         except TransferError as exc:
             await run.fail(exc)
@@ -264,28 +267,29 @@ class CoreServerContext:
             raise TransferError(ErrorCode.TeFileNotFound, f"no file {target.name}")
         t.status = Status.RUNNING
         t.progress = offset
+        if not t.pre_tasks:
+            t.step = Step.DATA
         await self.rt.store.insert_transfer(t)
         run = self.engine.new_run(t)
         try:
-            await self._begin(run)
+            await self._begin(run, new=t.step == Step.DATA)
             sending = await run.open_send(offset)
             t.progress = min(offset, sending.size)
-            await run.save()
         except TransferError as exc:
             await run.fail(exc)
             self.engine.release(run)
             raise
         return DownloadHandle(self, run, t.progress)
 
-    async def _begin(self, run: Run) -> None:
-        """SETUP and PRE TASKS of a server transfer (skipped where a resume is past them)."""
+    async def _begin(self, run: Run, *, new: bool = False) -> None:
+        """SETUP and PRE TASKS of a server transfer (skipped where a resume is past them).
+        A `new` row without pre tasks was inserted at DATA: nothing more to commit."""
         t = run.transfer
         if t.step in (Step.NONE, Step.SETUP):
-            await run.enter(Step.SETUP)
+            await run.enter(Step.SETUP, commit=False)
         if t.step in (Step.SETUP, Step.PRE_TASKS):
-            await run.enter(Step.PRE_TASKS)
-            await run.run_chain(Step.PRE_TASKS)
-        await run.enter(Step.DATA)
+            await run.run_step_chain(Step.PRE_TASKS)
+        await run.enter(Step.DATA, commit=not new)
 
     async def rename(self, account: str, old_path: str, new_path: str) -> None:
         old = self.resolve(account, old_path)
