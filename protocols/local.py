@@ -18,8 +18,9 @@ from pydantic import Strict as StrictMode
 
 from gatewayd.config.schema import PartnerConfig
 from gatewayd.errors import TransferError
+from gatewayd.fsutil import fsync_dir
 from gatewayd.model import ErrorCode
-from gatewayd.pipeline.files import fsync_dir, inside, os_error
+from gatewayd.pipeline.files import inside, os_error
 from protocols.base import DataSink, DataSource, ProtocolClient, ProtocolSpec, RemoteStat, register
 
 CHUNK = 1 << 20

@@ -5,14 +5,14 @@ Everything here blocks; callers run it in a worker thread.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from gatewayd.errors import TransferError
+from gatewayd.fsutil import fsync_dir, rename_noreplace
 from gatewayd.model import ErrorCode
 
 CollisionPolicy = Literal["rename", "overwrite", "fail"]
@@ -57,15 +57,6 @@ def os_error(
     return TransferError(default, f"{what}: {exc.strerror or exc}")
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a creation in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _candidates(final: Path) -> Iterator[Path]:
     """The name itself, then `name_1.ext`, `name_2.ext`, ... (made as needed)."""
     yield final
@@ -107,34 +98,6 @@ def _move_to_first_free(tmp: Path, final: Path, policy: CollisionPolicy) -> Path
     if policy == "fail":
         raise TransferError(ErrorCode.TeFinalization, f"{final.name} already exists")
     raise TransferError(ErrorCode.TeFinalization, f"no free name left for {final.name}")
-
-
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-_libc: Any = None
-
-
-def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename that fails with FileExistsError instead of replacing `dst`.
-
-    Linux's renameat2(RENAME_NOREPLACE) does it in one atomic step; where it is missing
-    (old kernel or libc, some filesystems) a hard link then an unlink gives the same
-    guarantee at the cost of a second metadata operation.
-    """
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(None, use_errno=True).renameat2
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        if _libc(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), str(dst))
-    os.link(src, dst)
-    os.unlink(src)
 
 
 def inside(root: Path, path: Path) -> bool:

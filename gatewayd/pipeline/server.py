@@ -24,8 +24,10 @@ from pathlib import Path
 
 from gatewayd.config.schema import RuleConfig
 from gatewayd.errors import TransferError
+from gatewayd.fsutil import rename_noreplace
 from gatewayd.model import Direction, ErrorCode, Status, Step, Transfer
 from gatewayd.passwords import averify_password
+from gatewayd.pipeline import preregister
 from gatewayd.pipeline.engine import Engine, Run, StopReason
 from gatewayd.pipeline.files import inside, os_error, valid_name
 from gatewayd.store.base import TransferFilter
@@ -152,7 +154,8 @@ class CoreServerContext:
         return sorted(entries.values(), key=lambda e: e.name)
 
     async def _unfinished(self, account: str, rule: RuleConfig, name: str) -> Transfer | None:
-        return await self.rt.store.find_unfinished_upload(account, rule.name, name)
+        t = await self.rt.store.find_unfinished_upload(account, rule.name, name)
+        return None if t is not None and preregister.is_expired(t) else t
 
     async def _unfinished_in(self, account: str, rule: RuleConfig) -> list[Transfer]:
         statuses = (Status.RUNNING, Status.INTERRUPTED, Status.ERROR, Status.PAUSED)
@@ -217,6 +220,10 @@ class CoreServerContext:
     ) -> TransferHandle:
         name = target.name or ""
         existing = await self._unfinished(account, target.rule, name)
+        if existing is not None and existing.status == Status.AVAILABLE:
+            existing = await preregister.claim_upload(
+                self.rt, existing, self.server_name, self.protocol
+            )
         if existing is not None and existing.id in self.engine.active:
             raise TransferError(ErrorCode.TeForbidden, f"{name} is already being uploaded")
         if existing is not None and existing.step not in _RESUMABLE_STEPS:
@@ -260,7 +267,9 @@ class CoreServerContext:
     async def _open_download(
         self, account: str, target: Target, offset: int, remote: str
     ) -> TransferHandle:
-        t = self._new_row(account, target, is_send=True, remote=remote)
+        t = await preregister.find_download(
+            self.rt, account, target.rule.name, target.name or "", self.server_name, self.protocol
+        ) or self._new_row(account, target, is_send=True, remote=remote)
         if not inside(self.rt.loaded.paths.rule_folder(target.rule), Path(t.local_filepath)):
             raise TransferError(ErrorCode.TeForbidden, f"{target.name} leaves the rule folder")
         if not await asyncio.to_thread(os.path.isfile, t.local_filepath):
@@ -269,7 +278,10 @@ class CoreServerContext:
         t.progress = offset
         if not t.pre_tasks:
             t.step = Step.DATA
-        await self.rt.store.insert_transfer(t)
+        if t.id is None:
+            await self.rt.store.insert_transfer(t)
+        else:
+            await self.rt.store.save_transfer(t)
         run = self.engine.new_run(t)
         try:
             await self._begin(run, new=t.step == Step.DATA)
@@ -313,7 +325,27 @@ class CoreServerContext:
         await asyncio.to_thread(_rename_no_clobber, old.folder / old.name, new.folder / new.name)
 
 
-class UploadHandle(TransferHandle):
+class _ServerHandle(TransferHandle):
+    ctx: CoreServerContext
+    run: Run
+    closed: bool
+
+    async def abort(self, error: TransferError) -> None:
+        """The broken end: ERROR with the durable bytes kept, or INTERRUPTED when it is
+        our own shutdown that broke the session."""
+        if self.closed or self.run.stop_reason is not None:
+            return
+        self.closed = True
+        try:
+            if self.ctx.engine.shutting_down:
+                await self.run.end_stopped(StopReason.SHUTDOWN)
+            else:
+                await self.run.fail(error)
+        finally:
+            self.ctx.engine.release(self.run)
+
+
+class UploadHandle(_ServerHandle):
     """A partner's upload: bytes go to the temp file; a clean close completes it."""
 
     def __init__(self, ctx: CoreServerContext, run: Run) -> None:
@@ -405,20 +437,8 @@ class UploadHandle(TransferHandle):
         self._renamed.set()
         await self._complete()
 
-    async def abort(self, error: TransferError) -> None:
-        if self.closed or self.run.stop_reason is not None:
-            return
-        self.closed = True
-        try:
-            if self.ctx.engine.shutting_down:
-                await self.run.end_stopped(StopReason.SHUTDOWN)
-            else:
-                await self.run.fail(error)
-        finally:
-            self.ctx.engine.release(self.run)
 
-
-class DownloadHandle(TransferHandle):
+class DownloadHandle(_ServerHandle):
     """A partner's download: reads at offsets; complete once every byte was read."""
 
     def __init__(self, ctx: CoreServerContext, run: Run, offset: int) -> None:
@@ -467,18 +487,6 @@ class DownloadHandle(TransferHandle):
         finally:
             self.ctx.engine.release(run)
 
-    async def abort(self, error: TransferError) -> None:
-        if self.closed or self.run.stop_reason is not None:
-            return
-        self.closed = True
-        try:
-            if self.ctx.engine.shutting_down:
-                await self.run.end_stopped(StopReason.SHUTDOWN)
-            else:
-                await self.run.fail(error)
-        finally:
-            self.ctx.engine.release(self.run)
-
 
 def _stat_file(path: Path) -> Entry | None:
     try:
@@ -505,8 +513,7 @@ def _list_files(folder: Path) -> list[Entry]:
 
 def _rename_no_clobber(old: Path, new: Path) -> None:
     try:
-        os.link(old, new)
-        os.unlink(old)
+        rename_noreplace(old, new)
     except FileExistsError as exc:
         raise TransferError(ErrorCode.TeForbidden, f"{new.name} already exists") from exc
     except OSError as exc:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from gatewayd.errors import TaskError
+from gatewayd.fsutil import fsync_dir, rename_noreplace
 from gatewayd.model import ErrorCode
 
 CHUNK = 1 << 20
@@ -39,15 +40,6 @@ def os_error_text(error: OSError) -> str:
     if error.filename2 is not None:
         text = f"{text} -> {error.filename2}"
     return text
-
-
-def fsync_dir(path: str) -> None:
-    """Make the names in folder `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def require_file(path: str) -> os.stat_result:
@@ -81,18 +73,9 @@ def publish(temp: str, dest: str, *, overwrite: bool) -> None:
         os.replace(temp, dest)
     else:
         try:
-            os.link(temp, dest, follow_symlinks=False)
+            rename_noreplace(temp, dest)
         except FileExistsError:
             raise ExistsError(dest) from None
-        except OSError as error:
-            # File systems without hard links: check then rename, the best they allow.
-            if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
-                raise
-            if os.path.lexists(dest):
-                raise ExistsError(dest) from None
-            os.rename(temp, dest)
-        else:
-            os.unlink(temp)
     fsync_dir(os.path.dirname(dest) or ".")
 
 
