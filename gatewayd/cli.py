@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gatewayd import __version__
+from gatewayd import __version__, cli_client
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "default_config_path", "main"]
 
@@ -191,6 +191,7 @@ _COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     _add_serve,
     _add_check_config,
     _add_hash_password,
+    *cli_client.GROUPS,
 )
 
 

@@ -6,7 +6,12 @@ Only process concerns live here. Everything that runs once the store is open bel
 Order of start-up, each step refusing to go on when it fails (exit status 1):
 load the configuration; refuse demo passwords on a non-loopback address; create the
 folders; take the lock of the state folder; configure logging; open the store; mark the
-transfers the previous run left RUNNING as INTERRUPTED; start the gateway.
+transfers the previous run left RUNNING as INTERRUPTED; start the gateway; tell systemd
+READY (`gatewayd.systemd`, when started by it) and start its watchdog pings.
+
+SIGTERM/SIGINT stop it (STOPPING); SIGHUP re-reads the configuration and the rules in a
+thread and hands a valid one to the gateway (RELOADING, then READY again), keeping the
+old one when the new one is invalid.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import ipaddress
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +40,7 @@ from gatewayd.config import (
 )
 from gatewayd.config.schema import Config
 from gatewayd.logs import configure_logging
+from gatewayd.systemd import Notifier
 
 if TYPE_CHECKING:
     from gatewayd.gateway import Gateway
@@ -87,7 +94,8 @@ def run_daemon(config_path: Path) -> int:
         configure_logging(loaded.config.logging)
         for warning in loaded.warnings:
             log.warning(str(warning))
-        return asyncio.run(_serve(loaded))
+        with asyncio.Runner(loop_factory=_loop_factory(loaded.config.daemon.event_loop)) as runner:
+            return runner.run(_serve(loaded, config_path))
     except KeyboardInterrupt:
         # A SIGINT that arrived before the signal handlers were in place.
         return 130
@@ -95,26 +103,52 @@ def run_daemon(config_path: Path) -> int:
         lock.release()
 
 
-async def _serve(loaded: LoadedConfig) -> int:
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop `daemon.event_loop` asks for (None: asyncio's own)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            log.warning("uvloop is not installed: using the asyncio event loop")
+        return None
+    return uvloop.new_event_loop
+
+
+async def _serve(loaded: LoadedConfig, config_path: Path) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    notifier = Notifier.from_environment()
+    try:
+        return await _serve_with(loaded, config_path, loop, stopping, notifier)
+    finally:
+        await notifier.close()
+
+
+async def _serve_with(
+    loaded: LoadedConfig,
+    config_path: Path,
+    loop: asyncio.AbstractEventLoop,
+    stopping: asyncio.Event,
+    notifier: Notifier,
+) -> int:
     # Deferred: the gateway pulls in the whole core, which a refused start never needs.
     from gatewayd.gateway import Gateway
     from gatewayd.store import make_store
-
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
 
     def request_stop(sig: signal.Signals) -> None:
         if stopping.is_set():
             log.info("already stopping", signal=sig.name)
             return
         log.info("stop requested", signal=sig.name)
+        notifier.stopping()
         stopping.set()
 
+    reloader = _Reloader(config_path, notifier)
+
     def request_reload() -> None:
-        # HOOK(reload): SIGHUP (systemd `reload`) will re-read the configuration and the
-        # rules, refuse an invalid one (keeping the old), and hand the new one to the
-        # gateway without dropping running transfers. Until then it only logs.
-        log.warning("reload not implemented yet", signal="SIGHUP")
+        reloader.request()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig)
@@ -138,9 +172,18 @@ async def _serve(loaded: LoadedConfig) -> int:
             log.exception("gateway failed to start")
             await _stop_gateway(gateway, config.daemon.shutdown_timeout)
             return 1
-        log.info("gatewayd ready", version=__version__, pid=os.getpid())
+        log.info(
+            "gatewayd ready",
+            version=__version__,
+            pid=os.getpid(),
+            event_loop=type(loop).__module__.split(".")[0],
+        )
+        reloader.gateway = gateway
+        notifier.ready()
+        notifier.start_watchdog()
 
         await stopping.wait()
+        await reloader.cancel()
         log.info("gatewayd stopping", timeout=config.daemon.shutdown_timeout)
         clean = await _stop_gateway(gateway, config.daemon.shutdown_timeout)
     finally:
@@ -161,6 +204,127 @@ async def _stop_gateway(gateway: Gateway, seconds: float) -> bool:
         log.exception("gateway failed to stop cleanly")
         return False
     return True
+
+
+# ------------------------------------------------------------------------------- reload
+
+
+def _restart_only(old: LoadedConfig, new: LoadedConfig) -> tuple[list[str], list[str]]:
+    """(refused, deferred): settings a reload must not change (they would split the
+    state between two databases or folders), and settings it changes only at the next
+    restart (listeners, logging, the event loop)."""
+    a, b = old.config, new.config
+    refused = [
+        what
+        for what, before, after in (
+            ("database", a.database, b.database),
+            ("state folder", old.paths.state_dir, new.paths.state_dir),
+            ("database file", old.paths.database, new.paths.database),
+        )
+        if before != after
+    ]
+    listener = ("enabled", "address", "port", "tls_cert", "tls_key")
+    deferred = [
+        what
+        for what, before, after in (
+            ("logging", a.logging, b.logging),
+            ("servers", a.servers, b.servers),
+            (
+                "api listener",
+                a.api.model_dump(include=set(listener)),
+                b.api.model_dump(include=set(listener)),
+            ),
+            ("daemon.event_loop", a.daemon.event_loop, b.daemon.event_loop),
+        )
+        if before != after
+    ]
+    return refused, deferred
+
+
+def _load_for_reload(config_path: Path) -> LoadedConfig:
+    """Blocking: read, check and prepare the folders of a new configuration."""
+    loaded = load_config(config_path)
+    ensure_folders(loaded)
+    return loaded
+
+
+class _Reloader:
+    """SIGHUP: re-read the configuration and the rules in a thread and hand a valid one
+    to the gateway; an invalid one is logged and refused, the old one kept. Reloads run
+    one at a time; a SIGHUP during a reload queues one more."""
+
+    def __init__(self, config_path: Path, notifier: Notifier) -> None:
+        self.config_path = config_path
+        self.notifier = notifier
+        self.gateway: Gateway | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        if self.gateway is None:
+            log.warning("reload ignored: gatewayd is still starting", signal="SIGHUP")
+            return
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            self.notifier.reloading()
+            try:
+                await self._reload_once()
+            except Exception:
+                log.exception("reload failed: the running configuration is kept")
+            finally:
+                self.notifier.ready()
+            if not self._again:
+                return
+
+    async def _reload_once(self) -> None:
+        gateway = self.gateway
+        assert gateway is not None
+        log.info("reloading the configuration", config=str(self.config_path))
+        try:
+            loaded = await asyncio.to_thread(_load_for_reload, self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("invalid configuration", problem=str(problem))
+            log.error(
+                "reload refused: the running configuration is kept", problems=len(exc.problems)
+            )
+            return
+        except OSError as exc:
+            log.error(
+                "reload refused: the running configuration is kept",
+                path=exc.filename,
+                error=exc.strerror,
+            )
+            return
+        refusal = demo_secrets_refusal(loaded)
+        if refusal:
+            log.error("reload refused: the running configuration is kept", reason=refusal)
+            return
+        refused, unapplied = _restart_only(gateway.loaded, loaded)
+        if refused:
+            log.error(
+                "reload refused: these settings change only with a restart",
+                settings=",".join(refused),
+            )
+            return
+        gateway.apply_config(loaded)
+        for warning in loaded.warnings:
+            log.warning(str(warning))
+        if unapplied:
+            log.warning("some changes apply only after a restart", sections=",".join(unapplied))
+        log.info("configuration reloaded", rules=len(loaded.config.rules))
 
 
 # ------------------------------------------------------------------ demo secrets exposed

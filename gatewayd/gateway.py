@@ -9,20 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from gatewayd.clock import Clock, SystemClock
 from gatewayd.config import LoadedConfig
+from gatewayd.errors import TaskError
+from gatewayd.metrics import GatewayMetrics
 from gatewayd.model import Transfer
+from gatewayd.pipeline.auth_throttle import AuthThrottle
 from gatewayd.pipeline.clients import ClientPool
 from gatewayd.pipeline.engine import Engine, Hooks, Runtime
+from gatewayd.pipeline.preregister import Expirer
 from gatewayd.pipeline.server import CoreServerContext
-from gatewayd.pipeline.service import TransferService
+from gatewayd.pipeline.service import RequestError, TransferService
 from gatewayd.scheduler import Scheduler
 from gatewayd.store.base import Store
 from protocols import base as protocols
+
+if TYPE_CHECKING:
+    from gatewayd.api import ApiServer
 
 log = structlog.get_logger("gatewayd")
 
@@ -59,15 +66,24 @@ class Gateway:
             clock=self.clock,
         )
         self.service = TransferService(self.engine, wake=self.scheduler.wake)
+        self.expirer = Expirer(store, self.clock)
+        self.api: ApiServer | None = None
         self.rt.create_transfer = self._create_from_task
         self.servers: dict[str, protocols.ProtocolServer] = {}
+        # One for every server: login failures add up whatever the protocol.
+        self.auth_throttle = AuthThrottle()
+        self.metrics = GatewayMetrics(self)
+        self.metrics.attach()
 
     async def _create_from_task(self, request: dict[str, Any], *, parent: Transfer) -> Transfer:
-        return await self.service.create(request, parent=parent, trusted=True)
+        try:
+            return await self.service.create(request, parent=parent, trusted=True)
+        except RequestError as exc:
+            raise TaskError(f"invalid transfer request: {exc}") from None
 
     def server_context(self, name: str, protocol: str) -> CoreServerContext:
         """What a protocol server named `name` gets from the core."""
-        return CoreServerContext(self.engine, name, protocol)
+        return CoreServerContext(self.engine, name, protocol, self.auth_throttle)
 
     async def start(self) -> None:
         """Start every enabled server and the scheduler; return once all listen."""
@@ -90,6 +106,37 @@ class Gateway:
                 port=server.bound_port,
             )
         await self.scheduler.start()
+        self.expirer.start()
+        if self.config.api.enabled:
+            from gatewayd.api import ApiServer  # the API pulls in aiohttp: only when used
+
+            self.api = ApiServer(self)
+            await self.api.start()
+
+    @property
+    def api_port(self) -> int | None:
+        """The port the admin API listens on (None when it does not)."""
+        return self.api.port if self.api is not None else None
+
+    def apply_config(self, loaded: LoadedConfig) -> None:
+        """Switch the running gateway to a new valid configuration (rules changed through
+        the API; a reload). Running transfers keep the chains they were created with;
+        new limits apply to the next launches. Servers and the API keep their listeners
+        until a restart."""
+        self.loaded = loaded
+        self.config = loaded.config
+        self.rt.loaded = loaded
+        self.clients.loaded = loaded
+        scheduler = loaded.config.scheduler
+        self.scheduler.set_limits(
+            max_transfers=scheduler.max_transfers,
+            max_per_partner=scheduler.max_per_partner,
+            partner_limits={
+                name: p.max_transfers
+                for name, p in loaded.config.partners.items()
+                if p.max_transfers is not None
+            },
+        )
 
     async def stop(self, timeout: float) -> None:
         """Stop accepting work, interrupt running transfers with their state saved
@@ -97,6 +144,10 @@ class Gateway:
         self.engine.shutting_down = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
+                if self.api is not None:
+                    with contextlib.suppress(Exception):
+                        await self.api.stop()
+                await self.expirer.stop()
                 await self.scheduler.stop()
                 for server in self.servers.values():
                     with contextlib.suppress(Exception):

@@ -100,6 +100,11 @@ class Scheduler:
         """Ids of the transfers whose runner is in progress."""
         return frozenset(self._running)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the loop is running (started, not stopped, not crashed)."""
+        return self._loop_task is not None and not self._loop_task.done()
+
     def queue_depth(self) -> int:
         """Due transfers not launched for lack of a slot, as of the loop's last look
         (a lower bound when more than the scan limit are due)."""

@@ -15,9 +15,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from gatewayd.config.schema import PartnerConfig, ServerConfig
@@ -35,6 +36,8 @@ class Entry:
     is_dir: bool
     size: int = 0
     mtime: datetime | None = None
+    # An upload not finished yet: `size` is its durable progress, where a resume starts.
+    unfinished: bool = False
 
 
 class TransferHandle(ABC):
@@ -53,6 +56,9 @@ class TransferHandle(ABC):
     offset: int
     # Size of the file for downloads; -1 for uploads of unknown size.
     size: int
+    # (atime, mtime) the partner gave an upload (SFTP `put -p`): set on the file when it
+    # is placed, before the post tasks.
+    times: tuple[float, float] | None = None
 
     @abstractmethod
     async def write(self, offset: int, data: bytes) -> None: ...
@@ -61,10 +67,26 @@ class TransferHandle(ABC):
     async def read(self, offset: int, size: int) -> bytes: ...
 
     @abstractmethod
-    async def close(self) -> None: ...
+    async def close(self, expected_sha256: str | None = None) -> None:
+        """The clean end. For an upload, `expected_sha256` (hex) is the checksum the
+        partner announced: the file is placed only if the data matches it."""
 
     @abstractmethod
     async def abort(self, error: TransferError) -> None: ...
+
+    async def sync(self) -> None:
+        """Make the bytes written so far durable (SFTP's fsync@openssh.com)."""
+        return None
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """The real file (or rule folder) behind a virtual path, for what a protocol does
+    itself with metadata: checksums, times, free space. `direction` is its rule's:
+    `receive` files are the account's own uploads."""
+
+    path: Path
+    direction: Direction
 
 
 class ServerContext(Protocol):
@@ -72,6 +94,8 @@ class ServerContext(Protocol):
     (`/inbox/report.csv`); the core confines them to what the account's rules allow."""
 
     server_name: str
+    # Where a server keeps its own state (generated host keys...).
+    state_dir: Path
 
     async def authenticate(
         self,
@@ -88,7 +112,21 @@ class ServerContext(Protocol):
         """The OpenSSH-format public keys registered for `login` (empty if unknown)."""
         ...
 
+    def has_account(self, login: str) -> bool:
+        """Whether `login` is an enabled account: for logins proven by other means than
+        a password or key (a TLS client certificate verified by the protocol)."""
+        ...
+
+    def rule_path(self, account: str, rule_name: str) -> str | None:
+        """The virtual folder of rule `rule_name`, None unless `account` may use it (for
+        protocols where partners name the rule, such as HTTP's `Waarp-Rule-Name`)."""
+        ...
+
     async def stat(self, account: str, path: str) -> Entry | None: ...
+
+    def local_file(self, account: str, path: str) -> LocalFile | None:
+        """The real path behind a virtual one (None above the rule folders)."""
+        ...
 
     async def list_dir(self, account: str, path: str) -> list[Entry]: ...
 
@@ -102,10 +140,12 @@ class ServerContext(Protocol):
         truncate: bool = False,
         remote: str = "",
         size: int = -1,
+        transfer_info: Mapping[str, object] | None = None,
     ) -> TransferHandle:
         """Start or resume a server transfer. For an upload, `offset` > 0 continues the
         unfinished upload of the same name (it must equal its durable progress) and
-        `truncate` starts it again from zero. Raises TransferError (TeForbidden,
+        `truncate` starts it again from zero. `transfer_info` (from the partner) is
+        merged into the row's before any task runs. Raises TransferError (TeForbidden,
         TeFileNotFound, ...) for what the account may not do."""
         ...
 
@@ -130,6 +170,12 @@ class ProtocolServer(ABC):
     def bound_port(self) -> int:
         """The port actually listened on (useful with port 0)."""
 
+    @property
+    def session_count(self) -> int | None:
+        """Sessions open now (SSH connections; HTTP requests in progress), for the
+        metrics; None when the protocol does not count them."""
+        return None
+
 
 # ---------------------------------------------------------------------------- client side
 
@@ -145,6 +191,8 @@ class DataSource(Protocol):
     """The local side of a send. `size` is known before the send starts."""
 
     size: int
+    # The transfer's info (followID...), for protocols that pass it on to the partner.
+    transfer_info: Mapping[str, object]
 
     async def read(self, offset: int, length: int) -> bytes:
         """Up to `length` bytes at `offset` (b"" at the end)."""
@@ -157,6 +205,8 @@ class DataSource(Protocol):
 
 class DataSink(Protocol):
     """The local side of a receive."""
+
+    transfer_info: Mapping[str, object]
 
     async def write(self, offset: int, data: bytes) -> None: ...
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +21,7 @@ from gatewayd.fsutil import fsync_dir
 from gatewayd.model import ErrorCode
 from gatewayd.pipeline.files import inside, os_error
 from protocols.base import DataSink, DataSource, ProtocolClient, ProtocolSpec, RemoteStat, register
+from protocols.pacing import Pacer
 
 CHUNK = 1 << 20
 SYNC_EVERY = 16 << 20  # bytes between fsyncs of a send (each one confirms progress)
@@ -35,21 +35,6 @@ class LocalPartnerConfig(PartnerConfig):
     temp_suffix: str = ".part"
     # Bytes per second, 0 = unlimited (bandwidth limits for shares that need them).
     max_rate: Annotated[int, Field(ge=0)] = 0
-
-
-class _Pacer:
-    """Keeps a copy loop under `rate` bytes per second."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate, self.start, self.sent = rate, time.monotonic(), 0
-
-    async def pace(self, nbytes: int) -> None:
-        if not self.rate:
-            return
-        self.sent += nbytes
-        ahead = self.sent / self.rate - (time.monotonic() - self.start)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
 
 
 class LocalClient(ProtocolClient):
@@ -83,7 +68,7 @@ class LocalClient(ProtocolClient):
 
     async def send(self, source: DataSource, remote_path: str, offset: int) -> None:
         temp, final = self._temp(remote_path), self._path(remote_path)
-        pacer = _Pacer(self.config.max_rate)
+        pacer = Pacer(self.config.max_rate)
         try:
             fd = await asyncio.to_thread(_open_at, temp, offset)
         except OSError as exc:
@@ -117,7 +102,7 @@ class LocalClient(ProtocolClient):
 
     async def receive(self, sink: DataSink, remote_path: str, offset: int) -> None:
         path = self._path(remote_path)
-        pacer = _Pacer(self.config.max_rate)
+        pacer = Pacer(self.config.max_rate)
         try:
             fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -90,3 +93,33 @@ class DaemonProcess:
             raise AssertionError(
                 f"gatewayd (pid {self.proc.pid}) still running after {timeout}s:\n{self.output}"
             ) from None
+
+
+def read_row(db: Path, transfer_id: int) -> dict[str, Any]:
+    """A transfer row as another process sees it (read-only connection)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+async def wait_row(
+    db: Path,
+    transfer_id: int,
+    check: Callable[[dict[str, Any]], bool],
+    what: str,
+    daemon: DaemonProcess,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """Poll the daemon's database (bounded) until `check` holds for the row: the daemon
+    is another process, so its commits are the only events to wait on."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not check(row := read_row(db, transfer_id)):
+                await asyncio.sleep(0.02)
+            return row
+    except TimeoutError:
+        raise AssertionError(
+            f"transfer {transfer_id} never {what}: {read_row(db, transfer_id)}\n{daemon.output}"
+        ) from None

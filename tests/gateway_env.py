@@ -75,6 +75,7 @@ class GatewayEnv:
             "scheduler": {"attempts": 0},
             "partners": self.partners,
             "accounts": self.accounts,
+            "api": {"port": 0},  # tests never take a fixed port
             **self.extra,
         }
         self.config_file.parent.mkdir(parents=True, exist_ok=True)

@@ -3,48 +3,16 @@ transfer resumes from its recorded offset and ends byte-identical, post tasks on
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import sqlite3
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from gatewayd.gateway import Gateway
 from gatewayd.store import make_store
-from tests.daemon_proc import DaemonProcess
+from tests.daemon_proc import DaemonProcess, read_row, wait_row
 from tests.gateway_env import GatewayEnv, lines, make_file, trace_task
 
 MiB = 1 << 20
-
-
-def read_row(db: Path, transfer_id: int) -> dict[str, Any]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-        conn.row_factory = sqlite3.Row
-        row = conn.execute("SELECT * FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
-    assert row is not None
-    return dict(row)
-
-
-async def wait_row(
-    db: Path,
-    transfer_id: int,
-    check: Callable[[dict[str, Any]], bool],
-    what: str,
-    daemon: DaemonProcess,
-    timeout: float = 60,
-) -> dict[str, Any]:
-    """Poll the database (read-only, as another process would) until `check` holds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not check(row := read_row(db, transfer_id)):
-                await asyncio.sleep(0.05)
-            return row
-    except TimeoutError:
-        raise AssertionError(
-            f"transfer {transfer_id} never {what}: {read_row(db, transfer_id)}\n{daemon.output}"
-        ) from None
 
 
 async def test_kill_9_mid_data_then_restart_resumes(tmp_path: Path) -> None:

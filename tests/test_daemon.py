@@ -68,9 +68,9 @@ async def test_serve_lock_reload_and_clean_stop(demo_config: DemoConfig, spawn: 
     assert paths.lock_file.read_text().strip() == str(first.proc.pid)
     assert paths.database.is_file()
 
-    # SIGHUP does not stop it (reload comes later).
+    # SIGHUP reloads the configuration; it does not stop the daemon.
     first.proc.send_signal(signal.SIGHUP)
-    await first.wait_for("reload not implemented yet", since=len(first.lines))
+    await first.wait_for("configuration reloaded", since=len(first.lines))
     assert first.proc.returncode is None
 
     # A second daemon on the same state folder is refused, and says who holds it.
@@ -156,11 +156,13 @@ def test_is_loopback(address: str, loopback: bool) -> None:
 
 def test_listen_addresses_counts_the_api_and_enabled_servers(demo_config: DemoConfig) -> None:
     config = load_config(demo_config.path).config
-    assert listen_addresses(config) == [("api", "127.0.0.1")]
+    servers = [(f"server {name}", "127.0.0.1") for name in config.servers]
+    assert servers, "the demo ships listeners (http, ...)"
+    assert listen_addresses(config) == [("api", "127.0.0.1"), *servers]
     without_api = config.model_copy(
         update={"api": config.api.model_copy(update={"enabled": False})}
     )
-    assert listen_addresses(without_api) == []
+    assert listen_addresses(without_api) == servers
 
 
 def test_demo_secrets_are_fine_on_loopback_and_real_ones_anywhere(

@@ -517,3 +517,45 @@ async def test_bad_requests_name_every_problem(env: GatewayEnv) -> None:
     }
     _, total = await env.gw.store.list_transfers(TransferFilter())
     assert total == 0
+
+
+async def test_store_and_forward_with_a_transfer_task(env: GatewayEnv) -> None:
+    env.rule(
+        "inbox",
+        "receive",
+        post=[{"type": "TRANSFER",
+               "args": {"file": "#TRUEFULLPATH#", "to": "share", "rule": "fwd",
+                        "info": {"from": "#REQUESTERHOST#"}}}],
+    )  # fmt: skip
+    env.rule("fwd", "send", post=[trace_task(env.out, "forwarded")])
+    await env.start()
+    data = make_file(env.root / "p", 100_000)
+    handle = await env.server().open_transfer("acme", "/inbox/order.xml", Direction.RECEIVE)
+    await handle.write(0, data)
+    await handle.close()
+    parent = await env.row(handle.transfer_id)
+    assert parent.status == Status.DONE, parent.error_msg
+    children, total = await env.gw.store.list_transfers(TransferFilter(parent_id=parent.id))
+    assert total == 1
+    child = await env.wait_end(children[0].id)
+    assert child.status == Status.DONE, child.error_msg
+    assert child.follow_id == parent.follow_id != ""
+    assert child.transfer_info["followID"] == parent.follow_id
+    assert child.transfer_info["from"] == "acme"
+    assert (env.share / "order.xml").read_bytes() == data
+    assert lines(env.out / "trace") == ["forwarded order.xml"]
+
+
+async def test_transfer_task_with_a_bad_request_fails_the_transfer(env: GatewayEnv) -> None:
+    env.rule("inbox", "receive",
+             post=[{"type": "TRANSFER", "args": {"file": "#TRUEFULLPATH#", "to": "nobody",
+                                                 "rule": "inbox"}}])  # fmt: skip
+    await env.start()
+    handle = await env.server().open_transfer("acme", "/inbox/x", Direction.RECEIVE)
+    await handle.write(0, b"x")
+    with pytest.raises(TransferError):
+        await handle.close()
+    row = await env.row(handle.transfer_id)
+    assert (row.status, row.error_code) == (Status.ERROR, ErrorCode.TeExternalOperation)
+    assert "unknown partner 'nobody'" in row.error_msg
+    assert row.step == Step.POST_TASKS and (env.folder("inbox") / "acme" / "x").exists()

@@ -69,14 +69,24 @@ async def raw(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
 async def test_migrations_from_empty(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "folder" / "g.db"
     async with SqliteStore(path) as store:
-        assert await store.schema_version() == len(load_migrations()) == 2
-    assert [m.filename for m in load_migrations()] == ["0001_transfers.sql", "0002_audit.sql"]
+        assert await store.schema_version() == len(load_migrations()) == 4
+    assert [m.filename for m in load_migrations()] == [
+        "0001_transfers.sql",
+        "0002_audit.sql",
+        "0003_tokens.sql",
+        "0004_tapis_tasks.sql",
+    ]
     objects = {
         (kind, name)
         for kind, name in await raw(path, "SELECT type, name FROM sqlite_master")
         if not name.startswith("sqlite_")
     }
-    assert {("table", "transfers"), ("table", "audit")} <= objects
+    assert {
+        ("table", "transfers"),
+        ("table", "audit"),
+        ("table", "api_tokens"),
+        ("table", "tapis_tasks"),
+    } <= objects
     indexes = {name for kind, name in objects if kind == "index"}
     assert indexes == {
         "transfers_status",
@@ -88,10 +98,11 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         "transfers_upload",
         "transfers_stop",
         "audit_at",
+        "api_tokens_user",
     }
     columns = [row[1] for row in await raw(path, "PRAGMA table_info(transfers)")]
     assert sorted(columns) == sorted(f.name for f in dataclasses.fields(Transfer))
-    assert (await raw(path, "PRAGMA user_version"))[0][0] == 2
+    assert (await raw(path, "PRAGMA user_version"))[0][0] == 4
     assert (await raw(path, "PRAGMA journal_mode"))[0][0] == "wal"
     assert await raw(path, "PRAGMA foreign_key_list(transfers)")
 
@@ -111,7 +122,7 @@ async def test_upgrade_from_version_1_keeps_rows(tmp_path: Path) -> None:
     assert not await raw(path, "SELECT name FROM sqlite_master WHERE name = 'audit'")
 
     async with SqliteStore(path) as store:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == len(load_migrations())
         assert await store.get_transfer(7) == old
         await store.audit("admin", "upgrade", "db", {})
         assert len(await store.list_audit()) == 1
@@ -131,9 +142,7 @@ async def test_database_from_the_future_is_refused(tmp_path: Path) -> None:
     assert not await raw(path, "SELECT name FROM sqlite_master WHERE type = 'table'")
     # The refused open closed its connection: no aiosqlite worker thread stays behind.
     workers = [
-        t
-        for t in set(threading.enumerate()) - before
-        if "_connection_worker_thread" in t.name
+        t for t in set(threading.enumerate()) - before if "_connection_worker_thread" in t.name
     ]
     for worker in workers:
         await asyncio.to_thread(worker.join, 5)

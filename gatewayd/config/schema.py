@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic import Strict as StrictMode
 
 from gatewayd.model import Direction, TaskSpec
@@ -70,6 +77,10 @@ class DaemonConfig(Strict):
     temp_rename_timeout: Annotated[float, Field(gt=0)] = 3600.0
     progress_interval: Annotated[float, Field(gt=0)] = 1.0
     exec_timeout: Annotated[float, Field(gt=0)] = 300.0
+    # The asyncio event loop: `uvloop` serves HTTPS downloads much faster (its TLS
+    # writes are not limited to 16 KiB blocks) but takes HTTPS uploads somewhat slower;
+    # `auto` = uvloop when installed.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     @field_validator("timezone")
     @classmethod
@@ -156,6 +167,24 @@ class ApiConfig(Strict):
     address: str = "127.0.0.1"
     port: Port = 8080
     users: dict[str, AdminUserConfig] = Field(default_factory=dict)
+    # HTTPS: a PEM certificate chain and its private key (both or neither); relative
+    # paths resolve against home.
+    tls_cert: LaxPath | None = None
+    tls_key: LaxPath | None = Field(default=None, validate_default=True)
+    # Whether `/metrics` asks for credentials like the rest of the API (any user or
+    # token, whatever its permissions). False lets anyone who reaches the API's
+    # address scrape it.
+    metrics_auth: bool = True
+    # Files one element of a Tapis transfer task (/v3/files/transfers) may expand to; an
+    # element naming a folder with more fails with a message saying so.
+    tapis_max_files: Annotated[int, Field(gt=0)] = 10_000
+
+    @field_validator("tls_key")
+    @classmethod
+    def _both_or_neither(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (value is None) != (info.data.get("tls_cert") is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        return value
 
 
 class Config(Strict):

@@ -34,6 +34,22 @@ def _hash_range(fd: int, hasher: hashlib._Hash, start: int, end: int) -> None:
         pos += len(data)
 
 
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+
+
+def _pwritev_all(fd: int, parts: list[bytes], offset: int) -> None:
+    """Write `parts` back to back from `offset`, whatever the kernel takes per call."""
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        written = os.pwritev(fd, views[:_IOV_MAX], offset)
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
+
+
 class _ThreadFile:
     """Runs the blocking I/O of one file in worker threads, one call at a time.
 
@@ -88,7 +104,9 @@ class ReceiveFile(_ThreadFile):
         self.contiguous = offset  # every byte below this was written
         self.durable = offset
         self._extents: dict[int, int] = {}  # written ranges beyond `contiguous`
-        self._buf = bytearray()
+        # Sequential writes wait here (no copy) and go to disk in one pwritev.
+        self._buf: list[bytes] = []
+        self._buf_len = 0
         self._buf_start = offset
         self._on_durable = on_durable
         self._interval = interval
@@ -143,48 +161,47 @@ class ReceiveFile(_ThreadFile):
     async def _write(self, offset: int, data: bytes) -> None:
         if self._failure:
             raise self._failure
-        if offset == self._buf_start + len(self._buf):
-            self._buf += data
-            if len(self._buf) >= CHUNK:
+        data = data if type(data) is bytes else bytes(data)  # ours to keep, unchanging
+        if offset == self._buf_start + self._buf_len:
+            self._buf.append(data)
+            self._buf_len += len(data)
+            if self._buf_len >= CHUNK:
                 await self._flush()
         else:
             await self._flush()
-            await self._pwrite(offset, bytes(data))
+            await self._pwrite(offset, [data])
             self._buf_start = offset + len(data)
         if time.monotonic() - self._last_checkpoint >= self._interval:
             await self.checkpoint()
 
     async def _flush(self) -> None:
         if self._buf:
-            data, start = bytes(self._buf), self._buf_start
-            self._buf.clear()
-            self._buf_start = start + len(data)
-            await self._pwrite(start, data)
+            parts, start, length = self._buf, self._buf_start, self._buf_len
+            self._buf, self._buf_len = [], 0
+            self._buf_start = start + length
+            await self._pwrite(start, parts)
 
-    async def _pwrite(self, offset: int, data: bytes) -> None:
+    async def _pwrite(self, offset: int, parts: list[bytes]) -> None:
         fd = self.fd
+        length = sum(len(p) for p in parts)
         hash_now = offset == self._hashed
         if offset < self._hashed:
             self._hash_stale = True  # a rewrite of bytes already hashed: redo at the end
 
         def _write() -> None:
-            view = memoryview(data)
-            pos = offset
-            while view:
-                written = os.pwrite(fd, view, pos)
-                view = view[written:]
-                pos += written
+            _pwritev_all(fd, parts, offset)
             if hash_now:
-                self._hasher.update(data)
+                for part in parts:
+                    self._hasher.update(part)
 
         try:
             await self._thread(_write)
         except OSError as exc:
             raise os_error(exc, f"cannot write {self.path.name}") from exc
         if hash_now:
-            self._hashed = offset + len(data)
+            self._hashed = offset + length
         self._dirty = True
-        self._add_extent(offset, offset + len(data))
+        self._add_extent(offset, offset + length)
 
     def _add_extent(self, start: int, end: int) -> None:
         if start > self.contiguous:
@@ -232,31 +249,57 @@ class ReceiveFile(_ThreadFile):
     def has_gaps(self) -> bool:
         return bool(self._extents)
 
-    async def finish(self) -> str:
-        """End of data: every byte written and fsynced; returns the SHA-256 (hex)."""
+    async def complete(self, land: Callable[[int, str], T]) -> tuple[str, int, T]:
+        """End of data in one worker-thread call: the buffered bytes written, fsynced,
+        hashed to the end, the file closed, then `land(size, sha256)` run on the
+        complete file (it checks and places it; raising refuses it). Returns the
+        SHA-256, the size and what `land` returned.
+
+        A small upload thus costs one thread hop at its end instead of five.
+        """
         async with self._lock:
-            return await self._finish()
+            if self._checkpoint is not None and not self._checkpoint.done():
+                await self._checkpoint
+            if self._failure:
+                raise self._failure
+            parts, start, length = self._buf, self._buf_start, self._buf_len
+            self._buf, self._buf_len = [], 0
+            self._buf_start = start + length
+            if parts:
+                self._add_extent(start, start + length)
+            if self._extents:
+                raise TransferError(
+                    ErrorCode.TeDataTransfer, f"data has holes after byte {self.contiguous}"
+                )
+            fd, end = self.fd, self.contiguous
+            hash_now = bool(parts) and start == self._hashed and not self._hash_stale
+            sync = self._dirty or bool(parts)
 
-    async def _finish(self) -> str:
-        await self.checkpoint(wait=True)
-        fd, end = self.fd, self.contiguous
-        if self._extents:
-            raise TransferError(
-                ErrorCode.TeDataTransfer, f"data has holes after byte {self.contiguous}"
-            )
+            def _complete() -> tuple[str, int, T]:
+                if parts:
+                    _pwritev_all(fd, parts, start)
+                    if hash_now:
+                        for part in parts:
+                            self._hasher.update(part)
+                        self._hashed = start + length
+                if sync:
+                    os.fdatasync(fd)
+                self.durable = end
+                if self._hash_stale:
+                    self._hasher, self._hashed = hashlib.sha256(), 0
+                _hash_range(fd, self._hasher, self._hashed, end)
+                self._hashed = end
+                digest = self._hasher.hexdigest()
+                # Closed here, in the thread, so that no later close can hit a reused
+                # descriptor number, even if the waiting caller was cancelled.
+                self._fd = None
+                os.close(fd)
+                return digest, end, land(end, digest)
 
-        def _digest() -> str:
-            if self._hash_stale:
-                self._hasher = hashlib.sha256()
-                self._hashed = 0
-            _hash_range(fd, self._hasher, self._hashed, end)
-            self._hashed = end
-            return self._hasher.hexdigest()
-
-        try:
-            return await self._thread(_digest)
-        except OSError as exc:
-            raise os_error(exc, f"cannot read back {self.path.name}") from exc
+            try:
+                return await self._thread(_complete)
+            except OSError as exc:
+                raise os_error(exc, f"cannot complete {self.path.name}") from exc
 
     async def close(self) -> None:
         """Flush and fsync what was written (so it counts as progress), then close.

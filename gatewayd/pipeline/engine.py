@@ -72,6 +72,26 @@ class Hooks:
     during_data: Callable[[Transfer, int], Awaitable[None]] | None = None
 
 
+class Observer:
+    """Told about runs as they happen (metrics). The methods do nothing here; they are
+    called on the event loop and must return at once without raising."""
+
+    def run_started(self, transfer: Transfer) -> None:
+        """A run of `transfer` begins (a new transfer, or a resumed one)."""
+
+    def progress(self, transfer: Transfer, offset: int) -> None:
+        """`offset` bytes of `transfer` are durably written (receive) or confirmed (send)."""
+
+    def run_ended(self, transfer: Transfer) -> None:
+        """The run ended; `transfer.status` is where it ended."""
+
+    def task_ran(self, task_type: str, ok: bool) -> None:
+        """A task of a chain finished (`ok`: without error; a warning counts as ok)."""
+
+    def login_failed(self, server: str, protocol: str) -> None:
+        """A partner's password was refused on one of our servers (or it was banned)."""
+
+
 @dataclass
 class Runtime:
     """What every run needs from the running gateway."""
@@ -82,6 +102,7 @@ class Runtime:
     clients: ClientPool
     hooks: Hooks = field(default_factory=Hooks)
     create_transfer: TransferCreator | None = None
+    observer: Observer = field(default_factory=Observer)
     local_host: str = field(default_factory=socket.gethostname)
 
     @property
@@ -103,7 +124,9 @@ class Run:
         self.done = asyncio.Event()
         self.handle: Any = None  # the protocol-facing handle of a server transfer
         self._last_save = time.monotonic()
+        self._saved_progress = transfer.progress
         self._saving: asyncio.Task[None] | None = None
+        self._progress_timer: asyncio.TimerHandle | None = None
         self.log = log.bind(transfer_id=transfer.id, rule=transfer.rule)
 
     # ------------------------------------------------------------------ persistence
@@ -111,16 +134,38 @@ class Run:
     async def save(self) -> None:
         self.transfer.updated = self.rt.clock.now()
         self._last_save = time.monotonic()
+        self._saved_progress = self.transfer.progress
         await self.rt.store.save_transfer(self.transfer)
 
     def note_progress(self, offset: int) -> None:
-        """Record durable progress; the row is written about once per interval."""
+        """Record durable progress; the row is written about once per interval, and the
+        last figure is written within an interval even when no more data comes (a
+        stalled peer), so the row never lags far behind the disk."""
         self.transfer.progress = offset
-        if time.monotonic() - self._last_save < self.rt.progress_interval:
+        self.rt.observer.progress(self.transfer, offset)
+        if self._progress_timer is None:
+            wait = self.rt.progress_interval - (time.monotonic() - self._last_save)
+            self._progress_timer = asyncio.get_running_loop().call_later(
+                max(0.0, wait), self._progress_due
+            )
+
+    def _progress_due(self) -> None:
+        self._progress_timer = None
+        if self.transfer.progress == self._saved_progress:
             return
-        if self._saving is None or self._saving.done():
-            self._last_save = time.monotonic()
-            self._saving = asyncio.ensure_future(self._save_quietly())
+        if self._saving is not None and not self._saving.done():
+            self.note_progress(self.transfer.progress)  # after the save in flight
+            return
+        self._last_save = time.monotonic()
+        self._saved_progress = self.transfer.progress
+        self._saving = asyncio.ensure_future(self._save_quietly())
+
+    def stop_progress(self) -> None:
+        """No progress write may follow the end of the run (a later run of the same
+        transfer owns the row then)."""
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
+            self._progress_timer = None
 
     async def _save_quietly(self) -> None:
         try:
@@ -195,22 +240,30 @@ class Run:
             raise TaskError(f"task #{index} ({spec.type}): unknown task type")
         task_log = self.log.bind(task=spec.type, task_number=index)
         ctx.log = task_log
+        ok: bool | None = None  # None: stopped from outside, neither success nor failure
         try:
             await cls(dict(spec.args)).run(ctx)
+            ok = True
         except TaskWarning as warning:
+            ok = True
             task_log.warning("task warning", message=str(warning))
             if self.transfer.error_code == ErrorCode.TeOk:
                 self.transfer.error_code = ErrorCode.TeWarning
                 self.transfer.error_msg = f"task #{index} ({spec.type}): {warning}"
             return
         except TransferError as exc:
+            ok = False
             exc.message = f"task #{index} ({spec.type}) failed: {exc.message}"
             raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            ok = False
             task_log.exception("task crashed")
             raise TaskError(f"task #{index} ({spec.type}) crashed: {exc!r}") from exc
+        finally:
+            if ok is not None:
+                self.rt.observer.task_ran(spec.type, ok)
         task_log.info("task done")
 
     # ------------------------------------------------------------------ ends
@@ -265,6 +318,7 @@ class Run:
         if self.sending is not None:
             sending, self.sending = self.sending, None
             await sending.close()
+        self.stop_progress()
         if self._saving is not None:
             with contextlib.suppress(Exception):
                 await self._saving
@@ -302,17 +356,19 @@ class Run:
         receiving = self.receiving
         if receiving is None:
             raise TransferError(ErrorCode.TeInternal, "no data file open")
-        sha = await receiving.finish()
-        size = receiving.contiguous
-        if t.filesize >= 0 and size != t.filesize:
-            raise TransferError(
-                ErrorCode.TeIntegrity, f"received {size} bytes, {t.filesize} announced"
-            )
-        if expected_sha256 and expected_sha256.lower() != sha:
-            raise TransferError(ErrorCode.TeIntegrity, "SHA-256 of the data does not match")
+        policy = self.policy()
+
+        def land(size: int, sha: str) -> Path:
+            if t.filesize >= 0 and size != t.filesize:
+                raise TransferError(
+                    ErrorCode.TeIntegrity, f"received {size} bytes, {t.filesize} announced"
+                )
+            if expected_sha256 and expected_sha256.lower() != sha:
+                raise TransferError(ErrorCode.TeIntegrity, "SHA-256 of the data does not match")
+            return place(Path(t.tmp_filepath), Path(t.local_filepath), policy)
+
+        sha, size, landed = await receiving.complete(land)
         await self.close_files()
-        final = Path(t.local_filepath)
-        landed = await asyncio.to_thread(place, Path(t.tmp_filepath), final, self.policy())
         t.local_filepath = str(landed)
         t.progress = t.filesize = size
         t.sha256 = sha
@@ -344,6 +400,7 @@ class _Sink:
 
     def __init__(self, run: Run, receiving: ReceiveFile) -> None:
         self.run, self.receiving = run, receiving
+        self.transfer_info = run.transfer.transfer_info
 
     async def write(self, offset: int, data: bytes) -> None:
         await self.receiving.write(offset, data)
@@ -358,6 +415,7 @@ class _Source:
 
     def __init__(self, run: Run, sending: SendFile) -> None:
         self.run, self.sending, self.size = run, sending, sending.size
+        self.transfer_info = run.transfer.transfer_info
 
     async def read(self, offset: int, length: int) -> bytes:
         data = await self.sending.read(offset, length)
@@ -381,11 +439,14 @@ class Engine:
             raise TransferError(ErrorCode.TeInternal, "transfer has no id")
         run = Run(self, transfer)
         self.active[transfer.id] = run
+        self.rt.observer.run_started(transfer)
         return run
 
     def release(self, run: Run) -> None:
+        run.stop_progress()
         if run.transfer.id is not None and self.active.get(run.transfer.id) is run:
             del self.active[run.transfer.id]
+            self.rt.observer.run_ended(run.transfer)
         run.done.set()
 
     async def run_client(self, transfer: Transfer) -> None:

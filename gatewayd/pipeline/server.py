@@ -18,20 +18,26 @@ import fnmatch
 import os
 import posixpath
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import structlog
 
 from gatewayd.config.schema import RuleConfig
 from gatewayd.errors import TransferError
 from gatewayd.fsutil import rename_noreplace
 from gatewayd.model import Direction, ErrorCode, Status, Step, Transfer
-from gatewayd.passwords import averify_password
+from gatewayd.passwords import CredentialCache, averify_password
 from gatewayd.pipeline import preregister
+from gatewayd.pipeline.auth_throttle import AuthThrottle
 from gatewayd.pipeline.engine import Engine, Run, StopReason
 from gatewayd.pipeline.files import inside, os_error, valid_name
 from gatewayd.store.base import TransferFilter
-from protocols.base import Entry, TransferHandle
+from protocols.base import Entry, LocalFile, TransferHandle
+
+log = structlog.get_logger("gatewayd.server")
 
 _RESUMABLE_STEPS = (Step.NONE, Step.SETUP, Step.PRE_TASKS, Step.DATA)
 
@@ -53,11 +59,26 @@ def _public_key_id(key: str) -> tuple[str, str] | None:
 class CoreServerContext:
     """What a protocol server of ours gets from the core (see protocols.base)."""
 
-    def __init__(self, engine: Engine, server_name: str, protocol: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        server_name: str,
+        protocol: str,
+        throttle: AuthThrottle | None = None,
+    ) -> None:
         self.engine = engine
         self.rt = engine.rt
         self.server_name = server_name
         self.protocol = protocol
+        # Shared by all servers of a gateway (see Gateway), so failures add up.
+        self.throttle = throttle or AuthThrottle()
+        # Verified passwords, briefly: HTTP clients send them on every request, and an
+        # argon2 check costs ~0.1 s of CPU.
+        self.credentials = CredentialCache()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.rt.loaded.paths.state_dir
 
     # ------------------------------------------------------------------ accounts
 
@@ -69,22 +90,53 @@ class CoreServerContext:
         public_key: str | None = None,
         remote: str = "",
     ) -> str | None:
+        """Also throttles: failed passwords are logged (never the secret), counted per
+        address and account, answered ever slower, then refused for a while."""
+        where = {"server": self.server_name, "login": login, "remote": remote}
+        if self.throttle.banned_for(remote, login):
+            log.warning("login refused: too many failures", **where)
+            self.rt.observer.login_failed(self.server_name, self.protocol)
+            return None
+        if await self._credential_ok(login, password, public_key):
+            self.throttle.success(remote, login)
+            return login
+        if password is None:
+            # A refused key is not a failure: clients offer each of their keys in turn.
+            return None
+        delay = self.throttle.failure(remote, login)
+        log.warning("login failed", method="password", delay=delay, **where)
+        self.rt.observer.login_failed(self.server_name, self.protocol)
+        if delay:
+            await asyncio.sleep(delay)
+        return None
+
+    async def _credential_ok(
+        self, login: str, password: str | None, public_key: str | None
+    ) -> bool:
         account = self.rt.loaded.config.accounts.get(login)
         if account is None or not account.enabled:
-            return None
+            return False
         if password is not None:
-            if account.password and await averify_password(account.password, password):
-                return login
-            return None
+            return bool(account.password) and await averify_password(
+                account.password or "", password, self.credentials
+            )
         if public_key is not None:
             wanted = _public_key_id(public_key)
             known = {_public_key_id(k) for k in account.public_keys}
-            return login if wanted is not None and wanted in known else None
-        return None
+            return wanted is not None and wanted in known
+        return False
 
     def authorized_keys(self, login: str) -> list[str]:
         account = self.rt.loaded.config.accounts.get(login)
         return list(account.public_keys) if account and account.enabled else []
+
+    def has_account(self, login: str) -> bool:
+        account = self.rt.loaded.config.accounts.get(login)
+        return account is not None and account.enabled
+
+    def rule_path(self, account: str, rule_name: str) -> str | None:
+        rule = self.rt.loaded.config.rules.get(rule_name)
+        return rule.path if rule is not None and rule.allows_account(account) else None
 
     # ------------------------------------------------------------------ the tree
 
@@ -124,6 +176,14 @@ class CoreServerContext:
                 names.add(rule.path[len(prefix) :].split("/")[0])
         return sorted(names)
 
+    def local_file(self, account: str, path: str) -> LocalFile | None:
+        """The real file (or rule folder) behind a virtual path: None above the rules."""
+        target = self.resolve(account, path)
+        if target is None:
+            return None
+        local = target.folder / target.name if target.name else target.folder
+        return LocalFile(local, target.rule.direction)
+
     async def stat(self, account: str, path: str) -> Entry | None:
         path = self._normalise(path)
         target = self.resolve(account, path)
@@ -134,7 +194,7 @@ class CoreServerContext:
         if target.rule.direction == Direction.RECEIVE:
             unfinished = await self._unfinished(account, target.rule, target.name)
             if unfinished is not None:
-                return Entry(name=target.name, is_dir=False, size=unfinished.progress)
+                return Entry(target.name, False, unfinished.progress, unfinished=True)
         return await asyncio.to_thread(_stat_file, target.folder / target.name)
 
     async def list_dir(self, account: str, path: str) -> list[Entry]:
@@ -150,7 +210,9 @@ class CoreServerContext:
                 entries.setdefault(entry.name, entry)
             if target.rule.direction == Direction.RECEIVE:
                 for t in await self._unfinished_in(account, target.rule):
-                    entries[t.dest_filename] = Entry(t.dest_filename, False, t.progress)
+                    entries[t.dest_filename] = Entry(
+                        t.dest_filename, False, t.progress, unfinished=True
+                    )
         return sorted(entries.values(), key=lambda e: e.name)
 
     async def _unfinished(self, account: str, rule: RuleConfig, name: str) -> Transfer | None:
@@ -182,6 +244,7 @@ class CoreServerContext:
         truncate: bool = False,
         remote: str = "",
         size: int = -1,
+        transfer_info: Mapping[str, object] | None = None,
     ) -> TransferHandle:
         target = self.resolve(account, path)
         if target is None or target.name is None:
@@ -189,9 +252,10 @@ class CoreServerContext:
         if target.rule.direction != direction:
             verb = "upload to" if direction == Direction.RECEIVE else "download from"
             raise TransferError(ErrorCode.TeForbidden, f"cannot {verb} {target.rule.path}")
+        info = dict(transfer_info or {})
         if direction == Direction.RECEIVE:
-            return await self._open_upload(account, target, offset, remote, size)
-        return await self._open_download(account, target, offset, remote)
+            return await self._open_upload(account, target, offset, remote, size, info)
+        return await self._open_download(account, target, offset, remote, info)
 
     def _new_row(self, account: str, target: Target, is_send: bool, remote: str) -> Transfer:
         rule, name = target.rule, target.name or ""
@@ -216,7 +280,13 @@ class CoreServerContext:
         )
 
     async def _open_upload(
-        self, account: str, target: Target, offset: int, remote: str, size: int
+        self,
+        account: str,
+        target: Target,
+        offset: int,
+        remote: str,
+        size: int,
+        info: dict[str, object],
     ) -> TransferHandle:
         name = target.name or ""
         existing = await self._unfinished(account, target.rule, name)
@@ -241,6 +311,8 @@ class CoreServerContext:
             t.progress, t.step, t.task_number, t.filesize = 0, Step.NONE, 0, -1
         else:
             t = self._new_row(account, target, is_send=False, remote=remote)
+            t.transfer_info.update(info)
+            t.follow_id = str(info.get("followID") or "")
             t.tmp_filepath = str(
                 self.rt.loaded.paths.rule_tmp_folder(target.rule) / f"{t.remote_id}.part"
             )
@@ -249,6 +321,8 @@ class CoreServerContext:
                 t.step = Step.DATA  # nothing runs before the data: one commit creates it
             await self.rt.store.insert_transfer(t)
         new = existing is None
+        if not new:
+            t.transfer_info.update(info)
         t.status = Status.RUNNING
         t.error_code, t.error_msg, t.error_step = ErrorCode.TeOk, "", Step.NONE
         t.stop = None
@@ -265,7 +339,7 @@ class CoreServerContext:
         return UploadHandle(self, run)
 
     async def _open_download(
-        self, account: str, target: Target, offset: int, remote: str
+        self, account: str, target: Target, offset: int, remote: str, info: dict[str, object]
     ) -> TransferHandle:
         t = await preregister.find_download(
             self.rt, account, target.rule.name, target.name or "", self.server_name, self.protocol
@@ -274,6 +348,9 @@ class CoreServerContext:
             raise TransferError(ErrorCode.TeForbidden, f"{target.name} leaves the rule folder")
         if not await asyncio.to_thread(os.path.isfile, t.local_filepath):
             raise TransferError(ErrorCode.TeFileNotFound, f"no file {target.name}")
+        t.transfer_info.update(info)
+        if t.id is None:
+            t.follow_id = str(info.get("followID") or "")
         t.status = Status.RUNNING
         t.progress = offset
         if not t.pre_tasks:
@@ -357,6 +434,7 @@ class UploadHandle(_ServerHandle):
         self.size = t.filesize
         self.closed = False
         self.awaiting_rename = False
+        self._expected_sha256: str | None = None
         self._renamed = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         run.handle = self
@@ -378,9 +456,16 @@ class UploadHandle(_ServerHandle):
     async def read(self, offset: int, size: int) -> bytes:
         raise TransferError(ErrorCode.TeForbidden, "this file is open for writing")
 
-    async def close(self) -> None:
+    async def sync(self) -> None:
+        self._check_running()
+        receiving = self.run.receiving
+        if receiving is not None:
+            await receiving.checkpoint(wait=True)
+
+    async def close(self, expected_sha256: str | None = None) -> None:
         self._check_running()
         self.closed = True
+        self._expected_sha256 = expected_sha256
         if self.ctx.is_temp_name(self.run.transfer.dest_filename):
             await self._await_rename()
             return
@@ -389,7 +474,10 @@ class UploadHandle(_ServerHandle):
     async def _complete(self) -> None:
         run = self.run
         try:
-            await run.complete_receive()
+            await run.complete_receive(expected_sha256=self._expected_sha256)
+            if self.times is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(os.utime, run.transfer.local_filepath, self.times)
             await run.run_chain(Step.POST_TASKS)
             await run.finalize()
         except TransferError as exc:
@@ -467,7 +555,7 @@ class DownloadHandle(_ServerHandle):
         await self.run.data_hook(offset + len(data))
         return data
 
-    async def close(self) -> None:
+    async def close(self, expected_sha256: str | None = None) -> None:
         if self.closed or self.run.stop_reason is not None:
             return
         self.closed = True

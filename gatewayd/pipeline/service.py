@@ -92,6 +92,11 @@ class TransferService:
         self.wake()
         return t
 
+    def check(self, request: Any) -> Transfer:
+        """Validate `request` as `create` would (untrusted) and return the transfer it
+        would make, without inserting anything. Raises RequestError."""
+        return self._build(request, parent=None, trusted=False)
+
     def _build(self, request: Any, *, parent: Transfer | None, trusted: bool) -> Transfer:
         errors: list[FieldError] = []
         if not isinstance(request, dict):

@@ -7,8 +7,8 @@ backend (PostgreSQL) can implement this interface without touching its callers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,12 +28,45 @@ class TransferFilter:
     account: str | None = None
     is_server: bool | None = None
     start_after: datetime | None = None
+    stop_before: datetime | None = None  # ended at or before (unfinished ones never match)
+    filename: str | None = None  # the file's name on either side
     follow_id: str | None = None
     parent_id: int | None = None
     limit: int = 20
     offset: int = 0
     sort: str = "id"  # one of SORT_FIELDS
     descending: bool = False
+
+
+@dataclass(frozen=True)
+class TapisTask:
+    """A transfer task of the Tapis-compatible API; its children are the transfers whose
+    follow_id is `uuid`. `elements` are JSON objects (see gatewayd.api.tapis)."""
+
+    uuid: str
+    username: str
+    created: datetime
+    tag: str = ""
+    elements: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A bearer token of the admin API, as stored: its id (the JWT's `jti`), never the
+    token itself."""
+
+    id: str
+    user: str
+    created: datetime
+    expires: datetime
+    permissions: Mapping[str, str] = field(default_factory=dict)  # area -> "rwd"
+    comment: str = ""
+    revoked: datetime | None = None
+
+    def active(self, now: datetime) -> bool:
+        """Not revoked and not expired at `now`."""
+        return self.revoked is None and now < self.expires
 
 
 class Store(ABC):
@@ -50,6 +83,10 @@ class Store(ABC):
     @abstractmethod
     async def schema_version(self) -> int:
         """The highest migration applied."""
+
+    def observe_commits(self, callback: Callable[[float], None] | None) -> None:  # noqa: B027
+        """Have `callback` told the seconds each committed write took (metrics); a
+        store that cannot tell ignores it."""
 
     @abstractmethod
     async def insert_transfer(self, transfer: Transfer) -> Transfer:
@@ -103,3 +140,46 @@ class Store(ABC):
     async def list_audit(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """Audit entries, newest first, as dicts: `id`, `at` (aware UTC datetime), `who`,
         `action`, `target`, `details` (dict)."""
+
+    @abstractmethod
+    async def expire_available(self, now: datetime, message: str) -> list[Transfer]:
+        """Pre-registered server transfers (AVAILABLE) whose expiry (`next_attempt`) is
+        at or before `now` become ERROR with TeExpired and `message`, in one commit.
+        Returns the rows changed."""
+
+    @abstractmethod
+    async def next_expiry(self) -> datetime | None:
+        """The earliest expiry of an AVAILABLE transfer (None: none is waiting)."""
+
+    @abstractmethod
+    async def insert_tapis_task(self, task: TapisTask) -> None:
+        """Record a new Tapis transfer task (returns once committed)."""
+
+    @abstractmethod
+    async def get_tapis_task(self, uuid: str) -> TapisTask | None: ...
+
+    @abstractmethod
+    async def list_tapis_tasks(self, limit: int, offset: int) -> list[TapisTask]:
+        """Most recent first."""
+
+    @abstractmethod
+    async def cancel_tapis_task(self, uuid: str, at: datetime) -> None:
+        """Mark the task cancelled (its children are cancelled by the caller)."""
+
+    @abstractmethod
+    async def insert_token(self, token: ApiToken) -> None:
+        """Record a newly issued API token; returns once committed. Raises ValueError
+        when the id is taken."""
+
+    @abstractmethod
+    async def get_token(self, token_id: str) -> ApiToken | None: ...
+
+    @abstractmethod
+    async def list_tokens(self, user: str | None = None) -> list[ApiToken]:
+        """Every token (of `user` when given), newest first, revoked and expired ones
+        included."""
+
+    @abstractmethod
+    async def revoke_token(self, token_id: str, at: datetime) -> bool:
+        """Mark a token revoked at `at`; False when there is no such token or it was
+        already revoked. Returns once committed."""

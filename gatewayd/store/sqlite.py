@@ -12,8 +12,9 @@ join a batch like any save, and the caller knows its id before the commit.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -21,15 +22,17 @@ from typing import Any, Self
 
 import aiosqlite
 
-from gatewayd.model import Status, Transfer
-from gatewayd.store.base import SORT_FIELDS, Store, TransferFilter
+from gatewayd.model import ErrorCode, Status, Step, Transfer
+from gatewayd.store.base import SORT_FIELDS, ApiToken, Store, TapisTask, TransferFilter
 from gatewayd.store.codec import (
     AUDIT_COLUMNS,
     COLUMNS,
     UPDATE_COLUMNS,
     decode_audit,
     decode_row,
+    decode_time,
     encode_audit,
+    encode_json,
     encode_row,
     encode_time,
     encode_update,
@@ -54,6 +57,10 @@ _PLANNED_CLIENT = f"status = '{Status.PLANNED.value}' AND is_server = 0"
 _UNFINISHED = f"status NOT IN ('{Status.DONE.value}', '{Status.CANCELLED.value}')"
 
 _SYNCHRONOUS = ("NORMAL", "FULL")
+
+_AVAILABLE = f"status = '{Status.AVAILABLE.value}' AND next_attempt IS NOT NULL"
+_TOKEN_COLUMNS = "id, user, permissions, comment, created, expires, revoked"
+_TAPIS_COLUMNS = "uuid, tag, username, created, elements, cancelled"
 
 
 def _now() -> datetime:
@@ -83,6 +90,7 @@ class SqliteStore(Store):
         self._writer: BatchWriter | None = None
         self._last_id = 0
         self._closed = False
+        self._on_commit: Callable[[float], None] | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -110,6 +118,7 @@ class SqliteStore(Store):
             await self._close_connections()
             raise
         self._writer = BatchWriter(self._write_conn, _STATEMENTS)
+        self._writer.on_commit = self._on_commit
         self._writer.start()
 
     async def close(self) -> None:
@@ -167,6 +176,11 @@ class SqliteStore(Store):
         if self._read_conn is None or self._closed:
             raise RuntimeError("the store is not open")
         return self._read_conn
+
+    def observe_commits(self, callback: Callable[[float], None] | None) -> None:
+        self._on_commit = callback
+        if self._writer is not None:
+            self._writer.on_commit = callback
 
     @property
     def commit_count(self) -> int:
@@ -247,6 +261,92 @@ class SqliteStore(Store):
         row = encode_audit(_now(), who, action, target, dict(details or {}))
         await asyncio.shield(writer.submit(_INSERT_AUDIT, row))
 
+    async def expire_available(self, now: datetime, message: str) -> list[Transfer]:
+        writer = self._live_writer()
+        at = encode_time(now)
+        async with writer.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE transfers SET status = ?, error_code = ?, error_msg = ?, "
+                f"error_step = ?, stop = ?, updated = ? WHERE {_AVAILABLE} "
+                f"AND next_attempt <= ? RETURNING {_COLS}",
+                (
+                    Status.ERROR.value,
+                    ErrorCode.TeExpired.value,
+                    message,
+                    Step.NONE.value,
+                    at,
+                    encode_time(_now()),
+                    at,
+                ),
+            )
+        return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
+
+    async def insert_tapis_task(self, task: TapisTask) -> None:
+        writer = self._live_writer()
+        async with writer.transaction() as conn:
+            await conn.execute(
+                f"INSERT INTO tapis_tasks ({_TAPIS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    task.uuid,
+                    task.tag,
+                    task.username,
+                    encode_time(task.created),
+                    encode_json(task.elements),
+                    None if task.cancelled is None else encode_time(task.cancelled),
+                ),
+            )
+
+    async def get_tapis_task(self, uuid: str) -> TapisTask | None:
+        rows = list(
+            await self._reader().execute_fetchall(
+                f"SELECT {_TAPIS_COLUMNS} FROM tapis_tasks WHERE uuid = ?", (uuid,)
+            )
+        )
+        return _decode_tapis(rows[0]) if rows else None
+
+    async def list_tapis_tasks(self, limit: int, offset: int) -> list[TapisTask]:
+        rows = await self._reader().execute_fetchall(
+            f"SELECT {_TAPIS_COLUMNS} FROM tapis_tasks ORDER BY seq DESC LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [_decode_tapis(row) for row in rows]
+
+    async def cancel_tapis_task(self, uuid: str, at: datetime) -> None:
+        writer = self._live_writer()
+        async with writer.transaction() as conn:
+            await conn.execute(
+                "UPDATE tapis_tasks SET cancelled = coalesce(cancelled, ?) WHERE uuid = ?",
+                (encode_time(at), uuid),
+            )
+
+    async def insert_token(self, token: ApiToken) -> None:
+        writer = self._live_writer()
+        row = (
+            token.id,
+            token.user,
+            encode_json(dict(token.permissions)),
+            token.comment,
+            encode_time(token.created),
+            encode_time(token.expires),
+            None if token.revoked is None else encode_time(token.revoked),
+        )
+        try:
+            async with writer.transaction() as conn:
+                await conn.execute(
+                    f"INSERT INTO api_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row
+                )
+        except aiosqlite.IntegrityError as exc:
+            raise ValueError(f"token id {token.id!r} is taken") from exc
+
+    async def revoke_token(self, token_id: str, at: datetime) -> bool:
+        writer = self._live_writer()
+        async with writer.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                "UPDATE api_tokens SET revoked = ? WHERE id = ? AND revoked IS NULL RETURNING id",
+                (encode_time(at), token_id),
+            )
+        return bool(list(rows))
+
     # -- reads -----------------------------------------------------------------------
 
     async def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Transfer]:
@@ -324,6 +424,31 @@ class SqliteStore(Store):
         )
         return [decode_audit(row) for row in rows]
 
+    async def next_expiry(self) -> datetime | None:
+        rows = list(
+            await self._reader().execute_fetchall(
+                f"SELECT min(next_attempt) FROM transfers WHERE {_AVAILABLE}"
+            )
+        )
+        value = rows[0][0]
+        return None if value is None else decode_time(value)
+
+    async def get_token(self, token_id: str) -> ApiToken | None:
+        rows = list(
+            await self._reader().execute_fetchall(
+                f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id = ?", (token_id,)
+            )
+        )
+        return _decode_token(rows[0]) if rows else None
+
+    async def list_tokens(self, user: str | None = None) -> list[ApiToken]:
+        where, params = ("", ()) if user is None else (" WHERE user = ?", (user,))
+        rows = await self._reader().execute_fetchall(
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens{where} ORDER BY created DESC, id",
+            params,
+        )
+        return [_decode_token(row) for row in rows]
+
 
 def _where(filt: TransferFilter) -> tuple[str, tuple[Any, ...]]:
     """The WHERE clause (with a leading space, or empty) and its parameters."""
@@ -343,4 +468,35 @@ def _where(filt: TransferFilter) -> tuple[str, tuple[Any, ...]]:
     if filt.start_after is not None:
         terms.append("start >= ?")
         params.append(encode_time(filt.start_after))
+    if filt.stop_before is not None:
+        terms.append("stop <= ?")
+        params.append(encode_time(filt.stop_before))
+    if filt.filename is not None:
+        terms.append("(src_filename = ? OR dest_filename = ?)")
+        params.extend((filt.filename, filt.filename))
     return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(params)
+
+
+def _decode_tapis(row: Any) -> TapisTask:
+    uuid, tag, username, created, elements, cancelled = row
+    return TapisTask(
+        uuid=uuid,
+        tag=tag,
+        username=username,
+        created=decode_time(created),
+        elements=json.loads(elements),
+        cancelled=None if cancelled is None else decode_time(cancelled),
+    )
+
+
+def _decode_token(row: Any) -> ApiToken:
+    token_id, user, permissions, comment, created, expires, revoked = row
+    return ApiToken(
+        id=token_id,
+        user=user,
+        permissions=json.loads(permissions),
+        comment=comment,
+        created=decode_time(created),
+        expires=decode_time(expires),
+        revoked=None if revoked is None else decode_time(revoked),
+    )

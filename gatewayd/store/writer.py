@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Hashable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,6 +51,8 @@ class BatchWriter:
         self._closing = False
         self.commit_count = 0
         """Transactions committed so far (batches and exclusive transactions)."""
+        self.on_commit: Callable[[float], None] | None = None
+        """Told the seconds each committed batch took to write (metrics)."""
 
     def _empty_batch(self) -> dict[str, dict[Hashable, Params]]:
         return {sql: {} for sql in self._statements}
@@ -142,6 +145,7 @@ class BatchWriter:
         # queue a function there (its `_execute`, stable since 0.17); the public calls
         # otherwise, one trip per statement plus one for the commit.
         run_in_thread = getattr(self._conn, "_execute", None)
+        began = time.perf_counter()
         try:
             if run_in_thread is not None:
                 changed = await run_in_thread(self._write_in_thread, work)
@@ -165,6 +169,8 @@ class BatchWriter:
                     " ".join(sql.split()[:3]),
                 )
         self.commit_count += 1
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - began)
 
     def _write_in_thread(self, work: list[tuple[str, list[Params]]]) -> list[int]:
         """Runs on the connection's own thread: every statement, then the commit."""

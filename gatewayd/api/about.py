@@ -1,0 +1,104 @@
+"""`/api/about` (what is running and how it is) and `/api/audit` (who changed what)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from gatewayd import __version__
+from gatewayd.api.body import Query
+from gatewayd.api.routes import Call, Param, route
+from gatewayd.api.shapes import rfc3339
+
+_ERRORS: dict[int, tuple[str, str | None]] = {
+    400: ("Bad query", "Errors"),
+    401: ("Not authenticated", "Errors"),
+    403: ("Not allowed", "Errors"),
+}
+DB_TIMEOUT = 5.0
+
+
+async def _database(call: Call) -> dict[str, Any]:
+    gateway = call.ctx.gateway
+    try:
+        async with asyncio.timeout(DB_TIMEOUT):
+            version = await gateway.store.schema_version()
+    except Exception as exc:  # reported, not raised: /about must answer when the DB does not
+        return {"state": "error", "message": f"{type(exc).__name__}: {exc}"}
+    return {
+        "state": "ok",
+        "backend": gateway.config.database.backend,
+        "schemaVersion": version,
+    }
+
+
+@route(
+    "GET",
+    "/api/about",
+    summary="Version, uptime, and the state of each server, the database and the scheduler",
+    area=None,
+    letter=None,
+    tag="administration",
+    responses={200: ("The gateway's state", "About"), **_ERRORS},
+)
+async def about(call: Call) -> web.StreamResponse:
+    gateway = call.ctx.gateway
+    now = gateway.clock.now()
+    servers = {}
+    for name, config in sorted(gateway.config.servers.items()):
+        running = gateway.servers.get(name)
+        servers[name] = {
+            "protocol": config.protocol,
+            "state": "running" if running else "stopped" if config.enabled else "disabled",
+            "address": config.address,
+            "port": running.bound_port if running else config.port,
+        }
+    scheduler = gateway.scheduler
+    if gateway.engine.shutting_down:
+        scheduler_state = "stopping"
+    else:
+        scheduler_state = "running" if scheduler.alive else "stopped"
+    return web.json_response(
+        {
+            "name": "gatewayd",
+            "version": __version__,
+            "started": rfc3339(call.ctx.started, call.ctx.tz),
+            "uptime": round(max(0.0, (now - call.ctx.started).total_seconds()), 3),
+            "timezone": str(call.ctx.tz),
+            "user": call.principal.user,
+            "permissions": dict(call.principal.permissions),
+            "servers": servers,
+            "database": await _database(call),
+            "scheduler": {
+                "state": scheduler_state,
+                "running": len(scheduler.running),
+                "queued": scheduler.queue_depth(),
+            },
+        }
+    )
+
+
+@route(
+    "GET",
+    "/api/audit",
+    summary="The audit log: changes made through the API, newest first",
+    area="administration",
+    letter="r",
+    tag="administration",
+    query=(
+        Param("limit", "Page size (default 100, at most 1000)", {"type": "integer"}),
+        Param("offset", "Entries to skip", {"type": "integer"}),
+    ),
+    responses={200: ("Audit entries", "AuditList"), **_ERRORS},
+)
+async def audit(call: Call) -> web.StreamResponse:
+    query = Query(call.request, ("limit", "offset"))
+    limit = query.integer("limit", 100, 1, 1000)
+    offset = query.integer("offset", 0, 0, 2**62)
+    query.check()
+    entries = await call.ctx.gateway.store.list_audit(limit=limit, offset=offset)
+    return web.json_response(
+        {"entries": [{**entry, "at": rfc3339(entry["at"], call.ctx.tz)} for entry in entries]}
+    )

@@ -1,0 +1,129 @@
+"""The admin API application and its listener.
+
+`build_app` makes the aiohttp application from the route table; `ApiServer` runs it on
+the configured address (HTTPS when a certificate is configured) inside the daemon's
+event loop, next to the protocol servers.
+"""
+
+from __future__ import annotations
+
+import ssl
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import structlog
+from aiohttp import web
+
+# The handler modules register their routes when imported.
+from gatewayd.api import (  # noqa: F401
+    about,
+    inventory,
+    metrics,
+    openapi,
+    r66,
+    rules,
+    tapis,
+    tokens,
+    transfers,
+)
+from gatewayd.api.auth import Authenticator, open_authenticator
+from gatewayd.api.errors import Handler, error_middleware
+from gatewayd.api.routes import ANONYMOUS, CONTEXT, ROUTES, ApiContext, Call, Route
+from gatewayd.config.paths import absolute
+
+if TYPE_CHECKING:
+    from gatewayd.gateway import Gateway
+
+log = structlog.get_logger("gatewayd.api")
+
+MAX_BODY = 1 << 20  # bytes; rules and transfer requests are far smaller
+SHUTDOWN_GRACE = 2.0  # seconds
+
+
+def _endpoint(r: Route) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ctx = request.app[CONTEXT]
+        if r.open_when is not None and r.open_when(ctx):
+            return await r.handler(Call(request, ANONYMOUS, ctx))
+        principal = await ctx.auth.authenticate(request)
+        if r.area is not None and r.letter is not None:
+            principal.require(r.area, r.letter)
+        return await r.handler(Call(request, principal, ctx))
+
+    handle.__name__ = r.handler.__name__
+    return handle
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    # Answers may carry tokens and private details: never cache them anywhere.
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
+def build_app(ctx: ApiContext) -> web.Application:
+    """The application serving every route of `ROUTES` for the gateway of `ctx`."""
+    app = web.Application(middlewares=[_headers, error_middleware], client_max_size=MAX_BODY)
+    app[CONTEXT] = ctx
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, _endpoint(r), name=r.operation_id)
+    return app
+
+
+def _tls_context(gateway: Gateway) -> ssl.SSLContext | None:
+    api = gateway.config.api
+    if api.tls_cert is None or api.tls_key is None:
+        return None
+    home = gateway.loaded.paths.home
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(absolute(api.tls_cert, home), absolute(api.tls_key, home))
+    return context
+
+
+class ApiServer:
+    """The API's listener inside the daemon."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.auth: Authenticator | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.scheme = "http"
+
+    async def start(self) -> None:
+        """Listen; returns once connections are accepted (`port` is the bound port)."""
+        gateway = self.gateway
+        self.auth = await open_authenticator(
+            lambda: gateway.config.api,
+            gateway.store,
+            gateway.loaded.paths.state_dir,
+            gateway.clock.now,
+        )
+        started: datetime = gateway.clock.now()
+        app = build_app(ApiContext(gateway=gateway, auth=self.auth, started=started))
+        tls = _tls_context(gateway)
+        self.scheme = "https" if tls else "http"
+        # Requests in flight at shutdown get a short grace, not aiohttp's minute.
+        runner = web.AppRunner(
+            app, access_log_format='%a "%r" %s %b %Tfs', shutdown_timeout=SHUTDOWN_GRACE
+        )
+        await runner.setup()
+        api = gateway.config.api
+        site = web.TCPSite(runner, api.address, api.port, ssl_context=tls, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        addresses = runner.addresses
+        self.port = int(addresses[0][1]) if addresses else api.port
+        log.info("api listening", address=api.address, port=self.port, scheme=self.scheme)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()

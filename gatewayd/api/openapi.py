@@ -1,0 +1,349 @@
+"""The OpenAPI 3.1 document of the admin API, served at `/api/openapi.json`.
+
+Operations come from the route table (`routes.ROUTES`), so a route cannot be added
+without its documentation; the schemas of bodies and answers are written here (the rule
+schema is the configuration model's own JSON schema).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from gatewayd import __version__
+from gatewayd.api.auth import AREAS
+from gatewayd.api.routes import ROUTES, SCHEMAS, Call, Route, route
+from gatewayd.config.schema import RuleConfig
+from gatewayd.model import ErrorCode, Status, Step
+
+JSON = "application/json"
+_PATH_PARAM = re.compile(r"\{(\w+)(:[^}]*)?\}")
+
+
+def openapi_path(path: str) -> str:
+    """An aiohttp path (`/api/transfers/{id:\\d+}`) as OpenAPI writes it."""
+    return _PATH_PARAM.sub(r"{\1}", path)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _obj(
+    properties: dict[str, Any], required: tuple[str, ...] = (), closed: bool = True
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _list(key: str, item: str) -> dict[str, Any]:
+    return _obj({key: {"type": "array", "items": _ref(item)}}, (key,))
+
+
+STRING = {"type": "string"}
+INT = {"type": "integer"}
+NUMBER = {"type": "number"}
+BOOL = {"type": "boolean"}
+TIME = {"type": "string", "format": "date-time"}
+PERMISSIONS = {
+    "type": "object",
+    "description": "Letters r (read), w (write), d (delete) per area",
+    "propertyNames": {"enum": list(AREAS)},
+    "additionalProperties": {"type": "string", "pattern": "^[rwd]*$"},
+}
+
+
+def _transfer() -> dict[str, Any]:
+    props = {
+        "id": INT,
+        "remoteID": STRING,
+        "followID": STRING,
+        "parentID": _nullable(INT),
+        "rule": STRING,
+        "isServer": BOOL,
+        "isSend": BOOL,
+        "requester": STRING,
+        "requested": STRING,
+        "protocol": STRING,
+        "account": _nullable(STRING),
+        "partner": _nullable(STRING),
+        "srcFilename": STRING,
+        "destFilename": STRING,
+        "localFilepath": STRING,
+        "remoteFilepath": STRING,
+        "filesize": {"type": "integer", "description": "-1 while unknown"},
+        "start": _nullable(TIME),
+        "stop": _nullable(TIME),
+        "status": {"type": "string", "enum": [s.value for s in Status]},
+        "step": {"type": "string", "enum": [s.value for s in Step]},
+        "progress": {"type": "integer", "description": "Bytes safely on disk"},
+        "taskNumber": INT,
+        "errorCode": {"type": "string", "enum": [c.value for c in ErrorCode]},
+        "errorMsg": STRING,
+        "transferInfo": {"type": "object"},
+        "remainingAttempts": INT,
+        "nextAttempt": _nullable(TIME),
+        "expires": {**_nullable(TIME), "description": "Expiry of an AVAILABLE transfer"},
+        "nextRetryDelay": {"type": "integer", "description": "Seconds"},
+        "retryIncrementFactor": NUMBER,
+        "sha256": {"type": "string", "description": "SHA-256 of the data, once known"},
+    }
+    return _obj(props, tuple(props))
+
+
+def _rule_schemas() -> dict[str, Any]:
+    schema = RuleConfig.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    schema["properties"].pop("source", None)
+    return {"Rule": schema, **defs}
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Error": _obj(
+            {"message": STRING, "errorCode": STRING, "field": STRING}, ("message", "errorCode")
+        ),
+        "Errors": _obj({"errors": {"type": "array", "items": _ref("Error")}}, ("errors",)),
+        "Transfer": _transfer(),
+        "TransferList": _obj(
+            {
+                "transfers": {"type": "array", "items": _ref("Transfer")},
+                "total": INT,
+                "limit": INT,
+                "offset": INT,
+            },
+            ("transfers", "total", "limit", "offset"),
+        ),
+        "TransferRequest": _obj(
+            {
+                "rule": STRING,
+                "partner": STRING,
+                "account": {**STRING, "description": "Our login at the partner"},
+                "isSend": {**BOOL, "description": "Must match the rule's direction"},
+                "file": {
+                    **STRING,
+                    "description": "Relative path: in the rule's folder "
+                    "(send) or at the partner (receive)",
+                },
+                "output": {**STRING, "description": "Name at the destination"},
+                "start": {
+                    **TIME,
+                    "description": "Not before (default: now); without an "
+                    "offset, in the gateway's time zone",
+                },
+                "transferInfo": {"type": "object"},
+                "nbOfAttempts": {"type": "integer", "minimum": 0},
+                "firstRetryDelay": {"type": "number", "minimum": 0},
+                "retryIncrementFactor": {"type": "number", "minimum": 1},
+            },
+            ("rule", "partner", "file"),
+        ),
+        "PreregisterRequest": _obj(
+            {
+                "rule": STRING,
+                "account": STRING,
+                "file": {**STRING, "description": "A file name in the rule's folder"},
+                "validFor": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "Seconds (default one day)",
+                },
+                "expires": TIME,
+                "transferInfo": {"type": "object"},
+            },
+            ("rule", "account", "file"),
+        ),
+        "CancelResult": _obj(
+            {"cancelled": {"type": "array", "items": INT}, "count": INT}, ("cancelled", "count")
+        ),
+        **_rule_schemas(),
+        "RuleList": _list("rules", "Rule"),
+        "Server": _obj(
+            {
+                "name": STRING,
+                "protocol": STRING,
+                "address": STRING,
+                "port": INT,
+                "enabled": BOOL,
+                "state": {"type": "string", "enum": ["running", "stopped", "disabled"]},
+                "boundPort": _nullable(INT),
+                "options": {"type": "object"},
+            }
+        ),
+        "ServerList": _list("servers", "Server"),
+        "Partner": _obj(
+            {
+                "name": STRING,
+                "protocol": STRING,
+                "address": STRING,
+                "port": INT,
+                "login": STRING,
+                "hasPassword": BOOL,
+                "maxTransfers": _nullable(INT),
+                "options": {"type": "object"},
+            }
+        ),
+        "PartnerList": _list("partners", "Partner"),
+        "Account": _obj(
+            {
+                "name": STRING,
+                "enabled": BOOL,
+                "hasPassword": BOOL,
+                "publicKeys": {"type": "array", "items": STRING},
+                "rules": {"type": "array", "items": STRING},
+            }
+        ),
+        "AccountList": _list("accounts", "Account"),
+        "User": _obj({"name": STRING, "permissions": PERMISSIONS}),
+        "UserList": _list("users", "User"),
+        "TokenRequest": _obj(
+            {
+                "expiresIn": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds"},
+                "permissions": PERMISSIONS,
+                "comment": {"type": "string", "maxLength": 200},
+            }
+        ),
+        "Token": _obj(
+            {
+                "id": STRING,
+                "user": STRING,
+                "permissions": PERMISSIONS,
+                "comment": STRING,
+                "created": TIME,
+                "expires": TIME,
+                "revoked": _nullable(TIME),
+            }
+        ),
+        "NewToken": {
+            "allOf": [
+                _ref("Token"),
+                {
+                    "type": "object",
+                    "properties": {"token": {"type": "string", "description": "The JWT"}},
+                    "required": ["token"],
+                },
+            ]
+        },
+        "TokenList": _list("tokens", "Token"),
+        "About": _obj(
+            {
+                "name": STRING,
+                "version": STRING,
+                "started": TIME,
+                "uptime": {"type": "number", "description": "Seconds"},
+                "timezone": STRING,
+                "user": STRING,
+                "permissions": PERMISSIONS,
+                "servers": {"type": "object", "additionalProperties": {"type": "object"}},
+                "database": {"type": "object"},
+                "scheduler": {"type": "object"},
+            }
+        ),
+        "AuditEntry": _obj(
+            {
+                "id": INT,
+                "at": TIME,
+                "who": STRING,
+                "action": STRING,
+                "target": STRING,
+                "details": {"type": "object"},
+            }
+        ),
+        "AuditList": _list("entries", "AuditEntry"),
+        "OpenApi": {"type": "object", "description": "This document"},
+        **SCHEMAS,
+    }
+
+
+def _operation(r: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": r.operation_id,
+        "summary": r.summary,
+        "tags": [r.tag],
+    }
+    if r.description:
+        op["description"] = r.description
+    op["x-permission"] = f"{r.area}:{r.letter}" if r.area else "any authenticated user"
+    if r.open_when is not None:
+        op["x-permission"] += " (or none, depending on a setting)"
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": STRING}
+        for name, _ in _PATH_PARAM.findall(r.path)
+    ]
+    for p in r.query:
+        schema = {"type": "array", "items": dict(p.schema)} if p.repeated else dict(p.schema)
+        param: dict[str, Any] = {
+            "name": p.name,
+            "in": "query",
+            "description": p.description,
+            "required": p.required,
+            "schema": schema,
+        }
+        if p.repeated:
+            param["explode"] = True
+        params.append(param)
+    if params:
+        op["parameters"] = params
+    if r.body:
+        content = {JSON: {"schema": _ref(r.body)}}
+        if r.body_yaml:
+            content["application/yaml"] = {"schema": {"type": "string"}}
+        op["requestBody"] = {"required": True, "content": content}
+    responses: dict[str, Any] = {}
+    for status, (description, answer_schema) in sorted(r.responses.items()):
+        answer: dict[str, Any] = {"description": description}
+        if answer_schema:
+            media = r.answer_type if 200 <= status < 300 else JSON
+            answer["content"] = {media: {"schema": _ref(answer_schema)}}
+        responses[str(status)] = answer
+    op["responses"] = responses
+    return op
+
+
+def build_document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for r in ROUTES:
+        paths.setdefault(openapi_path(r.path), {})[r.method.lower()] = _operation(r)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "gatewayd admin API",
+            "version": __version__,
+            "description": "Drive and watch the gateway: transfers, rules, servers, "
+            "partners, accounts, users, tokens. Errors are "
+            '`{"errors": [{"message", "errorCode"}]}` with every problem at once.',
+        },
+        "servers": [{"url": "/"}],
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "basicAuth": {"type": "http", "scheme": "basic"},
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            },
+        },
+        "security": [{"basicAuth": []}, {"bearerAuth": []}],
+        "paths": dict(sorted(paths.items())),
+    }
+
+
+@route(
+    "GET",
+    "/api/openapi.json",
+    summary="This OpenAPI 3.1 document",
+    area=None,
+    letter=None,
+    tag="administration",
+    responses={200: ("The document", "OpenApi"), 401: ("Not authenticated", "Errors")},
+)
+async def openapi_document(call: Call) -> web.StreamResponse:
+    return web.json_response(build_document())

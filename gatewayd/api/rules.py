@@ -1,0 +1,274 @@
+"""`/api/rules`: list, get, create, replace, delete.
+
+A rule sent to the API (JSON with the field names of the YAML files, or the YAML file
+itself) is checked exactly like `check-config` checks the rules folder. Only a valid rule
+is written, as `rules/<name>.yaml`, atomically (temporary file, fsync, rename); the whole
+configuration is then loaded again and swapped into the running gateway. A change that
+the reload refuses is rolled back: the rules folder is left as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+
+from gatewayd.api.body import YAML_TYPES, is_yaml, read_json, read_text, unsupported
+from gatewayd.api.errors import ApiError, Problem, bad_request, conflict, not_found
+from gatewayd.api.routes import Call, route
+from gatewayd.api.shapes import rule_json
+from gatewayd.config import ConfigError, LoadedConfig, ensure_folders, load_config, load_rule_text
+from gatewayd.config.problems import Problem as ConfigProblem
+from gatewayd.config.schema import RuleConfig
+from gatewayd.pipeline.files import fsync_dir
+
+_ERRORS: dict[int, tuple[str, str | None]] = {
+    401: ("Not authenticated", "Errors"),
+    403: ("Not allowed", "Errors"),
+}
+_BAD: dict[int, tuple[str, str | None]] = {
+    400: ("Invalid rule: every problem is listed", "Errors"),
+    415: ("Neither JSON nor YAML", "Errors"),
+}
+_SOURCE = "<request>"
+FILE_MODE = 0o640
+
+
+def _rule(call: Call, name: str) -> RuleConfig:
+    rule = call.ctx.loaded.config.rules.get(name)
+    if rule is None:
+        raise not_found(f"no rule '{name}'")
+    return rule
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@route(
+    "GET",
+    "/api/rules",
+    summary="List the rules",
+    area="rules",
+    letter="r",
+    tag="rules",
+    responses={200: ("Every rule", "RuleList"), **_ERRORS},
+)
+async def list_rules(call: Call) -> web.StreamResponse:
+    rules = sorted(call.ctx.loaded.config.rules.values(), key=lambda r: r.name)
+    return web.json_response({"rules": [rule_json(r) for r in rules]})
+
+
+@route(
+    "GET",
+    "/api/rules/{name}",
+    summary="One rule",
+    area="rules",
+    letter="r",
+    tag="rules",
+    responses={200: ("The rule", "Rule"), 404: ("No such rule", "Errors"), **_ERRORS},
+)
+async def get_rule(call: Call) -> web.StreamResponse:
+    return web.json_response(rule_json(_rule(call, call.request.match_info["name"])))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+async def _body_text(call: Call, name: str | None) -> tuple[str, bool]:
+    """The rule as YAML text, and whether it came as YAML (its lines mean something)."""
+    request = call.request
+    if is_yaml(request):
+        return await read_text(request), True
+    if request.content_type != "application/json":
+        raise unsupported(request, ("application/json", *YAML_TYPES))
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise bad_request(Problem("the body must be a JSON object (a rule)", "bad_value"))
+    if name is not None:
+        body.setdefault("name", name)
+    header = f"# Written through the admin API by {call.principal.user}.\n"
+    return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True), False
+
+
+def _problems(error: ConfigError, with_lines: bool) -> list[Problem]:
+    def one(p: ConfigProblem) -> Problem:
+        where = f"line {p.line}: " if with_lines and p.line > 0 and str(p.file) == _SOURCE else ""
+        return Problem(where + p.message, "invalid_rule")
+
+    return [one(p) for p in error.problems]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """`text` as `path`, all or nothing, durable when this returns (blocking)."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_dir(path.parent)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _restore(path: Path, previous: bytes | None) -> None:
+    if previous is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fsync_dir(path.parent)
+    else:
+        _write_atomically(path, previous.decode("utf-8"))
+
+
+def _reload(config_file: Path) -> LoadedConfig:
+    loaded = load_config(config_file)
+    ensure_folders(loaded)
+    return loaded
+
+
+async def _change(call: Call, path: Path, text: str | None) -> None:
+    """Write (or, with None, delete) a rule file, reload, swap; rolled back when the
+    reload fails."""
+    previous = await asyncio.to_thread(_read_bytes, path)
+    if text is None:
+        await asyncio.to_thread(_restore, path, None)
+    else:
+        await asyncio.to_thread(_write_atomically, path, text)
+    try:
+        loaded = await asyncio.to_thread(_reload, call.ctx.loaded.paths.config_file)
+    except (ConfigError, OSError) as exc:
+        await asyncio.to_thread(_restore, path, previous)
+        problems = (
+            [Problem(str(p), "invalid_config") for p in exc.problems]
+            if isinstance(exc, ConfigError)
+            else [Problem(f"cannot prepare the rule's folders: {exc}", "invalid_config")]
+        )
+        raise ApiError(
+            409,
+            [
+                Problem(
+                    "the configuration on disk does not load; nothing was changed",
+                    "invalid_config",
+                ),
+                *problems,
+            ],
+        ) from None
+    call.ctx.gateway.apply_config(loaded)
+
+
+async def _save(call: Call, url_name: str | None) -> tuple[RuleConfig, bool]:
+    text, as_yaml = await _body_text(call, url_name)
+    async with call.ctx.config_lock:
+        loaded = call.ctx.loaded
+        try:
+            rule = load_rule_text(loaded, text, _SOURCE)
+        except ConfigError as exc:
+            raise bad_request(*_problems(exc, as_yaml)) from None
+        if url_name is not None and rule.name != url_name:
+            raise bad_request(
+                Problem(
+                    f"the rule is named '{rule.name}' but the URL names '{url_name}' "
+                    "(a rule cannot be renamed: create the new one, delete the old one)",
+                    "name_mismatch",
+                    "name",
+                )
+            )
+        exists = rule.name in loaded.config.rules
+        if url_name is None and exists:
+            raise conflict(f"rule '{rule.name}' already exists", "already_exists")
+        path = loaded.rule_file(rule.name)
+        await _change(call, path, text)
+        saved = call.ctx.loaded.config.rules[rule.name]
+    await call.audit(
+        "rule.replace" if exists else "rule.create",
+        f"rule/{rule.name}",
+        {"file": str(path), "rule": rule_json(saved)},
+    )
+    return saved, not exists
+
+
+@route(
+    "POST",
+    "/api/rules",
+    summary="Create a rule (JSON with the YAML field names, or YAML)",
+    area="rules",
+    letter="w",
+    tag="rules",
+    body="Rule",
+    body_yaml=True,
+    responses={
+        201: ("Created and loaded; `Location` names it", "Rule"),
+        409: ("A rule of that name exists", "Errors"),
+        **_BAD,
+        **_ERRORS,
+    },
+)
+async def create_rule(call: Call) -> web.StreamResponse:
+    rule, _ = await _save(call, None)
+    return web.json_response(
+        rule_json(rule), status=201, headers={"Location": f"/api/rules/{rule.name}"}
+    )
+
+
+@route(
+    "PUT",
+    "/api/rules/{name}",
+    summary="Create or replace a rule (JSON with the YAML field names, or YAML)",
+    description="Transfers already created keep the task chains they were created with.",
+    area="rules",
+    letter="w",
+    tag="rules",
+    body="Rule",
+    body_yaml=True,
+    responses={
+        200: ("Replaced and loaded", "Rule"),
+        201: ("Created and loaded", "Rule"),
+        409: ("The configuration on disk does not load", "Errors"),
+        **_BAD,
+        **_ERRORS,
+    },
+)
+async def replace_rule(call: Call) -> web.StreamResponse:
+    rule, created = await _save(call, call.request.match_info["name"])
+    headers = {"Location": f"/api/rules/{rule.name}"} if created else None
+    return web.json_response(rule_json(rule), status=201 if created else 200, headers=headers)
+
+
+@route(
+    "DELETE",
+    "/api/rules/{name}",
+    summary="Delete a rule (its file); transfers already created keep their chains",
+    area="rules",
+    letter="d",
+    tag="rules",
+    responses={
+        204: ("Deleted", None),
+        404: ("No such rule", "Errors"),
+        409: ("The configuration on disk does not load", "Errors"),
+        **_ERRORS,
+    },
+)
+async def delete_rule(call: Call) -> web.StreamResponse:
+    name = call.request.match_info["name"]
+    async with call.ctx.config_lock:
+        rule = _rule(call, name)
+        path = rule.source or call.ctx.loaded.rule_file(name)
+        await _change(call, path, None)
+    await call.audit("rule.delete", f"rule/{name}", {"file": str(path)})
+    return web.Response(status=204)

@@ -1,0 +1,184 @@
+"""`/api/tokens`: bearer tokens that admin users issue for scripts, and revoke.
+
+A token is a signed JWT with an expiry, recorded in the database so that it can be
+listed and revoked; the token string itself is shown once, in the answer that creates
+it, and never stored. A token is issued only to a caller who gave their password (a
+token cannot mint tokens), for that caller, with at most their permissions.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from gatewayd.api.auth import AREAS, LETTERS
+from gatewayd.api.body import Query, read_object
+from gatewayd.api.errors import ApiError, Problem, bad_request, not_found
+from gatewayd.api.routes import Call, Param, route
+from gatewayd.api.shapes import token_json
+
+DEFAULT_LIFETIME = 86400  # seconds
+MAX_LIFETIME = 366 * 86400
+TOKEN_FIELDS = ("expiresIn", "permissions", "comment")
+_ERRORS: dict[int, tuple[str, str | None]] = {
+    400: ("Bad request: every problem is listed", "Errors"),
+    401: ("Not authenticated", "Errors"),
+    403: ("Not allowed", "Errors"),
+}
+
+
+def _check_permissions(value: Any, problems: list[Problem]) -> dict[str, str] | None:
+    if not isinstance(value, dict):
+        problems.append(
+            Problem("'permissions' must be an object {area: letters}", "bad_value", "permissions")
+        )
+        return None
+    found: dict[str, str] = {}
+    for area, letters in value.items():
+        if area not in AREAS:
+            problems.append(
+                Problem(
+                    f"'permissions': unknown area '{area}' (known: {', '.join(AREAS)})",
+                    "bad_value",
+                    "permissions",
+                )
+            )
+        elif not isinstance(letters, str) or any(x not in LETTERS for x in letters):
+            problems.append(
+                Problem(
+                    f"'permissions.{area}' must be made of the letters r, w and d",
+                    "bad_value",
+                    "permissions",
+                )
+            )
+        else:
+            found[area] = letters
+    return found
+
+
+@route(
+    "POST",
+    "/api/tokens",
+    summary="Issue a bearer token for the calling user (password authentication only)",
+    description="The answer carries the token once; keep it. It expires after "
+    "`expiresIn` seconds (default one day, at most 366 days) and can be limited to some "
+    "of the user's permissions.",
+    area=None,
+    letter=None,
+    tag="tokens",
+    body="TokenRequest",
+    responses={201: ("The token (shown once) and its record", "NewToken"), **_ERRORS},
+)
+async def create_token(call: Call) -> web.StreamResponse:
+    if call.principal.token_id is not None:
+        raise ApiError(
+            403,
+            [Problem("tokens are issued to a user name and password, not to a token", "forbidden")],
+        )
+    body = await read_object(call.request)
+    problems = [
+        Problem(f"unknown field '{k}'", "unknown_field", k) for k in body if k not in TOKEN_FIELDS
+    ]
+    lifetime = body.get("expiresIn", DEFAULT_LIFETIME)
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+        problems.append(
+            Problem("'expiresIn' must be a number of seconds", "bad_value", "expiresIn")
+        )
+    elif not 0 < lifetime <= MAX_LIFETIME:
+        problems.append(
+            Problem(
+                f"'expiresIn' must be between 1 and {MAX_LIFETIME} seconds",
+                "bad_value",
+                "expiresIn",
+            )
+        )
+    permissions = None
+    if body.get("permissions") is not None:
+        permissions = _check_permissions(body["permissions"], problems)
+    comment = body.get("comment", "")
+    if not isinstance(comment, str) or len(comment) > 200:
+        problems.append(
+            Problem("'comment' must be a text of at most 200 characters", "bad_value", "comment")
+        )
+    if permissions:
+        beyond = [
+            f"{area}:{letter}"
+            for area, letters in permissions.items()
+            for letter in letters
+            if not call.principal.can(area, letter)
+        ]
+        if beyond:
+            problems.append(
+                Problem(
+                    f"cannot grant what user '{call.principal.user}' does not have: "
+                    + ", ".join(beyond),
+                    "not_allowed",
+                    "permissions",
+                )
+            )
+    if problems:
+        raise bad_request(*problems)
+    token, record = await call.ctx.auth.issue(
+        call.principal, timedelta(seconds=float(lifetime)), permissions, comment
+    )
+    await call.audit(
+        "token.create",
+        f"token/{record.id}",
+        {"expires": record.expires.isoformat(), "permissions": dict(record.permissions)},
+    )
+    return web.json_response(
+        {"token": token, **token_json(record, call.ctx.tz)},
+        status=201,
+        headers={"Location": f"/api/tokens/{record.id}"},
+    )
+
+
+@route(
+    "GET",
+    "/api/tokens",
+    summary="Tokens: the caller's own, or everyone's with the users:r permission",
+    area=None,
+    letter=None,
+    tag="tokens",
+    query=(Param("user", "Only this user's tokens (others' need users:r)"),),
+    responses={200: ("Token records (never the tokens themselves)", "TokenList"), **_ERRORS},
+)
+async def list_tokens(call: Call) -> web.StreamResponse:
+    query = Query(call.request, ("user",))
+    user = query.text("user")
+    query.check()
+    if user is None and not call.principal.can("users", "r"):
+        user = call.principal.user
+    if user != call.principal.user:
+        call.principal.require("users", "r")
+    tokens = await call.ctx.gateway.store.list_tokens(user)
+    return web.json_response({"tokens": [token_json(t, call.ctx.tz) for t in tokens]})
+
+
+@route(
+    "DELETE",
+    "/api/tokens/{id}",
+    summary="Revoke a token: the caller's own, or anyone's with the users:d permission",
+    area=None,
+    letter=None,
+    tag="tokens",
+    responses={
+        204: ("Revoked", None),
+        404: ("No such token, or already revoked", "Errors"),
+        **_ERRORS,
+    },
+)
+async def revoke_token(call: Call) -> web.StreamResponse:
+    token_id = call.request.match_info["id"]
+    store = call.ctx.gateway.store
+    record = await store.get_token(token_id)
+    if record is None:
+        raise not_found(f"no token '{token_id}'")
+    if record.user != call.principal.user:
+        call.principal.require("users", "d")
+    if not await store.revoke_token(token_id, call.ctx.gateway.clock.now()):
+        raise not_found(f"token '{token_id}' is already revoked")
+    await call.audit("token.revoke", f"token/{token_id}", {"user": record.user})
+    return web.Response(status=204)

@@ -1,0 +1,192 @@
+"""Prometheus metrics of the gateway (served at `/metrics` by the admin API).
+
+Counters and histograms are fed as things happen, through the engine's `Observer`
+(transfers, bytes, tasks, login failures) and the store's commit callback (write
+latency). Gauges (running transfers, sessions, the scheduler's queue) are read from
+the running gateway at each scrape, so they can never drift.
+
+Each gateway has its own registry: several gateways in one process (tests) never mix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from gatewayd.model import Transfer
+from gatewayd.pipeline.engine import Observer
+
+if TYPE_CHECKING:
+    from gatewayd.gateway import Gateway
+
+__all__ = ["CONTENT_TYPE", "GatewayMetrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# From a small file on loopback to a large one over a slow link.
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
+# A batch commit takes a fraction of a millisecond to a disk's worst moments.
+DB_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+
+
+def _direction(t: Transfer) -> str:
+    return "send" if t.is_send else "receive"
+
+
+class _Live:
+    """Per running transfer: when it started and what has been counted of its bytes."""
+
+    __slots__ = ("began", "counted")
+
+    def __init__(self, counted: int) -> None:
+        self.began = time.monotonic()
+        self.counted = counted
+
+
+class GatewayMetrics(Observer):
+    """The metrics of one gateway and the observer that feeds them."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.started = Counter(
+            "gatewayd_transfers_started",
+            "Transfer runs started (a resumed transfer starts again)",
+            ["protocol", "direction", "rule"],
+            registry=r,
+        )
+        self.finished = Counter(
+            "gatewayd_transfers_finished",
+            "Transfer runs ended, by the status they ended in",
+            ["protocol", "direction", "rule", "status"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "gatewayd_transfer_bytes",
+            "Bytes durably received or confirmed sent",
+            ["protocol", "direction"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gatewayd_transfer_duration_seconds",
+            "Duration of transfer runs, by the status they ended in",
+            ["protocol", "direction", "status"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.task_runs = Counter(
+            "gatewayd_task_runs", "Tasks run (pre, post and error chains)", ["type"], registry=r
+        )
+        self.task_failures = Counter(
+            "gatewayd_task_failures", "Tasks that failed", ["type"], registry=r
+        )
+        self.login_failures = Counter(
+            "gatewayd_login_failures",
+            "Refused partner logins (bad password, or banned after too many)",
+            ["server", "protocol"],
+            registry=r,
+        )
+        self.db_write = Histogram(
+            "gatewayd_db_write_seconds",
+            "Time to write and commit one batch of database writes",
+            buckets=DB_BUCKETS,
+            registry=r,
+        )
+        r.register(_StateCollector(gateway))
+        self._live: dict[int, _Live] = {}
+
+    def attach(self) -> None:
+        """Start observing the gateway's engine and store."""
+        self.gateway.rt.observer = self
+        self.gateway.store.observe_commits(self.db_write.observe)
+
+    def render(self) -> bytes:
+        """The text exposition format of every metric."""
+        return generate_latest(self.registry)
+
+    # ------------------------------------------------------------------ the observer
+
+    def run_started(self, transfer: Transfer) -> None:
+        if transfer.id is None:
+            return
+        self._live[transfer.id] = _Live(transfer.progress)
+        self.started.labels(transfer.protocol, _direction(transfer), transfer.rule).inc()
+
+    def progress(self, transfer: Transfer, offset: int) -> None:
+        live = self._live.get(transfer.id) if transfer.id is not None else None
+        if live is not None and offset > live.counted:
+            self.bytes.labels(transfer.protocol, _direction(transfer)).inc(offset - live.counted)
+            live.counted = offset
+
+    def run_ended(self, transfer: Transfer) -> None:
+        if transfer.id is None:
+            return
+        self.progress(transfer, transfer.progress)  # the last bytes, not throttled
+        live = self._live.pop(transfer.id, None)
+        status = transfer.status.value
+        direction = _direction(transfer)
+        self.finished.labels(transfer.protocol, direction, transfer.rule, status).inc()
+        if live is not None:
+            self.duration.labels(transfer.protocol, direction, status).observe(
+                time.monotonic() - live.began
+            )
+
+    def task_ran(self, task_type: str, ok: bool) -> None:
+        self.task_runs.labels(task_type).inc()
+        if not ok:
+            self.task_failures.labels(task_type).inc()
+
+    def login_failed(self, server: str, protocol: str) -> None:
+        self.login_failures.labels(server, protocol).inc()
+
+
+class _StateCollector(Collector):
+    """Gauges read from the running gateway at scrape time."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families(empty=True))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(empty=False))
+
+    def _families(self, *, empty: bool) -> Iterator[Metric]:
+        gateway = self.gateway
+        running = GaugeMetricFamily(
+            "gatewayd_transfers_running",
+            "Transfers running now",
+            labels=["protocol", "direction"],
+        )
+        sessions = GaugeMetricFamily(
+            "gatewayd_sessions",
+            "Sessions open now on each server (HTTP: requests in progress)",
+            labels=["server", "protocol"],
+        )
+        queue = GaugeMetricFamily(
+            "gatewayd_scheduler_queue_depth",
+            "Due client transfers waiting for a free slot",
+        )
+        if not empty:
+            counts: dict[tuple[str, str], int] = {}
+            for run in list(gateway.engine.active.values()):
+                key = (run.transfer.protocol, _direction(run.transfer))
+                counts[key] = counts.get(key, 0) + 1
+            for (protocol, direction), count in sorted(counts.items()):
+                running.add_metric([protocol, direction], count)
+            for name, server in sorted(gateway.servers.items()):
+                count = server.session_count
+                if count is not None:
+                    config = gateway.config.servers.get(name)
+                    sessions.add_metric([name, config.protocol if config else ""], count)
+            queue.add_metric([], gateway.scheduler.queue_depth())
+        yield running
+        yield sessions
+        yield queue
