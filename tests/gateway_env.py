@@ -101,6 +101,17 @@ class GatewayEnv:
         await self.gateway.start()
         return self.gateway
 
+    async def plan(self, request: dict[str, Any]) -> Transfer:
+        """A client transfer created through the real transfer service with nothing
+        running (for tests that then start `gatewayd serve` on these files)."""
+        loaded = self.load()
+        store = make_store(loaded.config.database, loaded.paths.database)
+        await store.open()
+        try:
+            return await Gateway(loaded, store).service.create({"nbOfAttempts": 0, **request})
+        finally:
+            await store.close()
+
     async def stop(self) -> None:
         if self.gateway is not None:
             await self.gateway.stop(5)

@@ -7,8 +7,6 @@ import hashlib
 import json
 from pathlib import Path
 
-from gatewayd.gateway import Gateway
-from gatewayd.store import make_store
 from tests.daemon_proc import DaemonProcess, read_row, wait_row
 from tests.gateway_env import GatewayEnv, lines, make_file, trace_task
 
@@ -26,12 +24,7 @@ async def test_kill_9_mid_data_then_restart_resumes(tmp_path: Path) -> None:
     data = make_file(rule_folder / "big.bin", 30 * MiB + 99)
     db = loaded.paths.database
 
-    # The transfer is created through the real transfer service, nothing running yet.
-    store = make_store(loaded.config.database, db)
-    await store.open()
-    request = {"rule": "out", "partner": "share", "file": "big.bin", "nbOfAttempts": 0}
-    transfer = await Gateway(loaded, store).service.create(request)
-    await store.close()
+    transfer = await env.plan({"rule": "out", "partner": "share", "file": "big.bin"})
     assert transfer.id is not None
 
     first = await DaemonProcess.start(env.config_file)

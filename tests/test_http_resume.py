@@ -10,13 +10,10 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gatewayd.gateway import Gateway
 from gatewayd.model import ErrorCode, Status, Transfer
-from gatewayd.store import make_store
 from gatewayd.store.base import TransferFilter
 from protocols.http.client import HttpClient
 from protocols.http.config import HttpPartnerConfig
@@ -25,17 +22,6 @@ from tests.gateway_env import GatewayEnv, make_file
 from tests.http_support import PASSWORD, Nginx, http_gateway, make_cert
 
 MiB = 1 << 20
-
-
-async def planned(env: GatewayEnv, request: dict[str, Any]) -> Transfer:
-    """A client transfer created through the real transfer service, nothing running."""
-    loaded = env.load()
-    store = make_store(loaded.config.database, loaded.paths.database)
-    await store.open()
-    try:
-        return await Gateway(loaded, store).service.create({"nbOfAttempts": 0, **request})
-    finally:
-        await store.close()
 
 
 def client_env(root: Path) -> GatewayEnv:
@@ -64,7 +50,7 @@ async def test_download_from_nginx_cut_by_kill_9_resumes_with_range(
         "protocol": "http", "address": "127.0.0.1", "port": nginx.port, "max_rate": 6 * MiB,
     }  # fmt: skip
     env.rule("pull", "receive")
-    transfer = await planned(env, {"rule": "pull", "partner": "web", "file": "feed/big.bin"})
+    transfer = await env.plan({"rule": "pull", "partner": "web", "file": "feed/big.bin"})
     db = env.load().paths.database
     assert transfer.id is not None
 
@@ -143,7 +129,7 @@ async def test_send_to_gateway_over_https_cut_by_kill_9_resumes_where_it_holds(
         rule_folder = loaded.paths.rule_folder(loaded.config.rules["push"])
         data = make_file(rule_folder / "big.bin", 16 * MiB + 99)
         request = {"rule": "push", "partner": "peer", "file": "big.bin", "output": "inbox/b.bin"}
-        transfer = await planned(env, request)
+        transfer = await env.plan(request)
         db = loaded.paths.database
         assert transfer.id is not None
 

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gatewayd.gateway import Gateway
-from gatewayd.store import make_store
 from tests.daemon_proc import DaemonProcess, read_row
 from tests.daemon_proc import wait_row as wait_existing_row
 from tests.gateway_env import GatewayEnv, lines, make_file, trace_task
@@ -69,11 +67,7 @@ async def test_kill_9_mid_sftp_send_then_restart_resumes(tmp_path: Path) -> None
         folder = loaded.paths.rule_folder(loaded.config.rules["out"])
         data = make_file(folder / "big.bin", 12 * MiB + 5)
         db = loaded.paths.database
-        store = make_store(loaded.config.database, db)
-        await store.open()
-        request = {"rule": "out", "partner": "peer", "file": "big.bin", "nbOfAttempts": 0}
-        transfer = await Gateway(loaded, store).service.create(request)
-        await store.close()
+        transfer = await env.plan({"rule": "out", "partner": "peer", "file": "big.bin"})
         assert transfer.id is not None
 
         first = await DaemonProcess.start(env.config_file)
