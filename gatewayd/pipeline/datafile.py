@@ -245,10 +245,6 @@ class ReceiveFile(_ThreadFile):
             self.durable = length
             self._on_durable(length)
 
-    @property
-    def has_gaps(self) -> bool:
-        return bool(self._extents)
-
     async def complete(self, land: Callable[[int, str], T]) -> tuple[str, int, T]:
         """End of data in one worker-thread call: the buffered bytes written, fsynced,
         hashed to the end, the file closed, then `land(size, sha256)` run on the

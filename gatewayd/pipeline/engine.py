@@ -3,9 +3,10 @@
     SETUP -> PRE TASKS -> DATA -> POST TASKS -> FINALIZATION -> DONE
       (any failure)                   -> ERROR TASKS -> ERROR
 
-The transfer row is the checkpoint: every step change is committed before the step's
-work starts, `task_number` after each task, `progress` (throttled) after each fsync. A
-run that starts on a row resumes at its step, task and byte.
+The transfer row is the checkpoint: a step with work to redo after a crash is committed
+before that work starts (a chain with tasks, DATA, the placing of a received file),
+`task_number` after each task, `progress` (throttled) after each fsync. A run that
+starts on a row resumes at its step, task and byte.
 
 The engine knows no protocol: a client run gets its `ProtocolClient` from the client
 pool; server runs are driven by `gatewayd.pipeline.server` on behalf of a protocol.
@@ -30,7 +31,7 @@ from gatewayd.clock import Clock
 from gatewayd.errors import TaskError, TaskWarning, TransferError
 from gatewayd.model import ErrorCode, Status, Step, TaskSpec, Transfer
 from gatewayd.pipeline.datafile import ReceiveFile, SendFile
-from gatewayd.pipeline.files import place
+from gatewayd.pipeline.files import CollisionPolicy, place
 from gatewayd.tasks.base import TaskContext, TransferCreator, task_class
 
 if TYPE_CHECKING:
@@ -386,7 +387,7 @@ class Run:
         await self.close_files()
         await self.enter(Step.POST_TASKS, commit=bool(t.post_tasks))
 
-    def policy(self) -> Any:
+    def policy(self) -> CollisionPolicy:
         rule = self.rt.loaded.config.rules.get(self.transfer.rule)
         return rule.on_collision if rule else "rename"
 
