@@ -101,6 +101,9 @@ class ListenConfig(Strict):
     port: Port = 0
 
 
+Limit = Annotated[int, Field(ge=0)]
+
+
 class ServerConfig(Strict):
     """A listener of ours. Protocols subclass it with their own options."""
 
@@ -108,6 +111,11 @@ class ServerConfig(Strict):
     address: str = "127.0.0.1"
     port: Port = 0
     enabled: bool = True
+    # Files one account may be uploading (downloading) at once through this server,
+    # counted across every server and protocol of the gateway; 0 = unlimited. An
+    # account's own `max_uploads` / `max_downloads` overrides them.
+    max_uploads_per_account: Limit = 64
+    max_downloads_per_account: Limit = 64
 
 
 class PartnerConfig(Strict):
@@ -128,6 +136,10 @@ class AccountConfig(Strict):
     password: Secret | None = Field(default=None, repr=False)
     public_keys: Names = ()
     enabled: bool = True
+    # Overrides of the servers' `max_uploads_per_account` / `max_downloads_per_account`
+    # for this account (0 = unlimited).
+    max_uploads: Limit | None = None
+    max_downloads: Limit | None = None
 
     @field_validator("password")
     @classmethod

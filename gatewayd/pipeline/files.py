@@ -14,29 +14,19 @@ from typing import Literal
 from gatewayd.errors import TransferError
 from gatewayd.fsutil import fsync_dir, rename_noreplace
 from gatewayd.model import ErrorCode
+from gatewayd.names import check_name, escaped
 
 CollisionPolicy = Literal["rename", "overwrite", "fail"]
-MAX_NAME_BYTES = 255
-
-
-def check_name(name: str) -> str | None:
-    """Why `name` cannot be a file name of a transfer (None when it can)."""
-    if not name or name in (".", ".."):
-        return "empty or dot name"
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        return f"longer than {MAX_NAME_BYTES} bytes"
-    if "/" in name or "\\" in name:
-        return "contains a path separator"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "contains a control character"
-    return None
 
 
 def valid_name(name: str) -> str:
-    """`name`, or TransferError(TeForbidden) explaining why it is refused."""
+    """`name`, or TransferError(TeForbidden) explaining why it is refused (the name
+    shown escaped: it may hold characters that act on a terminal)."""
     problem = check_name(name)
     if problem:
-        raise TransferError(ErrorCode.TeForbidden, f"file name {name!r} refused: {problem}")
+        raise TransferError(
+            ErrorCode.TeForbidden, f"file name '{escaped(name)}' refused: {problem}"
+        )
     return name
 
 

@@ -22,8 +22,8 @@ import structlog
 from gatewayd.clock import Clock
 from gatewayd.config.schema import RuleConfig
 from gatewayd.model import Direction, ErrorCode, Status, Transfer
+from gatewayd.names import check_name
 from gatewayd.pipeline.engine import Runtime
-from gatewayd.pipeline.files import check_name
 from gatewayd.pipeline.service import FieldError, RequestError
 from gatewayd.store.base import Store, TransferFilter
 

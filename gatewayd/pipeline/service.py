@@ -18,8 +18,8 @@ from typing import Any
 
 from gatewayd.config.schema import RuleConfig
 from gatewayd.model import Direction, Status, Step, Transfer
+from gatewayd.names import check_name
 from gatewayd.pipeline.engine import Engine, StopReason
-from gatewayd.pipeline.files import check_name
 
 CREATE_FIELDS = (
     "rule", "partner", "account", "isSend", "file", "output", "start", "transferInfo",

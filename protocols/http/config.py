@@ -54,8 +54,6 @@ class HttpServerConfig(ServerConfig):
     client_ca_file: FilePath | None = None
     # Largest request body (one upload request), 0 = unlimited.
     max_body_size: Bytes = 0
-    # Uploads one account may run at once on this server, 0 = unlimited.
-    max_uploads_per_account: Bytes = 0
     # Seconds a transfer may make no progress (no upload bytes arrive, or the client
     # takes no download bytes) before it is aborted.
     idle_timeout: Annotated[float, Field(gt=0)] = 300.0
