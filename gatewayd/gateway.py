@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from gatewayd import ports as protocols
 from gatewayd.clock import Clock, SystemClock
 from gatewayd.config import LoadedConfig
 from gatewayd.errors import TaskError
@@ -26,7 +27,6 @@ from gatewayd.pipeline.server import CoreServerContext
 from gatewayd.pipeline.service import RequestError, TransferService
 from gatewayd.scheduler import Scheduler
 from gatewayd.store.base import Store
-from protocols import base as protocols
 
 if TYPE_CHECKING:
     from gatewayd.api import ApiServer

@@ -20,7 +20,7 @@ from gatewayd.errors import TransferError
 from gatewayd.fsutil import fsync_dir
 from gatewayd.model import ErrorCode
 from gatewayd.pipeline.files import inside, os_error
-from protocols.base import DataSink, DataSource, ProtocolClient, ProtocolSpec, RemoteStat, register
+from gatewayd.ports import DataSink, DataSource, ProtocolClient, ProtocolSpec, RemoteStat, register
 from protocols.pacing import Pacer
 
 CHUNK = 1 << 20

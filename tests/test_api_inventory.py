@@ -11,7 +11,7 @@ import pytest
 from pydantic import Field
 
 from gatewayd.config.schema import PartnerConfig, ServerConfig
-from protocols.base import ProtocolServer, ProtocolSpec, ServerContext, register
+from gatewayd.ports import ProtocolServer, ProtocolSpec, ServerContext, register
 from tests.api_support import ApiEnv, password_hash
 
 PARTNER_PASSWORD = "partner-pw-Zq9"
@@ -101,7 +101,11 @@ async def test_servers(env: ApiEnv) -> None:
         "enabled": True,
         "state": "running",
         "boundPort": 4242,
-        "options": {"banner": "hi"},
+        "options": {
+            "max_uploads_per_account": 64,
+            "max_downloads_per_account": 64,
+            "banner": "hi",
+        },
     }
     assert (spare["state"], spare["boundPort"]) == ("disabled", None)
     assert (await env.api.get("/api/servers/edge")) == edge

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import Field
 
+from gatewayd import ports as protocol_registry
 from gatewayd.config import (
     ConfigError,
     LoadedConfig,
@@ -29,7 +30,6 @@ from gatewayd.config.schema import PartnerConfig, ServerConfig
 from gatewayd.config.yamlsource import parse_yaml
 from gatewayd.model import Direction
 from gatewayd.tasks.base import task_types
-from protocols import base as protocol_registry
 
 CONFIGS = Path(__file__).parent / "configs"
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,6 @@ class GdTestPartner(PartnerConfig):
 def test_protocols() -> Iterator[None]:
     """Register throwaway protocols: `gdtest` (both sides, with options of its own) and
     `gdclientonly` (no server side)."""
-    protocol_registry.load_builtin()
     specs = [
         protocol_registry.ProtocolSpec(
             "gdtest", server_config=GdTestServer, partner_config=GdTestPartner
@@ -554,10 +553,10 @@ def test_problem_formatting_and_order() -> None:
     assert str(Problem(Path("c.yaml"), 0, "cannot read")) == "c.yaml: cannot read"
 
 
-@pytest.mark.parametrize("first", ["protocols.base", "gatewayd.config", "gatewayd.config.schema"])
+@pytest.mark.parametrize("first", ["gatewayd.ports", "gatewayd.config", "gatewayd.config.schema"])
 def test_import_order_does_not_matter(first: str) -> None:
-    # protocols.base imports the schema, and the loader imports protocols.base.
-    code = f"import {first}, protocols.base, gatewayd.config; gatewayd.config.load_config"
+    # gatewayd.ports imports the schema, and the loader imports gatewayd.ports.
+    code = f"import {first}, gatewayd.ports, gatewayd.config; gatewayd.config.load_config"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=CHECKOUT, capture_output=True, text=True, timeout=60
     )

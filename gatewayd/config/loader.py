@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+# `gatewayd.ports` imports the schema from this package: import the module (not names
+# from it) so that either package may be imported first.
+from gatewayd import ports as protocol_registry
 from gatewayd.config.demo import demo_secret_warnings
 from gatewayd.config.messages import describe_value, field_name, validate
 from gatewayd.config.paths import Paths, create_folders, folder_problem
@@ -38,10 +41,6 @@ from gatewayd.config.schema import (
 )
 from gatewayd.config.timezones import gateway_timezone
 from gatewayd.config.yamlsource import DataPath, YamlSource, describe_key, parse_yaml, read_yaml
-
-# `protocols.base` imports the schema from this package: import the module (not names
-# from it) so that either package may be imported first.
-from protocols import base as protocol_registry
 
 M = TypeVar("M", bound=BaseModel)
 

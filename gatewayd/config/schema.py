@@ -5,7 +5,7 @@
 is reported (with file and line, by the loader) instead of silently ignored.
 
 Protocol-specific options of servers, partners and accounts are validated by the model a
-protocol registers (see `protocols.base`), which subclasses the matching base here.
+protocol registers (see `gatewayd.ports`), which subclasses the matching base here.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
+from gatewayd import ports as protocols
 from gatewayd.errors import TransferError
 from gatewayd.model import ErrorCode, Transfer
-from protocols import base as protocols
 
 if TYPE_CHECKING:
     from gatewayd.config import LoadedConfig

@@ -1,6 +1,6 @@
 """The core side of protocol servers: accounts, the virtual tree, server transfers.
 
-`CoreServerContext` implements `protocols.base.ServerContext`. A protocol server maps
+`CoreServerContext` implements `gatewayd.ports.ServerContext`. A protocol server maps
 its sessions onto it; each file a partner opens becomes a server transfer driven by the
 same engine as client transfers, through a `TransferHandle`.
 
@@ -34,8 +34,8 @@ from gatewayd.pipeline import preregister
 from gatewayd.pipeline.auth_throttle import AuthThrottle
 from gatewayd.pipeline.engine import Engine, Run, StopReason
 from gatewayd.pipeline.files import inside, os_error, valid_name
+from gatewayd.ports import Entry, LocalFile, TransferHandle
 from gatewayd.store.base import TransferFilter
-from protocols.base import Entry, LocalFile, TransferHandle
 
 log = structlog.get_logger("gatewayd.server")
 
@@ -57,7 +57,7 @@ def _public_key_id(key: str) -> tuple[str, str] | None:
 
 
 class CoreServerContext:
-    """What a protocol server of ours gets from the core (see protocols.base)."""
+    """What a protocol server of ours gets from the core (see gatewayd.ports)."""
 
     def __init__(
         self,

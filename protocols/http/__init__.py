@@ -7,7 +7,7 @@ pinned fingerprint).
 
 from __future__ import annotations
 
-from protocols.base import ProtocolSpec, register
+from gatewayd.ports import ProtocolSpec, register
 from protocols.http.client import HttpClient
 from protocols.http.config import HttpPartnerConfig, HttpServerConfig
 from protocols.http.server import HttpServer

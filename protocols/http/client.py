@@ -20,7 +20,7 @@ from aiohttp import hdrs
 from gatewayd.config.schema import PartnerConfig
 from gatewayd.errors import TransferError
 from gatewayd.model import ErrorCode
-from protocols.base import DataSink, DataSource, ProtocolClient, RemoteStat
+from gatewayd.ports import DataSink, DataSource, ProtocolClient, RemoteStat
 from protocols.http import headers as h
 from protocols.http import tls
 from protocols.http.config import HttpPartnerConfig

@@ -28,7 +28,7 @@ from aiohttp import hdrs, web
 from gatewayd.config.schema import ServerConfig
 from gatewayd.errors import TransferError
 from gatewayd.model import Direction, ErrorCode
-from protocols.base import Entry, ProtocolServer, ServerContext, TransferHandle
+from gatewayd.ports import Entry, ProtocolServer, ServerContext, TransferHandle
 from protocols.http import headers as h
 from protocols.http import tls
 from protocols.http.config import HttpServerConfig

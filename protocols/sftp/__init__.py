@@ -8,7 +8,7 @@ and the CLI stay quick.
 from __future__ import annotations
 
 from gatewayd.config.schema import PartnerConfig, ServerConfig
-from protocols.base import ProtocolClient, ProtocolServer, ProtocolSpec, ServerContext, register
+from gatewayd.ports import ProtocolClient, ProtocolServer, ProtocolSpec, ServerContext, register
 from protocols.sftp.config import SftpPartnerConfig, SftpServerConfig
 
 

@@ -32,7 +32,7 @@ import structlog
 from gatewayd.config.schema import PartnerConfig
 from gatewayd.errors import TransferError
 from gatewayd.model import ErrorCode
-from protocols.base import DataSink, DataSource, ProtocolClient, RemoteStat
+from gatewayd.ports import DataSink, DataSource, ProtocolClient, RemoteStat
 from protocols.pacing import Pacer
 from protocols.sftp.config import SftpPartnerConfig, ciphers
 from protocols.sftp.transport import coalesce_writes

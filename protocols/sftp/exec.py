@@ -16,7 +16,7 @@ import shlex
 
 from asyncssh import SSHReader, SSHWriter
 
-from protocols.base import ServerContext
+from gatewayd.ports import ServerContext
 
 COMMANDS = {"md5sum": "md5", "sha1sum": "sha1", "sha256sum": "sha256", "sha512sum": "sha512"}
 CHUNK = 1 << 20

@@ -43,7 +43,7 @@ from asyncssh.stream import SSHServerStreamSession
 
 from gatewayd.errors import TransferError
 from gatewayd.model import Direction, ErrorCode
-from protocols.base import Entry, ProtocolServer, ServerContext, TransferHandle
+from gatewayd.ports import Entry, ProtocolServer, ServerContext, TransferHandle
 from protocols.sftp import hostkeys
 from protocols.sftp.config import SftpServerConfig, ciphers
 from protocols.sftp.exec import run_command

@@ -12,12 +12,11 @@ giving it a `DataSource` to send from or a `DataSink` to receive into.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
@@ -264,35 +263,36 @@ class ProtocolSpec:
 
 
 _REGISTRY: dict[str, ProtocolSpec] = {}
-_LOADED = False
+# Protocol packages are found by name through this entry-point group (pyproject.toml)
+# and imported only when a configuration names them: `check-config` of an SFTP-only
+# gateway never imports aiohttp's protocol, and a third-party package can add one.
+ENTRY_POINTS = "gatewayd.protocols"
 
 
 def register(spec: ProtocolSpec) -> ProtocolSpec:
+    """Record `spec` (protocol modules call it when imported; tests may too)."""
     if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
         raise ValueError(f"protocol {spec.name!r} registered twice")
     _REGISTRY[spec.name] = spec
     return spec
 
 
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINTS)}
+
+
 def get(name: str) -> ProtocolSpec | None:
-    """The protocol registered under `name`, None when unknown."""
-    load_builtin()
-    return _REGISTRY.get(name)
+    """The protocol registered under `name` (its package imported on first use), None
+    when unknown."""
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        ep = _entry_points().get(name)
+        if ep is not None:
+            ep.load()  # the module registers its protocols when imported
+            spec = _REGISTRY.get(name)
+    return spec
 
 
 def names() -> list[str]:
-    load_builtin()
-    return sorted(_REGISTRY)
-
-
-def load_builtin() -> None:
-    """Import every module of the `protocols` package so that each registers itself."""
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    import protocols
-
-    for module in pkgutil.iter_modules(protocols.__path__):
-        if module.name != "base":
-            importlib.import_module(f"protocols.{module.name}")
+    """Every protocol name known, without importing any protocol package."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))
