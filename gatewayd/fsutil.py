@@ -24,8 +24,15 @@ def fsync_dir(path: StrPath) -> None:
         os.close(fd)
 
 
-def rename_noreplace(src: StrPath, dst: StrPath) -> None:
-    """Rename that raises FileExistsError instead of replacing `dst`.
+def rename_noreplace(
+    src: StrPath,
+    dst: StrPath,
+    *,
+    src_dir_fd: int | None = None,
+    dst_dir_fd: int | None = None,
+) -> None:
+    """Rename that raises FileExistsError instead of replacing `dst` (each name relative
+    to its folder descriptor when one is given).
 
     Linux's renameat2(RENAME_NOREPLACE) does it in one atomic step. Where it is missing
     (old kernel or libc, some file systems) a hard link then an unlink gives the same
@@ -38,20 +45,27 @@ def rename_noreplace(src: StrPath, dst: StrPath) -> None:
             _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
         except (OSError, AttributeError):
             _renameat2 = False
+    src_at = _AT_FDCWD if src_dir_fd is None else src_dir_fd
+    dst_at = _AT_FDCWD if dst_dir_fd is None else dst_dir_fd
     if _renameat2:
-        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+        if _renameat2(src_at, os.fsencode(src), dst_at, os.fsencode(dst),
                       _RENAME_NOREPLACE) == 0:  # fmt: skip
             return
         err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), os.fsdecode(dst))
         if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(err, os.strerror(err), os.fsdecode(dst))
     try:
-        os.link(src, dst, follow_symlinks=False)
+        os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
     except OSError as error:
         if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
             raise
-        if os.path.lexists(dst):
+        try:
+            os.stat(dst, dir_fd=dst_dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        else:
             raise FileExistsError(errno.EEXIST, "File exists", os.fsdecode(dst)) from None
-        os.rename(src, dst)
     else:
-        os.unlink(src)
+        os.unlink(src, dir_fd=src_dir_fd)

@@ -19,9 +19,11 @@ from gatewayd.config import LoadedConfig
 from gatewayd.errors import TaskError
 from gatewayd.metrics import GatewayMetrics
 from gatewayd.model import Transfer
+from gatewayd.passwords import DecoyHash
 from gatewayd.pipeline.auth_throttle import AuthThrottle
 from gatewayd.pipeline.clients import ClientPool
 from gatewayd.pipeline.engine import Engine, Hooks, Runtime
+from gatewayd.pipeline.limits import TransferLimits
 from gatewayd.pipeline.preregister import Expirer
 from gatewayd.pipeline.server import CoreServerContext
 from gatewayd.pipeline.service import RequestError, TransferService
@@ -72,6 +74,8 @@ class Gateway:
         self.servers: dict[str, protocols.ProtocolServer] = {}
         # One for every server: login failures add up whatever the protocol.
         self.auth_throttle = AuthThrottle()
+        self.limits = TransferLimits()
+        self.decoy = DecoyHash()
         self.metrics = GatewayMetrics(self)
         self.metrics.attach()
 
@@ -83,7 +87,9 @@ class Gateway:
 
     def server_context(self, name: str, protocol: str) -> CoreServerContext:
         """What a protocol server named `name` gets from the core."""
-        return CoreServerContext(self.engine, name, protocol, self.auth_throttle)
+        return CoreServerContext(
+            self.engine, name, protocol, self.auth_throttle, self.limits, self.decoy
+        )
 
     async def start(self) -> None:
         """Start every enabled server and the scheduler; return once all listen."""

@@ -32,11 +32,24 @@ def hash_password(password: str) -> str:
     return _HASHER.hash(password)
 
 
+_verified = 0
+_verified_lock = threading.Lock()
+
+
+def verification_count() -> int:
+    """How many passwords this process has checked against a hash (each costs the
+    same, whether the login exists or not): for tests and metrics."""
+    return _verified
+
+
 def verify_password(hashed: str, password: str) -> bool:
     """True when `password` matches the argon2id or bcrypt hash `hashed`.
 
     Never raises: a malformed or unsupported hash is simply not a match.
     """
+    global _verified
+    with _verified_lock:
+        _verified += 1
     if not isinstance(hashed, str) or not isinstance(password, str):
         return False
     if hashed.startswith(_ARGON2ID):
@@ -142,3 +155,19 @@ async def averify_password(
     if ok and cache is not None:
         cache.remember(hashed, password)
     return ok
+
+
+class DecoyHash:
+    """A hash of a random password, made once, for logins that have no hash of their
+    own (unknown or disabled accounts, accounts without a password): checking against
+    it costs what a real check costs, so timing does not tell which logins exist."""
+
+    def __init__(self) -> None:
+        self._hash: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        async with self._lock:
+            if self._hash is None:
+                self._hash = await asyncio.to_thread(hash_password, os.urandom(16).hex())
+        return self._hash

@@ -12,6 +12,7 @@ giving it a `DataSource` to send from or a `DataSink` to receive into.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -78,16 +79,6 @@ class TransferHandle(ABC):
         return None
 
 
-@dataclass(frozen=True)
-class LocalFile:
-    """The real file (or rule folder) behind a virtual path, for what a protocol does
-    itself with metadata: checksums, times, free space. `direction` is its rule's:
-    `receive` files are the account's own uploads."""
-
-    path: Path
-    direction: Direction
-
-
 class ServerContext(Protocol):
     """What the core offers a protocol server. Paths are the account's virtual paths
     (`/inbox/report.csv`); the core confines them to what the account's rules allow."""
@@ -123,8 +114,18 @@ class ServerContext(Protocol):
 
     async def stat(self, account: str, path: str) -> Entry | None: ...
 
-    def local_file(self, account: str, path: str) -> LocalFile | None:
-        """The real path behind a virtual one (None above the rule folders)."""
+    async def digest(self, account: str, path: str, algorithm: str) -> str:
+        """The hex digest (`hashlib` name: sha256, md5...) of a visible file; raises
+        TransferError (TeFileNotFound, TeForbidden)."""
+        ...
+
+    async def set_times(self, account: str, path: str, atime: float, mtime: float) -> None:
+        """Set the times of one of the account's received files (SFTP `put -p`); files
+        the gateway sends keep theirs."""
+        ...
+
+    async def disk_space(self, account: str, path: str) -> os.statvfs_result:
+        """Free space where the files of `path` are kept (SFTP statvfs, `df`)."""
         ...
 
     async def list_dir(self, account: str, path: str) -> list[Entry]: ...
@@ -149,7 +150,13 @@ class ServerContext(Protocol):
         ...
 
     async def rename(self, account: str, old_path: str, new_path: str) -> None:
-        """Rename within a rule folder; completes an upload made under a temporary name."""
+        """Complete the account's upload made under a temporary name, or rename one of
+        its received files where the rule allows it; TransferError otherwise."""
+        ...
+
+    async def delete(self, account: str, path: str) -> None:
+        """Delete a file the account may download, where the rule allows it;
+        TransferError otherwise (TeForbidden, TeFileNotFound)."""
         ...
 
 

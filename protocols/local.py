@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
 from pydantic import Strict as StrictMode
 
+from gatewayd import safepath
 from gatewayd.config.schema import PartnerConfig
-from gatewayd.errors import TransferError
-from gatewayd.fsutil import fsync_dir
+from gatewayd.errors import TransferError, os_error
 from gatewayd.model import ErrorCode
-from gatewayd.pipeline.files import inside, os_error
 from gatewayd.ports import DataSink, DataSource, ProtocolClient, ProtocolSpec, RemoteStat, register
+from gatewayd.safepath import Beneath
 from protocols.pacing import Pacer
 
 CHUNK = 1 << 20
@@ -42,16 +43,16 @@ class LocalClient(ProtocolClient):
         assert isinstance(config, LocalPartnerConfig)
         self.name, self.config = name, config
 
-    def _path(self, remote_path: str) -> Path:
-        root = self.config.root
-        path = root / remote_path.lstrip("/")
-        if not inside(root, path):
+    def _path(self, remote_path: str) -> Beneath:
+        """The file below the partner folder; no component may be `..` or a link."""
+        parts = tuple(p for p in remote_path.split("/") if p not in ("", "."))
+        if not parts or ".." in parts:
             raise TransferError(ErrorCode.TeForbidden, f"{remote_path} leaves the partner folder")
-        return path
+        return Beneath(self.config.root, parts)
 
-    def _temp(self, remote_path: str) -> Path:
+    def _temp(self, remote_path: str) -> Beneath:
         path = self._path(remote_path)
-        return path.with_name(path.name + self.config.temp_suffix)
+        return path.parent().child(path.name + self.config.temp_suffix)
 
     async def connect(self) -> None:
         if not await asyncio.to_thread(os.path.isdir, self.config.root):
@@ -104,7 +105,7 @@ class LocalClient(ProtocolClient):
         path = self._path(remote_path)
         pacer = Pacer(self.config.max_rate)
         try:
-            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = await asyncio.to_thread(safepath.open_file, path, os.O_RDONLY)
         except OSError as exc:
             raise os_error(exc, f"cannot read {remote_path} on partner {self.name}") from exc
         try:
@@ -130,17 +131,15 @@ class LocalClient(ProtocolClient):
         return None
 
 
-def _stat(path: Path) -> RemoteStat | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
+def _stat(path: Beneath) -> RemoteStat | None:
+    st = safepath.lstat(path)
+    if st is None or stat.S_ISLNK(st.st_mode):
         return None
-    return RemoteStat(size=st.st_size, is_dir=path.is_dir())
+    return RemoteStat(size=st.st_size, is_dir=stat.S_ISDIR(st.st_mode))
 
 
-def _open_at(path: Path, offset: int) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+def _open_at(path: Beneath, offset: int) -> int:
+    fd = safepath.open_file(path, os.O_WRONLY | os.O_CREAT, create_parents=True)
     os.ftruncate(fd, offset)
     return fd
 
@@ -152,9 +151,9 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def _rename(temp: Path, final: Path) -> None:
-    os.replace(temp, final)
-    fsync_dir(final.parent)
+def _rename(temp: Beneath, final: Beneath) -> None:
+    safepath.rename(temp, final, replace=True)
+    safepath.fsync_folder(final.parent())
 
 
 register(ProtocolSpec(name="local", partner_config=LocalPartnerConfig, client_factory=LocalClient))

@@ -48,6 +48,8 @@ async def test_list_and_get(env: ApiEnv) -> None:
         "folder": None,
         "shared_folder": False,
         "on_collision": "rename",
+        "allow_rename": False,
+        "allow_delete": False,
         "allow": "all",
         "pre": [],
         "post": [{"type": "COPY", "args": {"path": "archive"}}],

@@ -143,9 +143,12 @@ async def test_interrupted_upload_resumes_from_head_offset_with_content_range(
     assert head.headers["content-length"] == str(held)
     assert head.headers["upload-complete"] == "?0"
 
-    wrong = await run_curl("-u", ALICE, "-C", str(held - 1), "-T", str(source), url)
+    wrong = await run_curl("-u", ALICE, "-C", str(held + 1), "-T", str(source), url)
     assert wrong.status == 409 and wrong.headers["upload-offset"] == str(held)
-    resumed = await run_curl("-u", ALICE, "-C", str(held), "-T", str(source), url)
+    again = await run_curl("-I", "-u", ALICE, url)
+    assert again.headers["upload-offset"] == str(held), "a refused offset keeps the bytes held"
+    # Below what is held is fine: the held bytes are cut there and the rest is sent.
+    resumed = await run_curl("-u", ALICE, "-C", str(held - 4096), "-T", str(source), url)
     assert resumed.status == 201, resumed
     assert resumed.json()["transferId"] == row.id, "the same transfer continued"
     assert final.read_bytes() == data
@@ -263,7 +266,10 @@ async def test_chunked_upload_and_temporary_name_completed_by_move(
     )
     assert out.status == 403, "renames stay inside a rule folder"
     delete = await run_curl("-u", ALICE, "-X", "DELETE", f"{base}/inbox/t.bin")
-    assert delete.status == 405 and "PUT" in delete.headers["allow"]
+    assert delete.status == 403 and "cannot be deleted" in delete.json()["errors"][0]["message"]
+    assert (env.folder("inbox") / "alice" / "t.bin").read_bytes() == data
+    patch = await run_curl("-u", ALICE, "-X", "PATCH", f"{base}/inbox/t.bin")
+    assert patch.status == 405 and "PUT" in patch.headers["allow"]
 
 
 # ------------------------------------------------------------------ headers

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.errors import TransferError
+from gatewayd.errors import AlreadyRunning, ResumeRefused, TransferError
 from gatewayd.model import Direction, ErrorCode, Status, Step, Transfer
 from gatewayd.pipeline.service import RequestError, StateError
 from gatewayd.store.base import TransferFilter
@@ -371,13 +371,16 @@ async def test_dropped_upload_keeps_bytes_and_resumes_at_offset(env: GatewayEnv)
     entry = await server.stat("a", "/inbox/f")
     assert entry is not None and entry.size == 2 * MiB, "stat reports the durable progress"
 
-    with pytest.raises(TransferError, match="cannot resume"):
-        await server.open_transfer("a", "/inbox/f", Direction.RECEIVE, offset=1000)
-    again = await server.open_transfer("a", "/inbox/f", Direction.RECEIVE, offset=2 * MiB)
-    assert again.transfer_id == handle.transfer_id and again.offset == 2 * MiB
-    with pytest.raises(TransferError, match="already being uploaded"):
+    with pytest.raises(ResumeRefused, match="cannot resume") as refused:
+        await server.open_transfer("a", "/inbox/f", Direction.RECEIVE, offset=2 * MiB + 1)
+    assert refused.value.held == 2 * MiB
+    assert (await env.row(handle.transfer_id)).progress == 2 * MiB, "nothing discarded"
+    # Any offset up to what is held continues the same transfer, cut there.
+    again = await server.open_transfer("a", "/inbox/f", Direction.RECEIVE, offset=MiB)
+    assert again.transfer_id == handle.transfer_id and again.offset == MiB
+    with pytest.raises(AlreadyRunning, match="already being uploaded"):
         await server.open_transfer("a", "/inbox/f", Direction.RECEIVE)
-    await again.write(2 * MiB, data[2 * MiB :])
+    await again.write(MiB, data[MiB:])
     await again.close()
     row = await env.row(handle.transfer_id)
     assert row.status == Status.DONE

@@ -36,9 +36,7 @@ names (INTERRUPTED lists both PAUSED and INTERRUPTED transfers).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -241,14 +239,10 @@ async def _check_request(
         would_be = call.ctx.gateway.service.check(request)
     except RequestError as exc:
         problems += [_service_problem(e.code, e.message) for e in exc.errors]
-    if (
-        would_be is not None
-        and would_be.is_send
-        and not await asyncio.to_thread(os.path.isfile, would_be.local_filepath)
-    ):
-        problems.append(
-            _problem(9, f"File '{body.get('filename')}' not found in rule '{would_be.rule}'.")
-        )
+    if would_be is not None and would_be.is_send:
+        problem = await call.ctx.gateway.service.source_problem(would_be)
+        if problem is not None:
+            problems.append(_problem(9, _missing(body.get("filename"), would_be.rule, problem)))
     if problems:
         raise _bad(problems)
     return request, would_be
@@ -550,3 +544,9 @@ async def r66_stop_transfer(call: Call) -> web.StreamResponse:
 )
 async def r66_cancel_transfer(call: Call) -> web.StreamResponse:
     return await _act(call, "cancel")
+
+
+def _missing(filename: Any, rule: str, problem: str) -> str:
+    if problem == "no such file":
+        return f"File '{filename}' not found in rule '{rule}'."
+    return f"File '{filename}' in rule '{rule}': {problem}."

@@ -25,7 +25,7 @@ from gatewayd.api.shapes import rule_json
 from gatewayd.config import ConfigError, LoadedConfig, ensure_folders, load_config, load_rule_text
 from gatewayd.config.problems import Problem as ConfigProblem
 from gatewayd.config.schema import RuleConfig
-from gatewayd.pipeline.files import fsync_dir
+from gatewayd.fsutil import fsync_dir
 
 _ERRORS: dict[int, tuple[str, str | None]] = {
     401: ("Not authenticated", "Errors"),

@@ -31,8 +31,6 @@ Answers use Tapis's envelope `{status, message, result, version, metadata}`, err
 
 from __future__ import annotations
 
-import asyncio
-import os
 import posixpath
 import uuid as uuidlib
 from collections.abc import Iterable
@@ -41,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from aiohttp import web
 
 from gatewayd import __version__
@@ -49,8 +48,11 @@ from gatewayd.api.errors import ApiError
 from gatewayd.api.routes import SCHEMAS, Call, Param, route
 from gatewayd.api.shapes import rfc3339
 from gatewayd.model import Status, Transfer
+from gatewayd.pipeline import localfiles
 from gatewayd.pipeline.service import NotFoundError, RequestError, StateError
 from gatewayd.store.base import TapisTask, TransferFilter
+
+log = structlog.get_logger("gatewayd.api")
 
 LOCAL = "local"
 MAX_CHILDREN_LISTED = 1_000_000  # one task's children read back at most
@@ -152,26 +154,6 @@ class _Element:
     error: str | None = None
 
 
-def _list_local(root: Path, cap: int, skip: Path) -> tuple[list[tuple[str, int]], str | None]:
-    """Blocking: (relative name, size) of the file or every file under the folder
-    (but `skip`, the rule's temp folder), sorted; at most cap + 1 (the caller reports
-    the excess)."""
-    if root.is_file():
-        return [("", root.stat().st_size)], None
-    if not root.is_dir():
-        return [], "no such file or folder"
-    found: list[tuple[str, int]] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if Path(folder) / d != skip)
-        for name in sorted(files):
-            path = Path(folder) / name
-            if path.is_file():
-                found.append((path.relative_to(root).as_posix(), path.stat().st_size))
-                if len(found) > cap:
-                    return found, None
-    return found, None
-
-
 async def _expand(
     call: Call, index: int, element: dict[str, Any], problems: list[str]
 ) -> _Element | None:
@@ -209,12 +191,16 @@ async def _expand(
     info = {"followID": "", "tapisElement": index}
     if sending:
         cap = loaded.config.api.tapis_max_files
-        folder = loaded.paths.rule_folder(rule)
-        files, error = await asyncio.to_thread(
-            _list_local, folder / local.path, cap, loaded.paths.rule_tmp_folder(rule)
-        )
-        if error:
-            found.error = f"{source.uri()}: {error}"
+        listing = await localfiles.list_files(loaded.paths.rule_folder(rule), local.path, cap)
+        files = listing.files
+        if listing.skipped:
+            log.warning(
+                "symbolic links left out of a folder element",
+                element=source.uri(),
+                links=listing.skipped[:20],
+            )
+        if listing.error:
+            found.error = f"{source.uri()}: {listing.error}"
         elif len(files) > cap:
             found.error = (
                 f"{source.uri()} holds more than {cap} files; transfer an archive "

@@ -265,6 +265,10 @@ class RuleConfig(Strict):
     # Per-account subfolders unless shared.
     shared_folder: bool = False
     on_collision: Literal["rename", "overwrite", "fail"] = "rename"
+    # receive rules: partners may rename the files they uploaded (within their folder).
+    allow_rename: bool = False
+    # send rules: partners may delete the files they may download ("get, then rm").
+    allow_delete: bool = False
     allow: AllowConfig | Literal["all"] = AllowConfig()
     pre: Annotated[tuple[TaskConfig, ...], StrictMode(False)] = ()
     post: Annotated[tuple[TaskConfig, ...], StrictMode(False)] = ()

@@ -12,12 +12,12 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
-from gatewayd.errors import TransferError
+from gatewayd import safepath
+from gatewayd.errors import TransferError, os_error
 from gatewayd.model import ErrorCode
-from gatewayd.pipeline.files import os_error
+from gatewayd.safepath import Beneath
 
 CHUNK = 1 << 20  # bytes buffered before a write, and read per call when re-reading
 ProgressCallback = Callable[[int], None]
@@ -88,7 +88,7 @@ class ReceiveFile(_ThreadFile):
 
     def __init__(
         self,
-        path: Path,
+        path: Beneath,
         fd: int,
         offset: int,
         hasher: hashlib._Hash,
@@ -119,14 +119,13 @@ class ReceiveFile(_ThreadFile):
 
     @classmethod
     async def open(
-        cls, path: Path, offset: int, on_durable: ProgressCallback, interval: float = 1.0
+        cls, path: Beneath, offset: int, on_durable: ProgressCallback, interval: float = 1.0
     ) -> ReceiveFile:
         """Open (creating) the temp file, keep its first `offset` bytes (the durable
         progress of an earlier attempt) and hash them again."""
 
         def _open() -> tuple[int, hashlib._Hash]:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fd = safepath.open_file(path, os.O_RDWR | os.O_CREAT, create_parents=True)
             try:
                 if os.fstat(fd).st_size < offset:
                     raise TransferError(
@@ -313,7 +312,7 @@ class SendFile(_ThreadFile):
 
     def __init__(
         self,
-        path: Path,
+        path: Beneath,
         fd: int,
         size: int,
         hasher: hashlib._Hash,
@@ -330,12 +329,13 @@ class SendFile(_ThreadFile):
         self.confirmed = 0
 
     @classmethod
-    async def open(cls, path: Path, offset: int, on_progress: ProgressCallback) -> SendFile:
-        """Open `path` for sending from `offset`; the prefix is hashed first, so the
-        digest covers the whole file however many attempts it took."""
+    async def open(cls, path: Beneath, offset: int, on_progress: ProgressCallback) -> SendFile:
+        """Open `path` for sending from `offset` (a regular file reached through no
+        link); the prefix is hashed first, so the digest covers the whole file however
+        many attempts it took."""
 
         def _open() -> tuple[int, int, hashlib._Hash]:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = safepath.open_file(path, os.O_RDONLY)
             try:
                 size = os.fstat(fd).st_size
                 hasher = hashlib.sha256()

@@ -22,7 +22,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -32,6 +31,8 @@ from gatewayd.errors import TaskError, TaskWarning, TransferError
 from gatewayd.model import ErrorCode, Status, Step, TaskSpec, Transfer
 from gatewayd.pipeline.datafile import ReceiveFile, SendFile
 from gatewayd.pipeline.files import CollisionPolicy, place
+from gatewayd.pipeline.limits import Slot
+from gatewayd.safepath import Beneath
 from gatewayd.tasks.base import TaskContext, TransferCreator, task_class
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ class Run:
         self.sending: SendFile | None = None
         self.done = asyncio.Event()
         self.handle: Any = None  # the protocol-facing handle of a server transfer
+        # Places this run holds in the limits of the gateway, given back at its end.
+        self.slots: list[Slot] = []
         self._last_save = time.monotonic()
         self._saved_progress = transfer.progress
         self._saving: asyncio.Task[None] | None = None
@@ -216,6 +219,7 @@ class Run:
             out_path=folder if rule is not None and not receive_rule else str(paths.data_dir),
             work_path=str(self.rt.loaded.paths.rule_tmp_folder(rule)) if rule else "",
             home_path=str(paths.home),
+            rule_folder=folder,
             error=error,
             exec_timeout=self.rt.loaded.config.daemon.exec_timeout,
             create_transfer=self.rt.create_transfer,
@@ -336,17 +340,26 @@ class Run:
 
     # ------------------------------------------------------------------ data
 
+    def beneath(self, path: str) -> Beneath:
+        """`path` (one of the row's) as reached from its rule's folder: no link below
+        that folder is ever followed."""
+        rule = self.rt.loaded.config.rules.get(self.transfer.rule)
+        paths = self.rt.loaded.paths
+        return Beneath.of(paths.rule_folder(rule) if rule else paths.data_dir, path)
+
     async def open_receive(self) -> ReceiveFile:
         """Open the temp file at the durable progress (an earlier attempt's bytes kept)."""
         t = self.transfer
         self.receiving = await ReceiveFile.open(
-            Path(t.tmp_filepath), t.progress, self.note_progress, self.rt.progress_interval
+            self.beneath(t.tmp_filepath), t.progress, self.note_progress, self.rt.progress_interval
         )
         return self.receiving
 
     async def open_send(self, offset: int) -> SendFile:
         t = self.transfer
-        self.sending = await SendFile.open(Path(t.local_filepath), offset, self.note_progress)
+        self.sending = await SendFile.open(
+            self.beneath(t.local_filepath), offset, self.note_progress
+        )
         t.filesize = self.sending.size
         return self.sending
 
@@ -358,19 +371,20 @@ class Run:
         if receiving is None:
             raise TransferError(ErrorCode.TeInternal, "no data file open")
         policy = self.policy()
+        tmp, final = self.beneath(t.tmp_filepath), self.beneath(t.local_filepath)
 
-        def land(size: int, sha: str) -> Path:
+        def land(size: int, sha: str) -> Beneath:
             if t.filesize >= 0 and size != t.filesize:
                 raise TransferError(
                     ErrorCode.TeIntegrity, f"received {size} bytes, {t.filesize} announced"
                 )
             if expected_sha256 and expected_sha256.lower() != sha:
                 raise TransferError(ErrorCode.TeIntegrity, "SHA-256 of the data does not match")
-            return place(Path(t.tmp_filepath), Path(t.local_filepath), policy)
+            return place(tmp, final, policy)
 
         sha, size, landed = await receiving.complete(land)
         await self.close_files()
-        t.local_filepath = str(landed)
+        t.local_filepath = str(landed.path)
         t.progress = t.filesize = size
         t.sha256 = sha
         # Committed whatever follows: the row must say where the file landed before
@@ -445,6 +459,8 @@ class Engine:
 
     def release(self, run: Run) -> None:
         run.stop_progress()
+        for slot in run.slots:
+            slot.release()
         if run.transfer.id is not None and self.active.get(run.transfer.id) is run:
             del self.active[run.transfer.id]
             self.rt.observer.run_ended(run.transfer)

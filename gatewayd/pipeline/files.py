@@ -5,16 +5,17 @@ Everything here blocks; callers run it in a worker thread.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from gatewayd.errors import TransferError
-from gatewayd.fsutil import fsync_dir, rename_noreplace
+from gatewayd import safepath
+from gatewayd.errors import TransferError, os_error
+from gatewayd.fsutil import rename_noreplace
 from gatewayd.model import ErrorCode
 from gatewayd.names import check_name, escaped
+from gatewayd.safepath import Beneath
 
 CollisionPolicy = Literal["rename", "overwrite", "fail"]
 
@@ -30,70 +31,52 @@ def valid_name(name: str) -> str:
     return name
 
 
-def is_disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def os_error(
-    exc: OSError, what: str, default: ErrorCode = ErrorCode.TeDataTransfer
-) -> TransferError:
-    """The transfer error an OSError means: a full disk or quota is TeBadSize."""
-    if is_disk_full(exc):
-        return TransferError(ErrorCode.TeBadSize, f"{what}: {exc.strerror} (disk full or quota)")
-    if exc.errno == errno.ENOENT:
-        return TransferError(ErrorCode.TeFileNotFound, f"{what}: {exc.strerror}")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return TransferError(ErrorCode.TeForbidden, f"{what}: {exc.strerror}")
-    return TransferError(default, f"{what}: {exc.strerror or exc}")
-
-
-def _candidates(final: Path) -> Iterator[Path]:
+def _candidates(final: Beneath) -> Iterator[Beneath]:
     """The name itself, then `name_1.ext`, `name_2.ext`, ... (made as needed)."""
     yield final
-    stem, suffix = final.stem, final.suffix
-    if final.name.startswith(".") and final.suffix == final.name:
+    path = Path(final.name)
+    stem, suffix = path.stem, path.suffix
+    if final.name.startswith(".") and path.suffix == final.name:
         stem, suffix = final.name, ""
+    parent = final.parent()
     for n in range(1, 1000):
-        yield final.with_name(f"{stem}_{n}{suffix}")
+        yield parent.child(f"{stem}_{n}{suffix}")
 
 
-def place(tmp: Path, final: Path, policy: CollisionPolicy) -> Path:
+def place(tmp: Beneath, final: Beneath, policy: CollisionPolicy) -> Beneath:
     """Move the complete file `tmp` to `final` atomically; returns where it landed.
 
     `rename` picks `name_1.ext`, `name_2.ext`... when the name is taken; `overwrite`
     replaces; `fail` raises TeFinalization. Without overwrite, the move never replaces a
-    file that appeared under the name meanwhile. The destination folder is fsynced: one
-    journal commit makes the new name durable (the temp name's removal rides along).
+    file that appeared under the name meanwhile. No link is followed on either path.
+    The destination folder is fsynced: one journal commit makes the new name durable
+    (the temp name's removal rides along).
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if policy == "overwrite":
-            os.replace(tmp, final)
-            landed = final
-        else:
-            landed = _move_to_first_free(tmp, final, policy)
-        fsync_dir(final.parent)
+        with (
+            safepath.folder(tmp.parent()) as src_fd,
+            safepath.folder(final.parent(), create=True) as dst_fd,
+        ):
+            if policy == "overwrite":
+                os.rename(tmp.name, final.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+                landed = final
+            else:
+                landed = _move_to_first_free(tmp.name, src_fd, final, dst_fd, policy)
+            os.fsync(dst_fd)
     except OSError as exc:
         raise os_error(exc, f"cannot place {final.name}", ErrorCode.TeFinalization) from exc
     return landed
 
 
-def _move_to_first_free(tmp: Path, final: Path, policy: CollisionPolicy) -> Path:
+def _move_to_first_free(
+    name: str, src_fd: int, final: Beneath, dst_fd: int, policy: CollisionPolicy
+) -> Beneath:
     for candidate in _candidates(final) if policy == "rename" else [final]:
         try:
-            rename_noreplace(tmp, candidate)
+            rename_noreplace(name, candidate.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
             return candidate
         except FileExistsError:
             continue
     if policy == "fail":
         raise TransferError(ErrorCode.TeFinalization, f"{final.name} already exists")
     raise TransferError(ErrorCode.TeFinalization, f"no free name left for {final.name}")
-
-
-def inside(root: Path, path: Path) -> bool:
-    """Whether `path` (resolved, symlinks followed) stays under `root`."""
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import hashlib
 import os
 import posixpath
 import uuid
@@ -25,16 +26,18 @@ from pathlib import Path
 
 import structlog
 
+from gatewayd import safepath
 from gatewayd.config.schema import RuleConfig
-from gatewayd.errors import TransferError
-from gatewayd.fsutil import rename_noreplace
+from gatewayd.errors import AlreadyRunning, ResumeRefused, TransferError, os_error
 from gatewayd.model import Direction, ErrorCode, Status, Step, Transfer
-from gatewayd.passwords import CredentialCache, averify_password
+from gatewayd.passwords import CredentialCache, DecoyHash, averify_password
 from gatewayd.pipeline import preregister
 from gatewayd.pipeline.auth_throttle import AuthThrottle
 from gatewayd.pipeline.engine import Engine, Run, StopReason
-from gatewayd.pipeline.files import inside, os_error, valid_name
-from gatewayd.ports import Entry, LocalFile, TransferHandle
+from gatewayd.pipeline.files import valid_name
+from gatewayd.pipeline.limits import TransferLimits
+from gatewayd.ports import Entry, TransferHandle
+from gatewayd.safepath import Beneath
 from gatewayd.store.base import TransferFilter
 
 log = structlog.get_logger("gatewayd.server")
@@ -48,7 +51,11 @@ class Target:
 
     rule: RuleConfig
     name: str | None
-    folder: Path  # the account's real folder for this rule
+    folder: Beneath  # the account's real folder for this rule, below the rule's folder
+
+    @property
+    def file(self) -> Beneath:
+        return self.folder.child(self.name) if self.name else self.folder
 
 
 def _public_key_id(key: str) -> tuple[str, str] | None:
@@ -65,6 +72,8 @@ class CoreServerContext:
         server_name: str,
         protocol: str,
         throttle: AuthThrottle | None = None,
+        limits: TransferLimits | None = None,
+        decoy: DecoyHash | None = None,
     ) -> None:
         self.engine = engine
         self.rt = engine.rt
@@ -75,6 +84,9 @@ class CoreServerContext:
         # Verified passwords, briefly: HTTP clients send them on every request, and an
         # argon2 check costs ~0.1 s of CPU.
         self.credentials = CredentialCache()
+        self.decoy = decoy or DecoyHash()
+        # Shared by all servers too: an account's transfers count once, whichever server.
+        self.limits = limits or TransferLimits()
 
     @property
     def state_dir(self) -> Path:
@@ -114,12 +126,17 @@ class CoreServerContext:
         self, login: str, password: str | None, public_key: str | None
     ) -> bool:
         account = self.rt.loaded.config.accounts.get(login)
+        usable = account is not None and account.enabled
+        if password is not None:
+            # The same work whether the login exists or not: an unknown, disabled or
+            # password-less account is checked against a decoy, never answered at once.
+            hashed = account.password if usable and account and account.password else None
+            ok = await averify_password(
+                hashed or await self.decoy.get(), password, self.credentials
+            )
+            return ok and hashed is not None
         if account is None or not account.enabled:
             return False
-        if password is not None:
-            return bool(account.password) and await averify_password(
-                account.password or "", password, self.credentials
-            )
         if public_key is not None:
             wanted = _public_key_id(public_key)
             known = {_public_key_id(k) for k in account.public_keys}
@@ -143,9 +160,9 @@ class CoreServerContext:
     def _rules(self, account: str) -> list[RuleConfig]:
         return [r for r in self.rt.loaded.config.rules.values() if r.allows_account(account)]
 
-    def account_folder(self, rule: RuleConfig, account: str) -> Path:
-        folder = self.rt.loaded.paths.rule_folder(rule)
-        return folder if rule.shared_folder else folder / account
+    def account_folder(self, rule: RuleConfig, account: str) -> Beneath:
+        root = Beneath(self.rt.loaded.paths.rule_folder(rule))
+        return root if rule.shared_folder else root.child(account)
 
     @staticmethod
     def _normalise(path: str) -> str:
@@ -176,13 +193,29 @@ class CoreServerContext:
                 names.add(rule.path[len(prefix) :].split("/")[0])
         return sorted(names)
 
-    def local_file(self, account: str, path: str) -> LocalFile | None:
-        """The real file (or rule folder) behind a virtual path: None above the rules."""
+    def _visible_file(self, account: str, path: str) -> Target:
         target = self.resolve(account, path)
-        if target is None:
-            return None
-        local = target.folder / target.name if target.name else target.folder
-        return LocalFile(local, target.rule.direction)
+        if target is None or target.name is None:
+            raise TransferError(ErrorCode.TeFileNotFound, f"no such file {path}")
+        return target
+
+    async def digest(self, account: str, path: str, algorithm: str) -> str:
+        target = self._visible_file(account, path)
+        return await asyncio.to_thread(_hash_file, target.file, algorithm)
+
+    async def set_times(self, account: str, path: str, atime: float, mtime: float) -> None:
+        target = self._visible_file(account, path)
+        if target.rule.direction != Direction.RECEIVE:
+            return  # files we send are ours: their times are not the partner's to set
+        with contextlib.suppress(FileNotFoundError):  # an unfinished upload: no file yet
+            await asyncio.to_thread(_set_times, target.file, atime, mtime)
+
+    async def disk_space(self, account: str, path: str) -> os.statvfs_result:
+        target = self.resolve(account, path)
+        folder = self.rt.loaded.paths.data_dir
+        if target is not None:
+            folder = self.rt.loaded.paths.rule_folder(target.rule)
+        return await asyncio.to_thread(_statvfs_existing, folder)
 
     async def stat(self, account: str, path: str) -> Entry | None:
         path = self._normalise(path)
@@ -195,7 +228,7 @@ class CoreServerContext:
             unfinished = await self._unfinished(account, target.rule, target.name)
             if unfinished is not None:
                 return Entry(target.name, False, unfinished.progress, unfinished=True)
-        return await asyncio.to_thread(_stat_file, target.folder / target.name)
+        return await asyncio.to_thread(_stat_file, target.file)
 
     async def list_dir(self, account: str, path: str) -> list[Entry]:
         path = self._normalise(path)
@@ -253,9 +286,37 @@ class CoreServerContext:
             verb = "upload to" if direction == Direction.RECEIVE else "download from"
             raise TransferError(ErrorCode.TeForbidden, f"cannot {verb} {target.rule.path}")
         info = dict(transfer_info or {})
+        slots = []
+        try:
+            if direction == Direction.RECEIVE:
+                # One upload of a name at a time: held before the first pause.
+                slots.append(self.limits.hold_name(account, target.rule.name, target.name))
+            slots.append(self.limits.acquire(account, direction, self._limit(account, direction)))
+            if direction == Direction.RECEIVE:
+                handle = await self._open_upload(account, target, offset, remote, size, info)
+            else:
+                handle = await self._open_download(account, target, offset, remote, info)
+        except BaseException:
+            for slot in slots:
+                slot.release()
+            raise
+        handle.run.slots += slots
+        return handle
+
+    def _limit(self, account: str, direction: Direction) -> int:
+        """The account's own limit, else this server's (0: none)."""
+        found = self.rt.loaded.config.accounts.get(account)
+        own = None
+        if found is not None:
+            own = found.max_uploads if direction == Direction.RECEIVE else found.max_downloads
+        if own is not None:
+            return own
+        server = self.rt.loaded.config.servers.get(self.server_name)
+        if server is None:
+            return 0
         if direction == Direction.RECEIVE:
-            return await self._open_upload(account, target, offset, remote, size, info)
-        return await self._open_download(account, target, offset, remote, info)
+            return server.max_uploads_per_account
+        return server.max_downloads_per_account
 
     def _new_row(self, account: str, target: Target, is_send: bool, remote: str) -> Transfer:
         rule, name = target.rule, target.name or ""
@@ -270,7 +331,7 @@ class CoreServerContext:
             remote_id=uuid.uuid4().hex,
             src_filename=name,
             dest_filename=name,
-            local_filepath=str(target.folder / name),
+            local_filepath=str(target.file.path),
             remote_filepath=posixpath.join(rule.path, name),
             start=self.rt.clock.now(),
             transfer_info={"remoteAddress": remote} if remote else {},
@@ -295,17 +356,18 @@ class CoreServerContext:
                 self.rt, existing, self.server_name, self.protocol
             )
         if existing is not None and existing.id in self.engine.active:
-            raise TransferError(ErrorCode.TeForbidden, f"{name} is already being uploaded")
+            raise AlreadyRunning(name)
         if existing is not None and existing.step not in _RESUMABLE_STEPS:
             existing = None  # its data is complete: a new upload is a new transfer
-        if offset > 0 and (existing is None or existing.progress != offset):
-            held = existing.progress if existing else 0
-            raise TransferError(
-                ErrorCode.TeForbidden,
-                f"cannot resume {name} at byte {offset}: {held} bytes are held",
-            )
+        held = existing.progress if existing else 0
+        if offset > held:
+            # Never more than the durable bytes; the bytes held stay as they are.
+            raise ResumeRefused(name, offset, held)
         if existing is not None and offset > 0:
+            # Any offset up to what is held continues the same transfer: the temp file
+            # is cut there (and the kept prefix hashed again) when it is opened.
             t = existing
+            t.progress = offset
         elif existing is not None:  # a plain overwrite starts it again from zero
             t = existing
             t.progress, t.step, t.task_number, t.filesize = 0, Step.NONE, 0, -1
@@ -344,9 +406,8 @@ class CoreServerContext:
         t = await preregister.find_download(
             self.rt, account, target.rule.name, target.name or "", self.server_name, self.protocol
         ) or self._new_row(account, target, is_send=True, remote=remote)
-        if not inside(self.rt.loaded.paths.rule_folder(target.rule), Path(t.local_filepath)):
-            raise TransferError(ErrorCode.TeForbidden, f"{target.name} leaves the rule folder")
-        if not await asyncio.to_thread(os.path.isfile, t.local_filepath):
+        where = Beneath.of(self.rt.loaded.paths.rule_folder(target.rule), t.local_filepath)
+        if await asyncio.to_thread(safepath.regular_file, where) is None:
             raise TransferError(ErrorCode.TeFileNotFound, f"no file {target.name}")
         t.transfer_info.update(info)
         if t.id is None:
@@ -380,26 +441,79 @@ class CoreServerContext:
             await run.run_step_chain(Step.PRE_TASKS)
         await run.enter(Step.DATA, commit=not new)
 
+    def _awaiting_rename(self, account: str, target: Target) -> UploadHandle | None:
+        """The account's own upload under the temporary name `target`, closed and
+        waiting for its rename."""
+        for run in self.engine.active.values():
+            t, handle = run.transfer, run.handle
+            if (
+                isinstance(handle, UploadHandle)
+                and handle.awaiting_rename
+                and t.account == account
+                and t.rule == target.rule.name
+                and t.dest_filename == target.name
+            ):
+                return handle
+        return None
+
+    async def _is_busy(self, account: str, target: Target) -> bool:
+        """Whether a name is an upload not finished yet, or a file being downloaded."""
+        assert target.name is not None
+        if target.rule.direction == Direction.RECEIVE:
+            return await self._unfinished(account, target.rule, target.name) is not None
+        path = str(target.file.path)
+        return any(
+            run.transfer.is_send and run.transfer.local_filepath == path
+            for run in self.engine.active.values()
+        )
+
     async def rename(self, account: str, old_path: str, new_path: str) -> None:
+        """Complete the account's own upload made under a temporary name, or, where a
+        receive rule allows it (`allow_rename`), rename one of the account's received
+        files within its folder (audited). Nothing else: a partner never renames what
+        the gateway sends, nor another account's files, nor the gateway's own."""
         old = self.resolve(account, old_path)
         new = self.resolve(account, new_path)
         if old is None or new is None or old.name is None or new.name is None:
             raise TransferError(ErrorCode.TeForbidden, "renames stay inside a rule folder")
         if old.rule.name != new.rule.name:
             raise TransferError(ErrorCode.TeForbidden, "cannot rename across rule folders")
-        for run in list(self.engine.active.values()):
-            t = run.transfer
-            handle = run.handle
-            if (
-                isinstance(handle, UploadHandle)
-                and handle.awaiting_rename
-                and t.account == account
-                and t.rule == old.rule.name
-                and t.dest_filename == old.name
-            ):
-                await handle.renamed(new.name, new.folder)
-                return
-        await asyncio.to_thread(_rename_no_clobber, old.folder / old.name, new.folder / new.name)
+        handle = self._awaiting_rename(account, old)
+        if handle is not None:
+            await handle.renamed(new.name, new.file)
+            return
+        rule = old.rule
+        if rule.direction != Direction.RECEIVE or not rule.allow_rename:
+            raise TransferError(ErrorCode.TeForbidden, f"files in {rule.path} cannot be renamed")
+        for target in (old, new):
+            if await self._is_busy(account, target):
+                raise TransferError(
+                    ErrorCode.TeForbidden, f"{target.name} is an upload not finished yet"
+                )
+        await asyncio.to_thread(_rename_no_clobber, old.file, new.file)
+        await self._audit(account, "file.rename", rule, {"from": old.name, "to": new.name})
+
+    async def delete(self, account: str, path: str) -> None:
+        """Delete one of the files of a send rule that allows it (`allow_delete`), so
+        that partners can "get, then rm"; refused while the file is being downloaded.
+        Audited."""
+        target = self._visible_file(account, path)
+        rule = target.rule
+        if rule.direction != Direction.SEND or not rule.allow_delete:
+            raise TransferError(ErrorCode.TeForbidden, f"files in {rule.path} cannot be deleted")
+        if await self._is_busy(account, target):
+            raise TransferError(ErrorCode.TeForbidden, f"{target.name} is being downloaded")
+        if await asyncio.to_thread(safepath.regular_file, target.file) is None:
+            raise TransferError(ErrorCode.TeFileNotFound, f"no file {target.name}")
+        await asyncio.to_thread(safepath.unlink, target.file)
+        await self._audit(account, "file.delete", rule, {"file": target.name})
+
+    async def _audit(
+        self, account: str, action: str, rule: RuleConfig, details: dict[str, object]
+    ) -> None:
+        details = {**details, "server": self.server_name, "protocol": self.protocol}
+        await self.rt.store.audit(f"account {account}", action, f"rule/{rule.name}", details)
+        log.info(action, account=account, rule=rule.name, **details)
 
 
 class _ServerHandle(TransferHandle):
@@ -510,13 +624,13 @@ class UploadHandle(_ServerHandle):
         )
         self.ctx.engine.release(self.run)
 
-    async def renamed(self, name: str, folder: Path) -> None:
+    async def renamed(self, name: str, file: Beneath) -> None:
         """The partner renamed the temporary name: complete DATA under `name`."""
         if self.run.stop_reason is not None:
             raise self.run.stopped_error()
         t = self.run.transfer
         t.dest_filename = name
-        t.local_filepath = str(folder / name)
+        t.local_filepath = str(file.path)
         t.remote_filepath = posixpath.join(posixpath.dirname(t.remote_filepath), name)
         if self.ctx.is_temp_name(name):
             await self.run.save()
@@ -576,32 +690,42 @@ class DownloadHandle(_ServerHandle):
             self.ctx.engine.release(run)
 
 
-def _stat_file(path: Path) -> Entry | None:
+def _entry(name: str, st: os.stat_result) -> Entry:
+    return Entry(name, False, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+
+def _stat_file(where: Beneath) -> Entry | None:
+    st = safepath.regular_file(where)
+    return _entry(where.name, st) if st is not None else None
+
+
+def _list_files(folder: Beneath) -> list[Entry]:
+    return [_entry(name, st) for name, st in safepath.list_files(folder)]
+
+
+def _hash_file(where: Beneath, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    fd = safepath.open_file(where, os.O_RDONLY)
+    with open(fd, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _set_times(where: Beneath, atime: float, mtime: float) -> None:
+    with safepath.folder(where.parent()) as dir_fd:
+        os.utime(where.name, (atime, mtime), dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _statvfs_existing(folder: Path) -> os.statvfs_result:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.statvfs(folder)
+
+
+def _rename_no_clobber(old: Beneath, new: Beneath) -> None:
     try:
-        st = path.stat()
-    except OSError:
-        return None
-    if not path.is_file():
-        return None
-    return Entry(path.name, False, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
-
-
-def _list_files(folder: Path) -> list[Entry]:
-    entries = []
-    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as it:
-        for item in it:
-            if item.name.startswith(".") or not item.is_file(follow_symlinks=False):
-                continue
-            st = item.stat(follow_symlinks=False)
-            entries.append(
-                Entry(item.name, False, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
-            )
-    return entries
-
-
-def _rename_no_clobber(old: Path, new: Path) -> None:
-    try:
-        rename_noreplace(old, new)
+        safepath.rename(old, new)
     except FileExistsError as exc:
         raise TransferError(ErrorCode.TeForbidden, f"{new.name} already exists") from exc
     except OSError as exc:

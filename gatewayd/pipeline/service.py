@@ -19,6 +19,7 @@ from typing import Any
 from gatewayd.config.schema import RuleConfig
 from gatewayd.model import Direction, Status, Step, Transfer
 from gatewayd.names import check_name
+from gatewayd.pipeline import localfiles
 from gatewayd.pipeline.engine import Engine, StopReason
 
 CREATE_FIELDS = (
@@ -85,12 +86,26 @@ class TransferService:
         Raises RequestError listing every problem at once.
         """
         t = self._build(request, parent=parent, trusted=trusted)
+        if t.is_send and not trusted:
+            # A file that exists must be one the transfer may send: a link is refused
+            # now (and again, atomically, when the file is opened). A missing one may
+            # still appear before the transfer starts.
+            problem = await self.source_problem(t)
+            if problem is not None and problem != "no such file":
+                raise RequestError([FieldError("file", "bad_value", f"'file': {problem}")])
         await self.rt.store.insert_transfer(t)
         if not t.transfer_info.get("followID"):
             t.transfer_info["followID"] = t.follow_id
             await self.rt.store.save_transfer(t)
         self.wake()
         return t
+
+    async def source_problem(self, t: Transfer) -> str | None:
+        """Why the local file of send `t` cannot be sent now ("no such file", a link,
+        not a regular file), or None."""
+        rule = self.rt.loaded.config.rules.get(t.rule)
+        root = self.rt.loaded.paths.rule_folder(rule) if rule else self.rt.loaded.paths.data_dir
+        return await localfiles.send_problem(root, t.local_filepath)
 
     def check(self, request: Any) -> Transfer:
         """Validate `request` as `create` would (untrusted) and return the transfer it

@@ -14,12 +14,16 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
+from gatewayd import safepath
 from gatewayd.errors import TaskError
 from gatewayd.fsutil import fsync_dir, rename_noreplace
 from gatewayd.model import ErrorCode
+from gatewayd.safepath import Beneath, LinkRefused, NotAFile
 
 CHUNK = 1 << 20
 
@@ -42,15 +46,37 @@ def os_error_text(error: OSError) -> str:
     return text
 
 
-def require_file(path: str) -> os.stat_result:
-    """The stat of the regular file `path`; TaskError (TeFileNotFound) otherwise."""
+def _beneath(path: str, root: str | None) -> Beneath:
+    return Beneath.of(Path(root) if root else Path(os.path.abspath(path)).parent, path)
+
+
+def require_file(path: str, root: str | None = None) -> os.stat_result:
+    """The stat of the regular file `path`, reached from the folder `root` (the rule's)
+    through no symbolic link, nor being one; TaskError otherwise (TeFileNotFound, or
+    TeForbidden for a link)."""
     try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise TaskError(f"file not found: {path}", ErrorCode.TeFileNotFound) from None
-    if not os.path.isfile(path):
+        info = safepath.lstat(_beneath(path, root))
+    except LinkRefused as error:
+        raise TaskError(f"{path}: {error.message}", ErrorCode.TeForbidden) from None
+    if info is None:
+        raise TaskError(f"file not found: {path}", ErrorCode.TeFileNotFound)
+    if stat.S_ISLNK(info.st_mode):
+        raise TaskError(f"{path} is a symbolic link: refused", ErrorCode.TeForbidden)
+    if not stat.S_ISREG(info.st_mode):
         raise TaskError(f"not a regular file: {path}", ErrorCode.TeFileNotFound)
     return info
+
+
+def open_input(path: str, root: str | None = None) -> BinaryIO:
+    """The regular file `path` open for reading, with the guarantees of `require_file`
+    (there is no window between that check and this open: the open itself refuses)."""
+    try:
+        fd = safepath.open_file(_beneath(path, root), os.O_RDONLY)
+    except LinkRefused as error:
+        raise TaskError(f"{path}: {error.message}", ErrorCode.TeForbidden) from None
+    except NotAFile:
+        raise TaskError(f"not a regular file: {path}", ErrorCode.TeFileNotFound) from None
+    return os.fdopen(fd, "rb")
 
 
 def make_dirs(path: str) -> None:
@@ -117,17 +143,18 @@ def write_atomic(
         publish(temp, dest, overwrite=overwrite)
 
 
-def copy_atomic(src: str, dest: str, *, overwrite: bool) -> None:
-    """Copy the content and permission bits of file `src` to `dest`, atomically."""
+def copy_atomic(src: str, dest: str, *, overwrite: bool, root: str | None = None) -> None:
+    """Copy the content and permission bits of file `src` (reached from `root` through
+    no link) to `dest`, atomically."""
 
     def write(out: BinaryIO) -> None:
-        with open(src, "rb") as source:
+        with open_input(src, root) as source:
             shutil.copyfileobj(source, out, CHUNK)
 
     write_atomic(dest, write, overwrite=overwrite, mode_from=src)
 
 
-def move(src: str, dest: str, *, overwrite: bool) -> None:
+def move(src: str, dest: str, *, overwrite: bool, root: str | None = None) -> None:
     """Move file `src` to `dest` (any file system), creating missing folders."""
     make_dirs(os.path.dirname(dest) or ".")
     try:
@@ -143,7 +170,7 @@ def move(src: str, dest: str, *, overwrite: bool) -> None:
         if error.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
             raise
         # Another file system (or no hard links): copy, then remove the original.
-        copy_atomic(src, dest, overwrite=overwrite)
+        copy_atomic(src, dest, overwrite=overwrite, root=root)
         os.unlink(src)
     fsync_dir(os.path.dirname(dest) or ".")
     fsync_dir(os.path.dirname(src) or ".")

@@ -29,6 +29,6 @@ def follow(ctx: TaskContext, new_path: str) -> None:
 
 async def retarget(ctx: TaskContext, new_path: str) -> None:
     """Point the transfer at the existing file `new_path` and record its size."""
-    info = await asyncio.to_thread(require_file, new_path)
+    info = await asyncio.to_thread(require_file, new_path, ctx.rule_folder)
     follow(ctx, new_path)
     ctx.transfer.filesize = info.st_size

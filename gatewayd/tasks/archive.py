@@ -203,7 +203,7 @@ def _check_zip_member(info: zipfile.ZipInfo) -> None:
         raise TaskError(f"member {name!r} is not a regular file or folder")
 
 
-def _extract_zip(archive: str, into: str) -> None:
+def _extract_zip(archive: BinaryIO, into: str) -> None:
     root = os.path.realpath(into)
     with zipfile.ZipFile(archive) as source:
         members = source.infolist()
@@ -238,8 +238,8 @@ def _refusal(member: tarfile.TarInfo, error: tarfile.FilterError) -> TaskError:
     return TaskError(f"member {member.name!r} {reason}")
 
 
-def _extract_tar(archive: str, into: str) -> None:
-    with tarfile.open(archive, "r:*") as source:
+def _extract_tar(archive: BinaryIO, into: str) -> None:
+    with tarfile.open(fileobj=archive, mode="r:*") as source:
         members = source.getmembers()
         for member in members:
             if member.name.startswith("/"):
@@ -295,27 +295,38 @@ def _publish_tree(staging: str, output: str, overwrite: bool) -> int:
     return len(files)
 
 
-def _extract(archive: str, output: str, overwrite: bool) -> int:
-    _fsops.require_file(archive)
-    found = archive_format(archive)
-    if found is None:
-        if zipfile.is_zipfile(archive):
-            found = ("zip", "")
-        elif tarfile.is_tarfile(archive):
-            found = ("tar", "")
-        else:
-            raise TaskError(f"{archive} is neither a zip nor a tar archive")
-    _fsops.make_dirs(output)
-    staging = tempfile.mkdtemp(prefix=".extract-", dir=output)
+def _extract(archive: str, output: str, overwrite: bool, root: str) -> int:
+    # Opened once, through no link: what is checked is what is read.
+    with _fsops.open_input(archive, root) as data:
+        found = archive_format(archive)
+        if found is None:
+            if zipfile.is_zipfile(data):
+                found = ("zip", "")
+            else:
+                data.seek(0)
+                if not _is_tar(data):
+                    raise TaskError(f"{archive} is neither a zip nor a tar archive")
+                found = ("tar", "")
+        data.seek(0)
+        _fsops.make_dirs(output)
+        staging = tempfile.mkdtemp(prefix=".extract-", dir=output)
+        try:
+            if found[0] == "zip":
+                _extract_zip(data, staging)
+            else:
+                _extract_tar(data, staging)
+            _sync_tree(staging)
+            return _publish_tree(staging, output, overwrite)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_tar(data: BinaryIO) -> bool:
     try:
-        if found[0] == "zip":
-            _extract_zip(archive, staging)
-        else:
-            _extract_tar(archive, staging)
-        _sync_tree(staging)
-        return _publish_tree(staging, output, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(fileobj=data, mode="r:*"):
+            return True
+    except tarfile.TarError:
+        return False
 
 
 @register
@@ -336,7 +347,9 @@ class Extract(ArgsTask):
         archive = self.path(ctx, self.text(args, "archive", ctx.transfer.local_filepath or None))
         output = self.path(ctx, self.text(args, "outputDir"))
         try:
-            count = await asyncio.to_thread(_extract, archive, output, self.flag(args, "overwrite"))
+            count = await asyncio.to_thread(
+                _extract, archive, output, self.flag(args, "overwrite"), ctx.rule_folder
+            )
         except OSError as error:
             raise self.fail(_fsops.os_error_text(error)) from error
         except (tarfile.TarError, zipfile.BadZipFile, RuntimeError, EOFError) as error:

@@ -45,6 +45,8 @@ class TaskContext:
     out_path: str = ""
     work_path: str = ""
     home_path: str = ""
+    # The rule's folder: files below it are reached through no symbolic link.
+    rule_folder: str = ""
     error: TransferError | None = None  # set while the error chain runs
     exec_timeout: float = 300.0
     create_transfer: TransferCreator | None = None

@@ -37,7 +37,7 @@ class _FileTask(ArgsTask):
         if not source:
             raise self.fail("the transfer has no local file yet")
         try:
-            await asyncio.to_thread(_fsops.require_file, source)
+            await asyncio.to_thread(_fsops.require_file, source, ctx.rule_folder)
         except TaskError as error:
             raise TaskError(f"{self.type_name}: {error.message}", error.code) from None
         return source
@@ -55,8 +55,11 @@ class _FileTask(ArgsTask):
         source = await self._source(ctx)
         dest = self._destination(ctx, args, source)
         operation = _fsops.move if self.moves else _fsops.copy_atomic
+        overwrite = self.flag(args, "overwrite")
         try:
-            await asyncio.to_thread(operation, source, dest, overwrite=self.flag(args, "overwrite"))
+            await asyncio.to_thread(
+                operation, source, dest, overwrite=overwrite, root=ctx.rule_folder
+            )
         except OSError as error:
             raise self.fail(_fsops.os_error_text(error)) from error
         except TaskError as error:

@@ -31,7 +31,7 @@ class _InPlaceTask(ArgsTask):
         if not path:
             raise self.fail("the transfer has no local file")
         try:
-            await asyncio.to_thread(_fsops.require_file, path)
+            await asyncio.to_thread(_fsops.require_file, path, ctx.rule_folder)
         except TaskError as error:
             raise TaskError(f"{self.type_name}: {error.message}", error.code) from None
         return path
@@ -40,7 +40,7 @@ class _InPlaceTask(ArgsTask):
         """Write `transform(source)` to `dest` atomically; follow the size if in place."""
 
         def write(out: BinaryIO) -> None:
-            with open(source, "rb") as data:
+            with _fsops.open_input(source, ctx.rule_folder) as data:
                 self.transform(data, out)
 
         try:

@@ -54,6 +54,9 @@ class HttpServerConfig(ServerConfig):
     client_ca_file: FilePath | None = None
     # Largest request body (one upload request), 0 = unlimited.
     max_body_size: Bytes = 0
+    # Seconds a client may take to send a request's headers (slowloris), which is also
+    # the longest a connection may stay idle between two requests.
+    header_timeout: Annotated[float, Field(gt=0)] = 30.0
     # Seconds a transfer may make no progress (no upload bytes arrive, or the client
     # takes no download bytes) before it is aborted.
     idle_timeout: Annotated[float, Field(gt=0)] = 300.0

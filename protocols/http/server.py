@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import Counter
+import math
 from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
 from typing import Any
@@ -26,7 +26,7 @@ import structlog
 from aiohttp import hdrs, web
 
 from gatewayd.config.schema import ServerConfig
-from gatewayd.errors import TransferError
+from gatewayd.errors import AlreadyRunning, LimitReached, ResumeRefused, TransferError
 from gatewayd.model import Direction, ErrorCode
 from gatewayd.ports import Entry, ProtocolServer, ServerContext, TransferHandle
 from protocols.http import headers as h
@@ -37,7 +37,6 @@ from protocols.http.errors import error_body, status_for
 log = structlog.get_logger("gatewayd.http")
 
 CHUNK = 1 << 20  # bytes per read of a download
-RETRY_AFTER = "5"  # seconds, when an account has too many uploads running
 
 
 class Reply(Exception):
@@ -56,7 +55,18 @@ class Reply(Exception):
 
     @classmethod
     def of(cls, error: TransferError, headers: dict[str, str] | None = None) -> Reply:
-        return cls(status_for(error.code), error.message, error.code, headers)
+        """The answer to a refusal of the core: its code says the status, and what
+        the refusal carries says the rest (how much is held, when to come back)."""
+        extra = dict(headers or {})
+        status = status_for(error.code)
+        if isinstance(error, ResumeRefused):
+            status = 409
+            extra[h.UPLOAD_OFFSET] = str(error.held)
+        elif isinstance(error, AlreadyRunning):
+            status = 409
+        elif isinstance(error, LimitReached):
+            extra[hdrs.RETRY_AFTER] = str(max(1, math.ceil(error.retry_after)))
+        return cls(status, error.message, error.code, extra)
 
     def response(self) -> web.Response:
         headers = {
@@ -99,8 +109,6 @@ class HttpServer(ProtocolServer):
         self._site: web.TCPSite | None = None
         self._port = 0
         self._requests: set[asyncio.Task[Any]] = set()
-        self._uploading: set[tuple[str, str]] = set()  # (account, path) being uploaded here
-        self._uploads_of: Counter[str] = Counter()
         self.log = log.bind(server=name)
 
     @property
@@ -123,7 +131,15 @@ class HttpServer(ProtocolServer):
                 ) from exc
         app = web.Application()
         app.router.add_route("*", "/{path:.*}", self._dispatch, expect_handler=_no_expect)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            # aiohttp closes a connection that has sent no complete request head
+            # within its keep-alive timeout: that is the header-read timeout.
+            keepalive_timeout=self.config.header_timeout,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.config.address, self.config.port, ssl_context=ssl_context)
         try:
@@ -182,6 +198,7 @@ class HttpServer(ProtocolServer):
             "PUT": self._put,
             "POST": self._put,
             "MOVE": self._move,
+            "DELETE": self._delete,
         }
 
     # ------------------------------------------------------------------ who and what
@@ -379,52 +396,7 @@ class HttpServer(ProtocolServer):
         limit = self.config.max_body_size
         if limit and body_length is not None and body_length > limit:
             raise Reply(413, f"the body is larger than {limit} bytes", ErrorCode.TeExceededLimit)
-        key = (account, path)
-        self._reserve(key)
-        try:
-            await self._check_offset(account, path, offset)
-            return await self._upload(
-                request, account, path, offset, size, body_length, sha256, info
-            )
-        finally:
-            self._uploading.discard(key)
-            self._uploads_of[account] -= 1
-            if self._uploads_of[account] <= 0:
-                del self._uploads_of[account]
-
-    def _reserve(self, key: tuple[str, str]) -> None:
-        """Count an upload in, or refuse it: one at a time per name, and at most
-        `max_uploads_per_account` per account (checked and counted without a pause)."""
-        account, path = key
-        if key in self._uploading:
-            raise Reply(409, f"{path} is already being uploaded", ErrorCode.TeForbidden)
-        most = self.config.max_uploads_per_account
-        if most and self._uploads_of[account] >= most:
-            raise Reply(
-                429,
-                f"this account already runs {most} uploads on this server",
-                ErrorCode.TeExceededLimit,
-                {hdrs.RETRY_AFTER: RETRY_AFTER},
-            )
-        self._uploading.add(key)
-        self._uploads_of[account] += 1
-
-    async def _check_offset(self, account: str, path: str, offset: int) -> None:
-        """A resume must start where the unfinished upload's durable bytes end."""
-        if offset == 0:
-            return
-        try:
-            entry = await self.ctx.stat(account, path)
-        except TransferError as exc:
-            raise Reply.of(exc) from None
-        held = entry.size if entry is not None and entry.unfinished else 0
-        if held != offset:
-            raise Reply(
-                409,
-                f"cannot resume at byte {offset}: {held} bytes are held",
-                ErrorCode.TeForbidden,
-                {h.UPLOAD_OFFSET: str(held)},
-            )
+        return await self._upload(request, account, path, offset, size, body_length, sha256, info)
 
     async def _upload(
         self,
@@ -535,12 +507,30 @@ class HttpServer(ProtocolServer):
         destination = request.headers.get("Destination")
         if not destination:
             raise Reply(400, "MOVE needs a Destination header", ErrorCode.TeForbidden)
-        target = unquote(urlsplit(destination).path)
+        split = urlsplit(destination)
+        if split.netloc and split.netloc.lower() != request.host.lower():
+            # RFC 4918 9.9.4: a MOVE to another server is not ours to do.
+            raise Reply(
+                502, f"the destination {split.netloc} is another server", ErrorCode.TeForbidden
+            )
+        target = unquote(split.path)
         try:
             await self.ctx.rename(account, path, target)
         except TransferError as exc:
             raise Reply.of(exc) from None
         return web.json_response({"path": target}, status=201)
+
+    # ------------------------------------------------------------------ DELETE
+
+    async def _delete(self, request: web.Request) -> web.StreamResponse:
+        """Delete a file the account may download, where its rule allows it."""
+        account = await self._account(request)
+        path = self._path(request, account)
+        try:
+            await self.ctx.delete(account, path)
+        except TransferError as exc:
+            raise Reply.of(exc) from None
+        return web.Response(status=204)
 
 
 def _head(entry: Entry) -> web.StreamResponse:

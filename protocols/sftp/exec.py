@@ -8,28 +8,18 @@ no shell runs, nothing else is accepted.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
 import posixpath
 import shlex
 
 from asyncssh import SSHReader, SSHWriter
 
+from gatewayd.errors import TransferError
+from gatewayd.model import ErrorCode
 from gatewayd.ports import ServerContext
 
 COMMANDS = {"md5sum": "md5", "sha1sum": "sha1", "sha256sum": "sha256", "sha512sum": "sha512"}
 CHUNK = 1 << 20
-
-
-def _hash_file(path: str, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    # Partners cannot make links, but a link put in a rule folder must not lead out.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with open(fd, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 async def _hash_stdin(stdin: SSHReader[bytes], algorithm: str) -> str:
@@ -73,21 +63,17 @@ async def run_command(
     status = 0
     for name in argv[1:]:
         vpath = posixpath.join("/", name)
-        local = None
         try:
             entry = await ctx.stat(account, vpath)
-            if entry is not None and not entry.is_dir and not entry.unfinished:
-                local = ctx.local_file(account, vpath)
-        except Exception:  # a refused path (`..`) reads as a missing file
-            local = None
-        if local is None:
-            err(f"{argv[0]}: {name}: No such file or directory\n")
-            status = 1
-            continue
-        try:
-            digest = await asyncio.to_thread(_hash_file, str(local.path), algorithm)
-        except OSError as exc:
-            err(f"{argv[0]}: {name}: {exc.strerror}\n")
+            if entry is None or entry.is_dir or entry.unfinished:
+                raise TransferError(ErrorCode.TeFileNotFound, "No such file or directory")
+            digest = await ctx.digest(account, vpath, algorithm)
+        except TransferError as exc:
+            # A refused path (`..`, a link) reads as a missing file.
+            reason = "No such file or directory"
+            if exc.code not in (ErrorCode.TeFileNotFound, ErrorCode.TeForbidden):
+                reason = exc.message
+            err(f"{argv[0]}: {name}: {reason}\n")
             status = 1
             continue
         out(f"{digest}  {name}\n")

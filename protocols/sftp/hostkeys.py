@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncssh
 import structlog
 
-from gatewayd.pipeline.files import fsync_dir
+from gatewayd.fsutil import fsync_dir
 
 log = structlog.get_logger("gatewayd.sftp")
 

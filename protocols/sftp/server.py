@@ -427,23 +427,18 @@ class SftpSession(asyncssh.SFTPServer):
             raise asyncssh.SFTPOpUnsupported("changing a file's size is not supported")
         if attrs.mtime is None or entry.is_dir:
             return
-        local = self.ctx.local_file(self.account, vpath)
-        if local is None or local.direction != Direction.RECEIVE:
-            return  # files we send are ours: their times are not the partner's to set
-        mtime = float(attrs.mtime)
-        atime = float(attrs.atime or attrs.mtime)
-        with contextlib.suppress(FileNotFoundError):  # an unfinished upload: no file yet
-            await asyncio.to_thread(os.utime, local.path, (atime, mtime), follow_symlinks=False)
+        try:
+            await self.ctx.set_times(
+                self.account, vpath, float(attrs.atime or attrs.mtime), float(attrs.mtime)
+            )
+        except TransferError as exc:
+            raise sftp_error(exc) from None
 
     async def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         await self.setstat(path, attrs)
 
     async def statvfs(self, path: bytes) -> os.statvfs_result:
-        local = self.ctx.local_file(self.account, self.vpath(path))
-        folder = local.path if local is not None else self.ctx.state_dir
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        return await asyncio.to_thread(os.statvfs, folder)
+        return await self.ctx.disk_space(self.account, self.vpath(path))
 
     async def fstatvfs(self, file_obj: object) -> os.statvfs_result:
         assert isinstance(file_obj, _File)
@@ -462,8 +457,12 @@ class SftpSession(asyncssh.SFTPServer):
     async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
         await self.rename(oldpath, newpath)
 
-    def remove(self, path: bytes) -> None:
-        raise asyncssh.SFTPPermissionDenied("deleting files is not allowed here")
+    async def remove(self, path: bytes) -> None:
+        vpath = self.vpath(path)
+        try:
+            await self.ctx.delete(self.account, vpath)
+        except TransferError as exc:
+            raise sftp_error(exc) from None
 
     def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
         raise asyncssh.SFTPPermissionDenied("the folders are the rules': none can be created")
@@ -544,13 +543,22 @@ class _Upload(_File):
         self._room = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._error: TransferError | None = None
+        # The core refused to open the transfer (a resume beyond the bytes held, a
+        # limit): this handle completes nothing, not even an empty file, on close.
+        self._refused: asyncssh.SFTPError | None = None
 
     async def start(self, offset: int, *, append: bool = False, truncate: bool = False) -> None:
-        await self._open(Direction.RECEIVE, offset, truncate)
+        try:
+            await self._open(Direction.RECEIVE, offset, truncate)
+        except asyncssh.SFTPError as exc:
+            self._refused = exc
+            raise
         self.append = append
         self.size = offset
 
     async def write(self, offset: int, data: bytes) -> None:
+        if self._refused is not None:
+            raise self._refused
         if self._error is not None:
             raise sftp_error(self._error)
         if self.closed:
@@ -619,6 +627,8 @@ class _Upload(_File):
                 )
             )
             return
+        if self._refused is not None:
+            raise self._refused
         if self._error is not None:
             raise sftp_error(self._error)
         if self.handle is None:  # nothing written: an empty file
