@@ -73,9 +73,11 @@ def throttle(env: ApiEnv, policy: ThrottlePolicy, clock: FakeClock | None = None
 
 
 QUICK = ThrottlePolicy(
-    window=60, free_failures=2, base_delay=0.2, max_delay=0.4, max_address_failures=5,
+    window=60, free_failures=2, base_delay=0.4, max_delay=0.8, max_address_failures=5,
     max_account_failures=None, ban=300,
 )  # fmt: skip
+# Well below the shortest delay, well above a loopback request with a test hash.
+PROMPT = 0.3
 
 
 def test_the_api_policy_bans_addresses_only() -> None:
@@ -102,9 +104,9 @@ async def test_wrong_passwords_slow_down_then_ban_the_address(
     with structlog.testing.capture_logs() as logs:
         replies = [await call(env, basic("admin", f"guess-{i}")) for i in range(5)]
         assert [r.status for r in replies] == [401] * 5
-        # Two free failures, then 0.2 s, 0.4 s, 0.4 s (capped).
-        assert all(r.seconds < 0.2 for r in replies[:2]), [r.seconds for r in replies]
-        waits = zip(replies[2:], (0.2, 0.4, 0.4), strict=True)
+        # Two free failures, then 0.4 s, 0.8 s, 0.8 s (capped).
+        assert all(r.seconds < PROMPT for r in replies[:2]), [r.seconds for r in replies]
+        waits = zip(replies[2:], (0.4, 0.8, 0.8), strict=True)
         assert all(r.seconds >= d - 0.01 for r, d in waits), [r.seconds for r in replies]
 
         # The fifth failure banned the address: even the right password gets 429, and
@@ -146,7 +148,7 @@ async def test_a_flood_from_a_banned_address_is_logged_sparingly(env: ApiEnv) ->
 async def test_users_are_slowed_down_from_any_address_but_never_banned(env: ApiEnv) -> None:
     await env.start()
     policy = ThrottlePolicy(
-        free_failures=2, base_delay=0.2, max_delay=0.2, max_address_failures=100,
+        free_failures=2, base_delay=0.5, max_delay=0.5, max_address_failures=100,
         max_account_failures=None,
     )  # fmt: skip
     t = throttle(env, policy)
@@ -154,13 +156,13 @@ async def test_users_are_slowed_down_from_any_address_but_never_banned(env: ApiE
     replies = [await call(env, basic("admin", "nope"), source=s) for s in sources]
     assert [r.status for r in replies] == [401] * 6
     # Each address is new: the user's count makes the later answers wait.
-    assert all(r.seconds >= 0.2 for r in replies[2:]), [r.seconds for r in replies]
+    assert all(r.seconds >= 0.49 for r in replies[2:]), [r.seconds for r in replies]
     assert t.banned_for("", "admin") == 0
     good = await call(env, basic("admin"), source="127.0.0.20")
-    assert good.status == 200 and good.seconds < 0.2, "the right password is never delayed"
+    assert good.status == 200 and good.seconds < PROMPT, "the right password is never delayed"
     # A good login clears the user's count (not the addresses').
     again = await call(env, basic("admin", "typo"), source="127.0.0.21")
-    assert again.status == 401 and again.seconds < 0.2
+    assert again.status == 401 and again.seconds < PROMPT
 
 
 async def test_the_slow_down_holds_no_hashing_slot_and_blocks_nobody(env: ApiEnv) -> None:
