@@ -8,6 +8,14 @@ Secrets are redacted by a processor that every line passes through, whichever AP
 it: values of keys that look secret (`password`, `token`, `authorization`, ...), at any
 depth, and password hashes or private keys wherever they appear in a string. It is a last
 line of defence, not a licence to log secrets.
+
+Every text in an event may come from outside (logins, file names, paths, user agents,
+an exception's message), so every one is escaped once, here, whichever renderer writes
+it: control characters (C0, DEL, C1 such as NEL and CSI), line and paragraph separators
+and bidi controls become visible escapes (`gatewayd.names.escaped`), so that no value
+can act on a terminal, reorder a line, or start a fake log line. Tracebacks keep their
+line breaks; the console renderer indents their lines, which therefore never look like
+the start of a log line.
 """
 
 from __future__ import annotations
@@ -22,8 +30,17 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from gatewayd.config.schema import LoggingConfig
+from gatewayd.names import escaped
 
-__all__ = ["REDACTED", "configure_logging", "is_secret_key", "redact", "redact_secrets"]
+__all__ = [
+    "REDACTED",
+    "configure_logging",
+    "escape_text",
+    "escape_values",
+    "is_secret_key",
+    "redact",
+    "redact_secrets",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -82,6 +99,60 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return redacted
 
 
+# Fields holding multi-line text made by Python itself (tracebacks, stacks): their line
+# breaks are kept, every other control is escaped.
+_MULTILINE = frozenset({"exception", "stack"})
+# The ProcessorFormatter's own entries (the LogRecord...), not text to show.
+_META = frozenset({"_record", "_from_structlog"})
+# What the console renderer puts before each line of a traceback.
+TRACEBACK_INDENT = "  "
+
+
+def escape_text(value: Any, _depth: int = 0) -> Any:
+    """A copy of `value` in which every string (and string key), at any depth, is
+    `escaped`; other objects are left to the renderer (which shows them by `repr`,
+    itself free of raw controls)."""
+    if isinstance(value, str):
+        # Fast path: nothing to escape in most texts (a non-printable character is a
+        # superset of what `escaped` rewrites).
+        return value if value.isprintable() and "\\" not in value else escaped(value)
+    if _depth > _MAX_DEPTH:
+        return value
+    if isinstance(value, Mapping):
+        return {escape_text(k, _depth + 1): escape_text(v, _depth + 1) for k, v in value.items()}
+    if type(value) in (list, tuple, set, frozenset):
+        return type(value)(escape_text(item, _depth + 1) for item in value)
+    return value
+
+
+def _escape_lines(text: str) -> str:
+    return "\n".join(escape_text(line) for line in text.split("\n"))
+
+
+def escape_values(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: every text of the event escaped (the event's text itself,
+    every value, keys too); tracebacks keep their line breaks."""
+    out: EventDict = {}
+    for key, value in event_dict.items():
+        if key in _META:
+            out[key] = value
+        elif key in _MULTILINE and isinstance(value, str):
+            out[key] = _escape_lines(value)
+        else:
+            out[escape_text(key)] = escape_text(value)
+    return out
+
+
+def _indent_tracebacks(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Console only: every line of a traceback or stack starts indented, so that a line
+    break inside an exception's message never starts what looks like a log line."""
+    for key in _MULTILINE:
+        value = event_dict.get(key)
+        if isinstance(value, str):
+            event_dict[key] = "\n".join(TRACEBACK_INDENT + line for line in value.split("\n"))
+    return event_dict
+
+
 class _GatewaydHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler we install, so that configuring again replaces only ours."""
 
@@ -107,12 +178,17 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
         # an exception message is caught too.
         structlog.processors.format_exc_info,
         redact_secrets,
+        # Last: what redaction left, escaped once for every renderer.
+        escape_values,
     ]
-    renderer: Processor
+    rendering: list[Processor]
     if config.format == "json":
-        renderer = structlog.processors.JSONRenderer()
+        rendering = [structlog.processors.JSONRenderer()]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(stream))
+        rendering = [
+            _indent_tracebacks,
+            structlog.dev.ConsoleRenderer(colors=_is_tty(stream)),
+        ]
 
     structlog.configure(
         processors=[
@@ -129,7 +205,7 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
         )
     )
     root = logging.getLogger()

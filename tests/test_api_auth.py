@@ -97,6 +97,7 @@ async def test_every_route_checks_its_area(env: ApiEnv) -> None:
             only = {area: letter}
             tokens[f"only-{area}-{letter}"] = (await _token(env, permissions=only))["token"]
     nobody = (await _token(env, "nobody"))["token"]
+    manager = (await _token(env, "nobody", manageTokens=True))["token"]
     guarded = [r for r in ROUTES if r.area is not None]
     assert {r.area for r in guarded} == set(AREAS), "every area guards something"
     for r in guarded:
@@ -108,7 +109,11 @@ async def test_every_route_checks_its_area(env: ApiEnv) -> None:
         assert allowed.status not in (401, 403), (r.method, r.path, allowed.text)
     for r in ROUTES:
         if r.area is None and (r.method, r.path) != ("POST", "/api/tokens"):
+            managing = r.path.startswith("/api/tokens")
             answer = await _send(env, r, nobody)
+            if managing:  # listing and revoking tokens is a right of its own
+                assert (answer.status, answer.codes()) == (403, ["forbidden"]), r.path
+                answer = await _send(env, r, manager)
             assert answer.status not in (401, 403), (r.method, r.path, answer.text)
 
 
@@ -174,9 +179,17 @@ async def test_token_life(env: ApiEnv, capsys: pytest.CaptureFixture[str]) -> No
     answer = await env.api.call("GET", "/api/transfers", token=limited)
     assert answer.status == 401 and "expired" in answer.errors[0]["message"]
 
-    actions = [(e["who"], e["action"]) for e in reversed(await env.gw.store.list_audit())]
-    assert actions == [("reader", "token.create"), ("reader", "token.create"),
-                       ("reader", "token.revoke")]  # fmt: skip
+    entries = list(reversed(await env.gw.store.list_audit()))
+    actions = [(e["who"], e["action"], e["details"].get("status")) for e in entries]
+    by_token = f"reader (token {issued['id']})"
+    # Refused writes are audited too (the pause, the over-reaching request, the token
+    # minting a token, the second revocation).
+    assert actions == [
+        ("reader", "token.create", None), (by_token, "request.refused", 403),
+        ("reader", "token.create", None), ("reader", "request.refused", 400),
+        (by_token, "request.refused", 403), ("reader", "token.revoke", None),
+        ("admin", "request.refused", 404),
+    ]  # fmt: skip
     logs = capsys.readouterr()
     key = (env.root / "var" / KEY_FILE).read_text().strip()
     assert token not in logs.out + logs.err and key not in logs.out + logs.err
@@ -259,3 +272,51 @@ async def test_others_tokens_need_the_users_area(env: ApiEnv) -> None:
     every = await env.api.get("/api/tokens")
     assert {t["id"] for t in every["tokens"]} == {mine["id"], theirs["id"]}
     assert (await env.api.call("DELETE", f"/api/tokens/{theirs['id']}")).status == 204
+
+
+async def test_only_tokens_issued_to_manage_tokens_list_or_revoke_them(env: ApiEnv) -> None:
+    env.users["ops"] = {"transfers": "r"}
+    await env.start()
+    # What the README recommends for the metrics scraper: a token with no permission.
+    scraper = await _token(env, "ops", permissions={})
+    script = await _token(env, "ops", comment="nightly")
+    assert (scraper["manageTokens"], script["manageTokens"]) == (False, False)
+    assert (await env.api.call("GET", "/metrics", token=scraper["token"])).status == 200
+    for method, path in (("GET", "/api/tokens"), ("DELETE", f"/api/tokens/{script['id']}")):
+        answer = await env.api.call(method, path, token=scraper["token"])
+        assert (answer.status, answer.codes()) == (403, ["forbidden"]), path
+        assert "manageTokens" in answer.errors[0]["message"]
+    assert (await env.api.call("GET", "/api/transfers", token=script["token"])).status == 200
+
+    # Given explicitly, the right to manage tokens: list and revoke the user's own.
+    manager = await _token(env, "ops", permissions={}, manageTokens=True)
+    assert manager["manageTokens"] is True
+    listed = await env.api.get("/api/tokens", token=manager["token"])
+    by_id = {t["id"]: t["manageTokens"] for t in listed["tokens"]}
+    assert by_id == {scraper["id"]: False, script["id"]: False, manager["id"]: True}
+    answer = await env.api.call("DELETE", f"/api/tokens/{script['id']}", token=manager["token"])
+    assert answer.status == 204
+    assert (await env.api.call("GET", "/api/transfers", token=script["token"])).status == 401
+    # Never another user's without the users area, never a new token.
+    theirs = await _token(env, "admin")
+    answer = await env.api.call("DELETE", f"/api/tokens/{theirs['id']}", token=manager["token"])
+    assert answer.status == 403
+    answer = await env.api.call("GET", "/api/tokens?user=admin", token=manager["token"])
+    assert answer.status == 403
+    answer = await env.api.call("POST", "/api/tokens", json_body={}, token=manager["token"])
+    assert answer.status == 403
+    # An admin's managing token with the users area reaches everyone's.
+    admin = await _token(env, "admin", manageTokens=True)
+    every = await env.api.get("/api/tokens", token=admin["token"])
+    assert manager["id"] in {t["id"] for t in every["tokens"]}
+    answer = await env.api.call("DELETE", f"/api/tokens/{manager['id']}", token=admin["token"])
+    assert answer.status == 204
+
+    created = [e for e in await env.gw.store.list_audit() if e["action"] == "token.create"]
+    assert {e["details"]["manageTokens"] for e in created} == {True, False}
+    answer = await env.api.call("POST", "/api/tokens", json_body={"manageTokens": "yes"})
+    assert (answer.status, [e["field"] for e in answer.errors]) == (400, ["manageTokens"])
+    document = await env.api.get("/api/openapi.json")
+    schemas = document["components"]["schemas"]
+    assert schemas["TokenRequest"]["properties"]["manageTokens"]["default"] is False
+    assert schemas["Token"]["properties"]["manageTokens"] == {"type": "boolean"}

@@ -99,3 +99,39 @@ async def test_authenticate_logs_counts_and_bans(tmp_path: Path) -> None:
     assert [e["event"] for e in logs].count("login refused: too many failures") == 1
     assert "wr0ng" not in repr(logs) and "right" not in repr(logs)
     assert ctx.throttle.failures_total == 3, "a refused key offer is not a failure"
+
+
+def test_accounts_may_be_slowed_down_without_ever_being_banned() -> None:
+    clock = FakeClock()
+    policy = ThrottlePolicy(
+        window=60, free_failures=2, base_delay=0.5, max_delay=4, max_address_failures=5,
+        max_account_failures=None, ban=300,
+    )  # fmt: skip
+    t = AuthThrottle(policy, clock)
+    delays = [t.failure(f"10.0.0.{i}", "admin") for i in range(200)]
+    assert delays[:4] == [0, 0, 0.5, 1.0] and delays[-1] == 4, "slowed down per account"
+    assert t.banned_for("10.9.9.9", "admin") == 0, "never banned"
+    assert t.banned_for("", "admin") == 0
+    assert max(len(c.times) for c in t._counters.values()) <= 2 + 64, "bounded memory"
+    for _ in range(5):
+        t.failure("10.1.1.1", "someone")
+    assert t.banned_for("10.1.1.1", "") > 0, "addresses still are"
+
+
+def test_a_failure_without_a_login_counts_for_the_address_only() -> None:
+    t = AuthThrottle(POLICY, FakeClock())
+    for _ in range(5):
+        t.failure("10.0.0.1", "")
+    assert t.banned_for("10.0.0.1", "") > 0
+    assert set(t._counters) == {("address", "10.0.0.1")}
+
+
+def test_huge_logins_are_remembered_by_their_digest() -> None:
+    t = AuthThrottle(POLICY, FakeClock())
+    huge = "x" * 8000
+    for _ in range(8):
+        t.failure(f"10.0.0.{_}", huge)
+    assert t.banned_for("10.9.9.9", huge) > 0, "the account is counted all the same"
+    assert all(len(key) < 100 for _, key in t._counters)
+    t.success("10.9.9.9", huge)
+    assert ("account", huge) not in t._counters and len(t._counters) == 8

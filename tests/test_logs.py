@@ -1,4 +1,5 @@
-"""Logging: one format for structlog and stdlib, context fields, secrets never written."""
+"""Logging: one format for structlog and stdlib, context fields, secrets never written,
+text from outside escaped in every renderer."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
 from gatewayd.config.schema import LoggingConfig
-from gatewayd.logs import REDACTED, configure_logging, is_secret_key, redact
+from gatewayd.logs import REDACTED, configure_logging, escape_text, is_secret_key, redact
+from gatewayd.names import escaped, is_refused_char
 
 ARGON_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA"
 BCRYPT_HASH = "$2b$12$" + "a" * 53
@@ -138,3 +141,56 @@ def test_configuring_again_replaces_the_handler(restore_logging: None) -> None:
     logging.getLogger("gatewayd").warning("once")
     assert first.getvalue() == ""
     assert [line["event"] for line in json_lines(second)] == ["once"]
+
+
+HOSTILE = "a\x1b[2Jb\x0bc\x85d\u2028e\u2029f\x00g\rh\u202ei\\j"
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_every_text_is_escaped_once_whatever_logged_it(restore_logging: None, fmt: str) -> None:
+    stream = io.StringIO()
+    configure_logging(LoggingConfig(format=fmt, level="info"), stream=stream)
+    log = structlog.get_logger("gatewayd.test")
+    structlog.contextvars.bind_contextvars(path=f"/inbox/{HOSTILE}")
+    log.warning(f"event {HOSTILE}", login=HOSTILE, files=[HOSTILE, {HOSTILE: (HOSTILE,)}])
+    logging.getLogger("aiohttp.access").info("%s said %s", "client", HOSTILE)
+    structlog.contextvars.clear_contextvars()
+    try:
+        raise ValueError(f"bad name {HOSTILE}\n2024-01-01T00:00:00.000000Z [info     ] forged")
+    except ValueError:
+        log.exception("failed", user_agent=HOSTILE)
+    text = stream.getvalue()
+
+    assert [c for c in text if c != "\n" and is_refused_char(c)] == []
+    shown = escaped(HOSTILE)
+    assert shown == "a\\x1b[2Jb\\x0bc\\x85d\\u2028e\\u2029f\\x00g\\x0dh\\u202ei\\\\j"
+    if fmt == "json":
+        first, second, third = json_lines(stream)
+        assert first["event"] == f"event {shown}"
+        assert (first["login"], first["path"]) == (shown, f"/inbox/{shown}")
+        assert first["files"] == [shown, {shown: [shown]}]
+        assert second["event"] == f"client said {shown}"
+        # The traceback keeps its lines (JSON escapes them), its controls are escaped.
+        assert third["user_agent"] == shown
+        assert third["exception"].startswith("Traceback (most recent call last):\n")
+        assert f"ValueError: bad name {shown}\n2024-01-01T00:00:00" in third["exception"]
+    else:
+        lines = text.splitlines()
+        starts = [line for line in lines if not line.startswith("  ")]
+        assert len(starts) == 3 and all(line[:4].isdigit() for line in starts), lines
+        assert f"event {shown}" in lines[0] and f"login={shown}" in lines[0]
+        assert f"client said {shown}" in lines[1]
+        # The traceback: readable lines, all indented, the forged one included.
+        traceback = lines[3:]
+        assert traceback[0] == "  Traceback (most recent call last):"
+        assert f"  ValueError: bad name {shown}" in traceback
+        assert traceback[-1] == "  2024-01-01T00:00:00.000000Z [info     ] forged"
+
+
+def test_escape_text_leaves_plain_text_and_other_objects_alone() -> None:
+    value = {"rule": "inbox", "size": 12, "path": Path("/a\nb"), "ok": True, "none": None}
+    assert escape_text(value) == value
+    assert escape_text("plain text, é and 漢字 and emoji 🙂 stay") == (
+        "plain text, é and 漢字 and emoji 🙂 stay"
+    )
+    assert escape_text(("x\ty", ["\x1b"])) == ("x\\x09y", ["\\x1b"])

@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
 from gatewayd.model import ErrorCode, Status, Step, Transfer
 from gatewayd.store.base import ApiToken
+from gatewayd.store.codec import encode_time
+from gatewayd.store.migrate import apply_migrations, load_migrations
 from gatewayd.store.sqlite import SqliteStore
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -51,6 +54,26 @@ async def test_tokens_round_trip_list_and_revoke(store: SqliteStore) -> None:
     assert revoked is not None and revoked.revoked == at
     assert not revoked.active(T0) and first.active(T0)
     assert not first.active(T0 + timedelta(minutes=60)), "expired at its expiry"
+
+
+async def test_token_management_is_stored_and_off_for_older_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    # A database of the version before the column, with a token in it.
+    async with aiosqlite.connect(path) as conn:
+        assert await apply_migrations(conn, load_migrations()[:4]) == 4
+        await conn.execute(
+            "INSERT INTO api_tokens (id, user, permissions, comment, created, expires) "
+            "VALUES ('old', 'admin', '{}', '', ?, ?)",
+            (encode_time(T0), encode_time(T0 + timedelta(days=1))),
+        )
+        await conn.commit()
+    async with SqliteStore(path) as store:
+        old = await store.get_token("old")
+        assert old is not None and old.manage_tokens is False, "never given by default"
+        await store.insert_token(token("new", manage_tokens=True))
+        await store.insert_token(token("plain"))
+        found = {t.id: t.manage_tokens for t in await store.list_tokens()}
+        assert found == {"old": False, "new": True, "plain": False}
 
 
 def available(expires: datetime | None, **kw: object) -> Transfer:

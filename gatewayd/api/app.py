@@ -26,8 +26,9 @@ from gatewayd.api import (  # noqa: F401
     tokens,
     transfers,
 )
-from gatewayd.api.auth import Authenticator, open_authenticator
+from gatewayd.api.auth import Authenticator, claimed_caller, open_authenticator
 from gatewayd.api.errors import Handler, error_middleware
+from gatewayd.api.refusals import CALLER, RefusedWrites
 from gatewayd.api.routes import ANONYMOUS, CONTEXT, ROUTES, ApiContext, Call, Route
 from gatewayd.config.paths import absolute
 
@@ -46,12 +47,27 @@ def _endpoint(r: Route) -> Handler:
         if r.open_when is not None and r.open_when(ctx):
             return await r.handler(Call(request, ANONYMOUS, ctx))
         principal = await ctx.auth.authenticate(request)
+        request[CALLER] = principal.who
         if r.area is not None and r.letter is not None:
             principal.require(r.area, r.letter)
         return await r.handler(Call(request, principal, ctx))
 
     handle.__name__ = r.handler.__name__
     return handle
+
+
+REFUSED_WRITES = web.AppKey("gatewayd_refused_writes", RefusedWrites)
+
+
+@web.middleware
+async def _audit_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer passes here once it is final (errors already turned into JSON),
+    whichever route, or none, took the request: refused writes go to the audit log."""
+    response = await handler(request)
+    if CALLER not in request:  # no route took it: nobody checked its credentials
+        request[CALLER] = claimed_caller(request)
+    await request.app[REFUSED_WRITES].record(request, response)
+    return response
 
 
 @web.middleware
@@ -65,8 +81,11 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def build_app(ctx: ApiContext) -> web.Application:
     """The application serving every route of `ROUTES` for the gateway of `ctx`."""
-    app = web.Application(middlewares=[_headers, error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[_headers, _audit_refusals, error_middleware], client_max_size=MAX_BODY
+    )
     app[CONTEXT] = ctx
+    app[REFUSED_WRITES] = RefusedWrites(ctx.gateway.store)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, _endpoint(r), name=r.operation_id)
     return app
@@ -89,6 +108,7 @@ class ApiServer:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.auth: Authenticator | None = None
+        self.refused_writes: RefusedWrites | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.scheme = "http"
@@ -104,6 +124,7 @@ class ApiServer:
         )
         started: datetime = gateway.clock.now()
         app = build_app(ApiContext(gateway=gateway, auth=self.auth, started=started))
+        self.refused_writes = app[REFUSED_WRITES]
         tls = _tls_context(gateway)
         self.scheme = "https" if tls else "http"
         # Requests in flight at shutdown get a short grace, not aiohttp's minute.

@@ -4,8 +4,15 @@ bearer token (a signed JWT that `/api/tokens` issued and that is not revoked).
 Permissions are letters per area: r(ead), w(rite), d(elete). A token carries at most
 its user's permissions (it may be limited further when issued); the user's current
 permissions apply at every use, so removing a user or a right also disarms its tokens.
+Managing tokens (listing, revoking) is a right of password logins, and of tokens issued
+with it explicitly (`manageTokens`).
 Verified passwords are cached (`CredentialCache`) so that a client sending the same
 credential on every request does not cost a full argon2 hash each time.
+
+Failed logins are throttled (`AuthThrottle`, an instance of the API's own: admin users
+are not partners' accounts): answers to failures slow down per user and per address,
+and an address with too many failures is refused (429) for a while, before any
+password check. Users are never banned: anyone could lock out `admin` otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import math
 import os
 import secrets
 import stat
@@ -22,12 +30,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import jwt
+import structlog
 from aiohttp import web
 
 from gatewayd.api.errors import ApiError, Problem
+from gatewayd.api.refusals import CALLER, ReportBound
 from gatewayd.config.schema import ApiConfig
 from gatewayd.passwords import CredentialCache, averify_password, hash_password
+from gatewayd.pipeline.auth_throttle import AuthThrottle, ThrottlePolicy
 from gatewayd.store.base import ApiToken, Store
+
+log = structlog.get_logger("gatewayd.api")
 
 AREAS = ("transfers", "servers", "partners", "rules", "users", "administration")
 LETTERS = "rwd"
@@ -39,6 +52,21 @@ REALM = 'realm="gatewayd"'
 MAX_CONCURRENT_HASHES = 4
 # Routes where `X-Tapis-Token` may carry a bearer token (the Tapis-compatible API).
 TAPIS_PREFIX = "/v3/"
+# The API's login throttle (the README gives these numbers): within 15 minutes, two
+# failures are free, then each answer waits 0.5 s, 1 s, 2 s... up to 8 s (per user and
+# per address, whichever has more); the tenth failure from one address bans it for 15
+# minutes. Users are slowed down, never banned.
+THROTTLE = ThrottlePolicy(
+    window=900.0,
+    free_failures=2,
+    base_delay=0.5,
+    max_delay=8.0,
+    max_address_failures=10,
+    max_account_failures=None,
+    ban=900.0,
+)
+# Longest login written to the log (an attacker's may be kilobytes long).
+MAX_LOGGED_LOGIN = 200
 
 
 @dataclass(frozen=True)
@@ -48,6 +76,8 @@ class Principal:
     user: str
     permissions: Mapping[str, str] = field(default_factory=dict)
     token_id: str | None = None
+    # May list and revoke tokens (its user's; everyone's with the `users` area).
+    manages_tokens: bool = False
 
     def can(self, area: str, letter: str) -> bool:
         return letter in self.permissions.get(area, "")
@@ -64,6 +94,19 @@ class Principal:
     def who(self) -> str:
         """How the audit log names the caller."""
         return self.user if self.token_id is None else f"{self.user} (token {self.token_id})"
+
+    def require_token_management(self) -> None:
+        if not self.manages_tokens:
+            raise ApiError(
+                403,
+                [
+                    Problem(
+                        f"token {self.token_id} may not manage tokens (log in with the "
+                        "password, or use a token issued with manageTokens)",
+                        "forbidden",
+                    )
+                ],
+            )
 
 
 def intersect(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
@@ -105,6 +148,28 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
+def unverified(login: str) -> str:
+    """How the audit names a caller by a login it gave but did not prove."""
+    return f"{login} (unverified)"
+
+
+def claimed_caller(request: web.Request) -> str:
+    """Who a request says it is, unverified: the login of its Basic credentials, else
+    "(anonymous)" (a bearer token names nobody until it is checked)."""
+    scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+    basic = _basic_credentials(value.strip()) if scheme.lower() == "basic" else None
+    return unverified(basic[0]) if basic is not None else "(anonymous)"
+
+
+def _basic_credentials(value: str) -> tuple[str, str] | None:
+    """(login, password) of a Basic credential; None when it is malformed."""
+    try:
+        login, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (login, password) if sep else None
+
+
 class Authenticator:
     """Checks the `Authorization` header of each request."""
 
@@ -123,6 +188,9 @@ class Authenticator:
         self.cache = cache or CredentialCache(ttl=60.0)
         self._hashing = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
         self._decoy: str | None = None
+        self.throttle = AuthThrottle(THROTTLE)
+        # A banned address may knock thousands of times a second: one line a minute.
+        self._ban_reports = ReportBound(burst=1, interval=60.0, total_burst=20, total_interval=1.0)
 
     def __repr__(self) -> str:
         return f"Authenticator(cache={self.cache!r})"
@@ -132,35 +200,88 @@ class Authenticator:
     async def authenticate(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization", "")
         tapis_token = request.headers.get("X-Tapis-Token", "").strip()
+        scheme, _, value = header.strip().partition(" ")
+        basic = _basic_credentials(value.strip()) if scheme.lower() == "basic" else None
+        if basic is not None:
+            request[CALLER] = unverified(basic[0])  # for the audit of a refusal
+        self._refuse_if_banned(request, basic[0] if basic is not None else "")
         if not header and tapis_token and request.path.startswith(TAPIS_PREFIX):
             # Tapis clients send their JWT there: one of our bearer tokens works.
-            return await self._bearer(tapis_token)
-        scheme, _, value = header.strip().partition(" ")
+            return await self._bearer(request, tapis_token)
         if not header:
             raise self._unauthorized("authentication required (HTTP Basic or a bearer token)")
         if scheme.lower() == "basic":
-            return await self._basic(value.strip())
+            if basic is None:
+                raise self._unauthorized("malformed Basic credentials")
+            return await self._basic(request, *basic)
         if scheme.lower() == "bearer":
-            return await self._bearer(value.strip())
+            return await self._bearer(request, value.strip())
         raise self._unauthorized(f"unsupported authentication scheme '{scheme}'")
 
-    async def _basic(self, value: str) -> Principal:
-        try:
-            login, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise self._unauthorized("malformed Basic credentials") from None
-        if not sep:
-            raise self._unauthorized("malformed Basic credentials")
+    def _refuse_if_banned(self, request: web.Request, login: str) -> None:
+        """429 for an address banned by the throttle, before any credential is checked
+        (`login`: the one tried, for the log)."""
+        remote = request.remote or ""
+        left = self.throttle.banned_for(remote, "")
+        if not left:
+            return
+        retry = max(1, math.ceil(left))
+        left_out = self._ban_reports.admit(remote)
+        if left_out is not None:
+            log.warning(
+                "api login refused: too many failures from this address",
+                remote=remote,
+                login=login[:MAX_LOGGED_LOGIN],
+                retry_after=retry,
+                refused_unlogged=left_out,
+            )
+        raise ApiError(
+            429,
+            [
+                Problem(
+                    f"too many failed logins from {remote}: try again in {retry} s",
+                    "too_many_requests",
+                )
+            ],
+            headers={"Retry-After": str(retry)},
+        )
+
+    async def _failed(
+        self, request: web.Request, message: str, *, login: str = "", token: bool = False
+    ) -> ApiError:
+        """Count a failed login (a bad token: against its address only), log it (never
+        the secret), wait as the throttle says (an asyncio sleep: no hashing slot held,
+        no other request blocked), and return the 401 to raise."""
+        remote = request.remote or ""
+        delay = self.throttle.failure(remote, login)
+        log.warning(
+            "api login failed",
+            method="token" if token else "password",
+            login=login[:MAX_LOGGED_LOGIN],
+            remote=remote,
+            reason=message,
+            delay=delay,
+        )
+        if delay:
+            await asyncio.sleep(delay)
+        return self._unauthorized(message, token_error=token)
+
+    async def _basic(self, request: web.Request, login: str, password: str) -> Principal:
         user = self._config().users.get(login)
         hashed = user.password if user is not None else await self._decoy_hash()
         if self.cache.hit(hashed, password):
             ok = True
         else:
             async with self._hashing:
+                # Requests queued for a slot while their address got banned stop here.
+                self._refuse_if_banned(request, login)
                 ok = await averify_password(hashed, password, self.cache)
         if user is None or not ok:
-            raise self._unauthorized("bad user name or password")
-        return Principal(login, {str(a): p for a, p in user.permissions.items()})
+            raise await self._failed(request, "bad user name or password", login=login)
+        self.throttle.success(request.remote or "", login)
+        return Principal(
+            login, {str(a): p for a, p in user.permissions.items()}, manages_tokens=True
+        )
 
     async def _decoy_hash(self) -> str:
         # An unknown user costs a hash too, so that timing does not tell which exist.
@@ -168,7 +289,7 @@ class Authenticator:
             self._decoy = await asyncio.to_thread(hash_password, secrets.token_hex(16))
         return self._decoy
 
-    async def _bearer(self, token: str) -> Principal:
+    async def _bearer(self, request: web.Request, token: str) -> Principal:
         try:
             claims = jwt.decode(
                 token,
@@ -183,10 +304,13 @@ class Authenticator:
                 },
             )
         except jwt.PyJWTError:
-            raise self._unauthorized("invalid token", token_error=True) from None
+            raise await self._failed(request, "invalid token", token=True) from None
         stored = await self._store.get_token(str(claims["jti"]))
         if stored is None or stored.user != claims["sub"]:
-            raise self._unauthorized("invalid token", token_error=True)
+            raise await self._failed(request, "invalid token", token=True)
+        # Signed by us: not a guess. Expired, revoked or orphaned tokens (a forgotten
+        # script) are refused without counting against the address.
+        request[CALLER] = f"{stored.user} (token {stored.id})"
         if stored.revoked is not None:
             raise self._unauthorized("the token was revoked", token_error=True)
         if not stored.active(self._now()) or claims["exp"] <= self._now().timestamp():
@@ -195,7 +319,12 @@ class Authenticator:
         if user is None:
             raise self._unauthorized("the token's user no longer exists", token_error=True)
         own = {str(a): p for a, p in user.permissions.items()}
-        return Principal(stored.user, intersect(own, stored.permissions), token_id=stored.id)
+        return Principal(
+            stored.user,
+            intersect(own, stored.permissions),
+            token_id=stored.id,
+            manages_tokens=stored.manage_tokens,
+        )
 
     @staticmethod
     def _unauthorized(message: str, *, token_error: bool = False) -> ApiError:
@@ -214,9 +343,11 @@ class Authenticator:
         lifetime: timedelta,
         permissions: Mapping[str, str] | None,
         comment: str,
+        manage_tokens: bool = False,
     ) -> tuple[str, ApiToken]:
         """A new token for the caller's user, limited to `permissions` (default: all of
-        the caller's), recorded in the store; returns the JWT and its record."""
+        the caller's), allowed to list and revoke tokens only with `manage_tokens`,
+        recorded in the store; returns the JWT and its record."""
         allowed = dict(principal.permissions)
         granted = allowed if permissions is None else intersect(allowed, permissions)
         now = self._now().replace(microsecond=0)
@@ -227,6 +358,7 @@ class Authenticator:
             expires=now + lifetime,
             permissions=granted,
             comment=comment,
+            manage_tokens=manage_tokens,
         )
         await self._store.insert_token(record)
         claims = {

@@ -17,6 +17,9 @@ log = structlog.get_logger("gatewayd.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The problems of an error answer, joined: what the audit of a refused write says.
+REASON = web.ResponseKey("gatewayd_reason", str)
+
 # Codes for aiohttp's own errors (no route, wrong method, body too large, ...).
 _HTTP_CODES = {
     400: "bad_request",
@@ -27,6 +30,7 @@ _HTTP_CODES = {
     409: "conflict",
     413: "body_too_large",
     415: "unsupported_media_type",
+    429: "too_many_requests",
 }
 
 
@@ -76,9 +80,12 @@ def conflict(message: str, code: str = "conflict") -> ApiError:
 def error_response(
     status: int, problems: Iterable[Problem], headers: Mapping[str, str] | None = None
 ) -> web.Response:
-    return web.json_response(
+    problems = list(problems)
+    response = web.json_response(
         {"errors": [p.to_json() for p in problems]}, status=status, headers=headers
     )
+    response[REASON] = "; ".join(p.message for p in problems)
+    return response
 
 
 @web.middleware

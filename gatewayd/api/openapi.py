@@ -211,6 +211,12 @@ def _schemas() -> dict[str, Any]:
                 "expiresIn": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds"},
                 "permissions": PERMISSIONS,
                 "comment": {"type": "string", "maxLength": 200},
+                "manageTokens": {
+                    **BOOL,
+                    "default": False,
+                    "description": "Whether the token may list and revoke tokens (its "
+                    "user's; others' with the users area). Never issue them.",
+                },
             }
         ),
         "Token": _obj(
@@ -218,6 +224,7 @@ def _schemas() -> dict[str, Any]:
                 "id": STRING,
                 "user": STRING,
                 "permissions": PERMISSIONS,
+                "manageTokens": BOOL,
                 "comment": STRING,
                 "created": TIME,
                 "expires": TIME,
@@ -306,7 +313,15 @@ def _operation(r: Route) -> dict[str, Any]:
             media = r.answer_type if 200 <= status < 300 else JSON
             answer["content"] = {media: {"schema": _ref(answer_schema)}}
         responses[str(status)] = answer
-    op["responses"] = responses
+    if 401 in r.responses and 429 not in r.responses:
+        # Whatever asks for credentials may refuse an address with too many failures.
+        responses["429"] = {
+            "description": "Too many failed logins from this address; `Retry-After` says "
+            "when to try again",
+            "headers": {"Retry-After": {"schema": INT, "description": "Seconds"}},
+            "content": {JSON: {"schema": _ref("Errors")}},
+        }
+    op["responses"] = dict(sorted(responses.items()))
     return op
 
 

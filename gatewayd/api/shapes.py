@@ -68,6 +68,7 @@ def token_json(token: ApiToken, tz: tzinfo) -> dict[str, Any]:
         "id": token.id,
         "user": token.user,
         "permissions": dict(token.permissions),
+        "manageTokens": token.manage_tokens,
         "comment": token.comment,
         "created": rfc3339(token.created, tz),
         "expires": rfc3339(token.expires, tz),

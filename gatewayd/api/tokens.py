@@ -4,6 +4,10 @@ A token is a signed JWT with an expiry, recorded in the database so that it can 
 listed and revoked; the token string itself is shown once, in the answer that creates
 it, and never stored. A token is issued only to a caller who gave their password (a
 token cannot mint tokens), for that caller, with at most their permissions.
+
+Listing and revoking tokens is for password logins, and for tokens issued with
+`manageTokens: true`: a token made for a scraper or a script (`permissions: {}`) cannot
+revoke its user's other tokens. Others' tokens need the `users` area besides.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from gatewayd.api.shapes import token_json
 
 DEFAULT_LIFETIME = 86400  # seconds
 MAX_LIFETIME = 366 * 86400
-TOKEN_FIELDS = ("expiresIn", "permissions", "comment")
+TOKEN_FIELDS = ("expiresIn", "permissions", "comment", "manageTokens")
 _ERRORS: dict[int, tuple[str, str | None]] = {
     400: ("Bad request: every problem is listed", "Errors"),
     401: ("Not authenticated", "Errors"),
@@ -102,6 +106,11 @@ async def create_token(call: Call) -> web.StreamResponse:
         problems.append(
             Problem("'comment' must be a text of at most 200 characters", "bad_value", "comment")
         )
+    manage = body.get("manageTokens", False)
+    if not isinstance(manage, bool):
+        problems.append(
+            Problem("'manageTokens' must be true or false", "bad_value", "manageTokens")
+        )
     if permissions:
         beyond = [
             f"{area}:{letter}"
@@ -121,12 +130,20 @@ async def create_token(call: Call) -> web.StreamResponse:
     if problems:
         raise bad_request(*problems)
     token, record = await call.ctx.auth.issue(
-        call.principal, timedelta(seconds=float(lifetime)), permissions, comment
+        call.principal,
+        timedelta(seconds=float(lifetime)),
+        permissions,
+        comment,
+        manage_tokens=manage is True,
     )
     await call.audit(
         "token.create",
         f"token/{record.id}",
-        {"expires": record.expires.isoformat(), "permissions": dict(record.permissions)},
+        {
+            "expires": record.expires.isoformat(),
+            "permissions": dict(record.permissions),
+            "manageTokens": record.manage_tokens,
+        },
     )
     return web.json_response(
         {"token": token, **token_json(record, call.ctx.tz)},
@@ -139,6 +156,7 @@ async def create_token(call: Call) -> web.StreamResponse:
     "GET",
     "/api/tokens",
     summary="Tokens: the caller's own, or everyone's with the users:r permission",
+    description="For password logins, and tokens issued with `manageTokens`.",
     area=None,
     letter=None,
     tag="tokens",
@@ -146,6 +164,7 @@ async def create_token(call: Call) -> web.StreamResponse:
     responses={200: ("Token records (never the tokens themselves)", "TokenList"), **_ERRORS},
 )
 async def list_tokens(call: Call) -> web.StreamResponse:
+    call.principal.require_token_management()
     query = Query(call.request, ("user",))
     user = query.text("user")
     query.check()
@@ -161,6 +180,7 @@ async def list_tokens(call: Call) -> web.StreamResponse:
     "DELETE",
     "/api/tokens/{id}",
     summary="Revoke a token: the caller's own, or anyone's with the users:d permission",
+    description="For password logins, and tokens issued with `manageTokens`.",
     area=None,
     letter=None,
     tag="tokens",
@@ -171,6 +191,7 @@ async def list_tokens(call: Call) -> web.StreamResponse:
     },
 )
 async def revoke_token(call: Call) -> web.StreamResponse:
+    call.principal.require_token_management()
     token_id = call.request.match_info["id"]
     store = call.ctx.gateway.store
     record = await store.get_token(token_id)

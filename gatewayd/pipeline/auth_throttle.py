@@ -5,11 +5,13 @@ failure beyond the first few makes the answer wait longer (doubling, capped); pa
 threshold the address (or the account) is refused outright, without even checking the
 credential, until the ban expires. It knows no protocol: the core's
 `CoreServerContext.authenticate` consults it for every server, so that switching from
-SFTP to HTTP gains an attacker nothing.
+SFTP to HTTP gains an attacker nothing. The admin API has an instance of its own (its
+users are not partners' accounts), whose policy bans addresses only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -31,18 +33,32 @@ class ThrottlePolicy:
     max_address_failures: int = 10
     # Failures for one account (from anywhere) before it is refused for `ban` seconds;
     # higher than the address threshold, since a ban of an account also locks out its
-    # rightful owner.
-    max_account_failures: int = 30
+    # rightful owner. None: accounts are slowed down, never banned (anyone could lock
+    # out a well-known login such as `admin` otherwise).
+    max_account_failures: int | None = 30
     ban: float = 900.0
     # Bound on the addresses and accounts remembered (the oldest are forgotten first).
     max_keys: int = 100_000
 
 
+# Logins longer than this are remembered by their digest, so that `max_keys` also
+# bounds the memory an attacker sending huge logins can take.
+_MAX_KEY_CHARS = 128
+
+
+def _account_key(login: str) -> str:
+    if len(login) <= _MAX_KEY_CHARS:
+        return login
+    return "sha256:" + hashlib.sha256(login.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class _Counter:
     __slots__ = ("banned_until", "times")
 
-    def __init__(self) -> None:
-        self.times: deque[float] = deque()
+    def __init__(self, most: int) -> None:
+        # Bounded: past `most` failures in the window, the answer is as slow as it gets
+        # (and a ban, where there is one, has been reached).
+        self.times: deque[float] = deque(maxlen=most)
         self.banned_until = 0.0
 
 
@@ -63,7 +79,7 @@ class AuthThrottle:
     def _get(self, kind: str, key: str, create: bool) -> _Counter | None:
         counter = self._counters.get((kind, key))
         if counter is None and create:
-            counter = self._counters[(kind, key)] = _Counter()
+            counter = self._counters[(kind, key)] = _Counter(self._most())
             while len(self._counters) > self.policy.max_keys:
                 self._counters.popitem(last=False)
         elif counter is not None:
@@ -74,8 +90,17 @@ class AuthThrottle:
                 counter.times.popleft()
         return counter
 
+    def _most(self) -> int:
+        policy = self.policy
+        return max(
+            policy.max_address_failures,
+            policy.max_account_failures or 0,
+            policy.free_failures + 64,
+        )
+
     def _keys(self, remote: str, login: str) -> list[tuple[str, str]]:
-        keys = [("account", login)]
+        # An empty login (a bad bearer token: nobody to name) counts for the address only.
+        keys = [("account", _account_key(login))] if login else []
         if remote:
             keys.append(("address", remote))
         return keys
@@ -94,7 +119,8 @@ class AuthThrottle:
         return left
 
     def failure(self, remote: str, login: str) -> float:
-        """Record a failed login; returns how long to wait before answering it."""
+        """Record a failed login (`login` empty: the address's only); returns how long
+        to wait before answering it."""
         self.failures_total += 1
         now = self._clock()
         policy = self.policy
@@ -106,7 +132,7 @@ class AuthThrottle:
             limit = (
                 policy.max_address_failures if kind == "address" else policy.max_account_failures
             )
-            if len(counter.times) >= limit:
+            if limit is not None and len(counter.times) >= limit:
                 counter.banned_until = now + policy.ban
                 counter.times.clear()
             worst = max(worst, len(counter.times))
@@ -118,4 +144,4 @@ class AuthThrottle:
     def success(self, remote: str, login: str) -> None:
         """A good login clears the account's count (not the address's: a valid login of
         one's own must not reset guesses at other accounts)."""
-        self._counters.pop(("account", login), None)
+        self._counters.pop(("account", _account_key(login)), None)

@@ -63,6 +63,8 @@ class ApiToken:
     permissions: Mapping[str, str] = field(default_factory=dict)  # area -> "rwd"
     comment: str = ""
     revoked: datetime | None = None
+    # May list and revoke tokens (never issue them: only a password login can).
+    manage_tokens: bool = False
 
     def active(self, now: datetime) -> bool:
         """Not revoked and not expired at `now`."""

@@ -59,7 +59,7 @@ _UNFINISHED = f"status NOT IN ('{Status.DONE.value}', '{Status.CANCELLED.value}'
 _SYNCHRONOUS = ("NORMAL", "FULL")
 
 _AVAILABLE = f"status = '{Status.AVAILABLE.value}' AND next_attempt IS NOT NULL"
-_TOKEN_COLUMNS = "id, user, permissions, comment, created, expires, revoked"
+_TOKEN_COLUMNS = "id, user, permissions, comment, created, expires, revoked, manage_tokens"
 _TAPIS_COLUMNS = "uuid, tag, username, created, elements, cancelled"
 
 
@@ -329,11 +329,13 @@ class SqliteStore(Store):
             encode_time(token.created),
             encode_time(token.expires),
             None if token.revoked is None else encode_time(token.revoked),
+            int(token.manage_tokens),
         )
         try:
             async with writer.transaction() as conn:
                 await conn.execute(
-                    f"INSERT INTO api_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row
+                    f"INSERT INTO api_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
                 )
         except aiosqlite.IntegrityError as exc:
             raise ValueError(f"token id {token.id!r} is taken") from exc
@@ -490,7 +492,7 @@ def _decode_tapis(row: Any) -> TapisTask:
 
 
 def _decode_token(row: Any) -> ApiToken:
-    token_id, user, permissions, comment, created, expires, revoked = row
+    token_id, user, permissions, comment, created, expires, revoked, manage_tokens = row
     return ApiToken(
         id=token_id,
         user=user,
@@ -499,4 +501,5 @@ def _decode_token(row: Any) -> ApiToken:
         created=decode_time(created),
         expires=decode_time(expires),
         revoked=None if revoked is None else decode_time(revoked),
+        manage_tokens=bool(manage_tokens),
     )
