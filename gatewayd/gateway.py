@@ -13,20 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gatewayd import ports as protocols
+from gatewayd import ports
 from gatewayd.clock import Clock, SystemClock
 from gatewayd.config import LoadedConfig
 from gatewayd.errors import TaskError
-from gatewayd.metrics import GatewayMetrics
+from gatewayd.metrics import GatewayMetrics, LiveState
 from gatewayd.model import Transfer
-from gatewayd.passwords import DecoyHash
 from gatewayd.pipeline.auth_throttle import AuthThrottle
 from gatewayd.pipeline.clients import ClientPool
 from gatewayd.pipeline.engine import Engine, Hooks, Runtime
 from gatewayd.pipeline.limits import TransferLimits
+from gatewayd.pipeline.logins import Logins
 from gatewayd.pipeline.preregister import Expirer
 from gatewayd.pipeline.server import CoreServerContext
 from gatewayd.pipeline.service import RequestError, TransferService
+from gatewayd.pipeline.tree import VirtualTree
 from gatewayd.scheduler import Scheduler
 from gatewayd.store.base import Store
 
@@ -51,33 +52,58 @@ class Gateway:
         self.config = loaded.config
         self.store = store
         self.clock = clock or SystemClock()
+        self.servers: dict[str, ports.ProtocolServer] = {}
+        self.api: ApiServer | None = None
+        # Built first: the engine is given its observer, the store its commit callback.
+        self.metrics = GatewayMetrics(
+            LiveState(
+                running=lambda: [run.transfer for run in list(self.engine.active.values())],
+                sessions=self._sessions,
+                queue_depth=lambda: self.scheduler.queue_depth(),
+            )
+        )
+        store.observe_commits(self.metrics.db_write.observe)
         self.clients = ClientPool(loaded)
-        self.rt = Runtime(loaded, store, self.clock, self.clients, hooks or Hooks())
+        self.rt = Runtime(
+            loaded,
+            store,
+            self.clock,
+            self.clients,
+            hooks or Hooks(),
+            create_transfer=self._create_from_task,
+            observer=self.metrics,
+        )
         self.engine = Engine(self.rt)
         scheduler = loaded.config.scheduler
         self.scheduler = Scheduler(
             store,
-            self.engine.run_client,
+            self.engine.run_planned,
             max_transfers=scheduler.max_transfers,
             max_per_partner=scheduler.max_per_partner,
-            partner_limits={
-                name: p.max_transfers
-                for name, p in loaded.config.partners.items()
-                if p.max_transfers is not None
-            },
+            partner_limits=_partner_limits(loaded),
             clock=self.clock,
+            goes_alone=self.engine.goes_alone,
         )
         self.service = TransferService(self.engine, wake=self.scheduler.wake)
         self.expirer = Expirer(store, self.clock)
-        self.api: ApiServer | None = None
-        self.rt.create_transfer = self._create_from_task
-        self.servers: dict[str, protocols.ProtocolServer] = {}
-        # One for every server: login failures add up whatever the protocol.
-        self.auth_throttle = AuthThrottle()
+        # One of each for every server: login failures and an account's transfers add
+        # up whatever the protocol.
+        self.logins = Logins(lambda: self.config.accounts, on_failure=self.metrics.login_failed)
         self.limits = TransferLimits()
-        self.decoy = DecoyHash()
-        self.metrics = GatewayMetrics(self)
-        self.metrics.attach()
+        self.tree = VirtualTree(self.engine)
+
+    @property
+    def auth_throttle(self) -> AuthThrottle:
+        return self.logins.throttle
+
+    def _sessions(self) -> list[tuple[str, str, int]]:
+        found = []
+        for name, server in list(self.servers.items()):
+            count = server.session_count
+            config = self.config.servers.get(name)
+            if count is not None:
+                found.append((name, config.protocol if config else "", count))
+        return found
 
     async def _create_from_task(self, request: dict[str, Any], *, parent: Transfer) -> Transfer:
         try:
@@ -88,15 +114,21 @@ class Gateway:
     def server_context(self, name: str, protocol: str) -> CoreServerContext:
         """What a protocol server named `name` gets from the core."""
         return CoreServerContext(
-            self.engine, name, protocol, self.auth_throttle, self.limits, self.decoy
+            self.engine, name, protocol, logins=self.logins, limits=self.limits, tree=self.tree
         )
 
     async def start(self) -> None:
-        """Start every enabled server and the scheduler; return once all listen."""
+        """Start the scheduler, then every enabled server; return once all listen.
+
+        The scheduler first: it plans what a restart may take further alone (server
+        transfers whose data is complete, or placed by a crash), before any partner can
+        reconnect to such a transfer.
+        """
+        await self.scheduler.start()
         for name, server_config in self.config.servers.items():
             if not server_config.enabled:
                 continue
-            spec = protocols.get(server_config.protocol)
+            spec = ports.get(server_config.protocol)
             if spec is None or spec.server_factory is None:
                 raise RuntimeError(f"protocol {server_config.protocol} has no server side")
             server = spec.server_factory(
@@ -111,7 +143,6 @@ class Gateway:
                 address=server_config.address,
                 port=server.bound_port,
             )
-        await self.scheduler.start()
         self.expirer.start()
         if self.config.api.enabled:
             from gatewayd.api import ApiServer  # the API pulls in aiohttp: only when used
@@ -137,11 +168,7 @@ class Gateway:
         self.scheduler.set_limits(
             max_transfers=scheduler.max_transfers,
             max_per_partner=scheduler.max_per_partner,
-            partner_limits={
-                name: p.max_transfers
-                for name, p in loaded.config.partners.items()
-                if p.max_transfers is not None
-            },
+            partner_limits=_partner_limits(loaded),
         )
 
     async def stop(self, timeout: float) -> None:
@@ -160,3 +187,11 @@ class Gateway:
                         await server.stop()
         await self.engine.stop_all(max(1.0, timeout / 2))
         await self.clients.close_all()
+
+
+def _partner_limits(loaded: LoadedConfig) -> dict[str, int]:
+    return {
+        name: p.max_transfers
+        for name, p in loaded.config.partners.items()
+        if p.max_transfers is not None
+    }

@@ -11,8 +11,8 @@ Each gateway has its own registry: several gateways in one process (tests) never
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -22,10 +22,7 @@ from prometheus_client.registry import Collector
 from gatewayd.model import Transfer
 from gatewayd.pipeline.engine import Observer
 
-if TYPE_CHECKING:
-    from gatewayd.gateway import Gateway
-
-__all__ = ["CONTENT_TYPE", "GatewayMetrics"]
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "LiveState"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # From a small file on loopback to a large one over a slow link.
@@ -48,11 +45,23 @@ class _Live:
         self.counted = counted
 
 
-class GatewayMetrics(Observer):
-    """The metrics of one gateway and the observer that feeds them."""
+@dataclass(frozen=True)
+class LiveState:
+    """What the gauges read from the running gateway at each scrape."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    # The transfers running now.
+    running: Callable[[], Iterable[Transfer]]
+    # (server, protocol, sessions open now) of the servers that count them.
+    sessions: Callable[[], Iterable[tuple[str, str, int]]]
+    # Due transfers waiting for a free slot.
+    queue_depth: Callable[[], int]
+
+
+class GatewayMetrics(Observer):
+    """The metrics of one gateway and the observer that feeds them (the engine's
+    observer and the store's commit callback, given when they are built)."""
+
+    def __init__(self, state: LiveState) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.started = Counter(
@@ -98,13 +107,8 @@ class GatewayMetrics(Observer):
             buckets=DB_BUCKETS,
             registry=r,
         )
-        r.register(_StateCollector(gateway))
+        r.register(_StateCollector(state))
         self._live: dict[int, _Live] = {}
-
-    def attach(self) -> None:
-        """Start observing the gateway's engine and store."""
-        self.gateway.rt.observer = self
-        self.gateway.store.observe_commits(self.db_write.observe)
 
     def render(self) -> bytes:
         """The text exposition format of every metric."""
@@ -149,8 +153,8 @@ class GatewayMetrics(Observer):
 class _StateCollector(Collector):
     """Gauges read from the running gateway at scrape time."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, state: LiveState) -> None:
+        self.state = state
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families(empty=True))
@@ -159,7 +163,7 @@ class _StateCollector(Collector):
         return list(self._families(empty=False))
 
     def _families(self, *, empty: bool) -> Iterator[Metric]:
-        gateway = self.gateway
+        state = self.state
         running = GaugeMetricFamily(
             "gatewayd_transfers_running",
             "Transfers running now",
@@ -176,17 +180,14 @@ class _StateCollector(Collector):
         )
         if not empty:
             counts: dict[tuple[str, str], int] = {}
-            for run in list(gateway.engine.active.values()):
-                key = (run.transfer.protocol, _direction(run.transfer))
+            for t in state.running():
+                key = (t.protocol, _direction(t))
                 counts[key] = counts.get(key, 0) + 1
             for (protocol, direction), count in sorted(counts.items()):
                 running.add_metric([protocol, direction], count)
-            for name, server in sorted(gateway.servers.items()):
-                count = server.session_count
-                if count is not None:
-                    config = gateway.config.servers.get(name)
-                    sessions.add_metric([name, config.protocol if config else ""], count)
-            queue.add_metric([], gateway.scheduler.queue_depth())
+            for name, protocol, count in sorted(state.sessions()):
+                sessions.add_metric([name, protocol], count)
+            queue.add_metric([], state.queue_depth())
         yield running
         yield sessions
         yield queue

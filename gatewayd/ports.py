@@ -59,6 +59,8 @@ class TransferHandle(ABC):
     # (atime, mtime) the partner gave an upload (SFTP `put -p`): set on the file when it
     # is placed, before the post tasks.
     times: tuple[float, float] | None = None
+    # After a clean close: the SHA-256 (hex) the core recorded for the file.
+    sha256: str = ""
 
     @abstractmethod
     async def write(self, offset: int, data: bytes) -> None: ...
@@ -208,6 +210,21 @@ class DataSource(Protocol):
         """Tell the pipeline that the peer durably holds bytes [0, offset)."""
         ...
 
+    async def digest(self) -> str:
+        """The SHA-256 (hex) of the whole file, for a protocol that compares it with
+        the partner's."""
+        ...
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What the partner holds once a send is over: the size of the file under its
+    final name, and its SHA-256 (hex) where the partner can tell it. The core records
+    a send DONE only when both match the local file."""
+
+    size: int
+    sha256: str | None = None
+
 
 class DataSink(Protocol):
     """The local side of a receive."""
@@ -240,9 +257,10 @@ class ProtocolClient(ABC):
         return min(local_offset, remote.size if remote else 0)
 
     @abstractmethod
-    async def send(self, source: DataSource, remote_path: str, offset: int) -> None:
+    async def send(self, source: DataSource, remote_path: str, offset: int) -> Delivered:
         """Send `source` from `offset` to `remote_path`, placing it under its final name
-        only once complete; `source.confirm()` as the peer makes bytes durable."""
+        only once complete; `source.confirm()` as the peer makes bytes durable. Returns
+        what the partner then holds under the final name (asked of it, not assumed)."""
 
     @abstractmethod
     async def receive(self, sink: DataSink, remote_path: str, offset: int) -> None:

@@ -1,4 +1,7 @@
-"""Runs due client transfers within the concurrency limits, and plans automatic attempts.
+"""Runs due transfers within the concurrency limits, and plans automatic attempts.
+
+Due transfers are PLANNED ones: client transfers, and server transfers that the gateway
+finishes without their partner after a restart (their data complete).
 
 The scheduler owns when a client transfer runs, never how: it claims a due PLANNED row
 (status RUNNING, committed before anything else happens, so a row is never launched
@@ -22,6 +25,7 @@ from typing import Any, Protocol
 import structlog
 
 from gatewayd.clock import Clock
+from gatewayd.lifecycle import Event, apply
 from gatewayd.model import ErrorCode, Status, Transfer
 from gatewayd.store.base import Store, TransferFilter
 
@@ -49,9 +53,13 @@ class Logger(Protocol):
     def exception(self, event: str, **kw: Any) -> Any: ...
 
 
+async def _client_only(transfer: Transfer) -> bool:
+    return not transfer.is_server
+
+
 def due_time(transfer: Transfer) -> datetime | None:
     """When a PLANNED transfer may run: the later of its start (without one, its
-    creation) and its next attempt, as the store's `due_client_transfers` reads it."""
+    creation) and its next attempt, as the store's `due_transfers` reads it."""
     start = transfer.start if transfer.start is not None else transfer.created
     times = [t for t in (start, transfer.next_attempt) if t is not None]
     return max(times) if times else None
@@ -71,10 +79,14 @@ class Scheduler:
         max_per_partner: int,
         partner_limits: Mapping[str, int] | None = None,
         clock: Clock,
+        goes_alone: Callable[[Transfer], Awaitable[bool]] | None = None,
         log: Logger | None = None,
     ) -> None:
         self._store = store
         self._runner = runner
+        # Whether an interrupted transfer can resume without its partner (the engine
+        # knows); by default only client transfers can.
+        self._goes_alone = goes_alone or _client_only
         self._clock = clock
         self._log: Logger = log if log is not None else structlog.get_logger("gatewayd.scheduler")
         self._max_transfers = max_transfers
@@ -210,9 +222,7 @@ class Scheduler:
         return min(max(seconds, 0.0), SAFETY_CAP)
 
     async def _next_due_after(self, now: datetime) -> datetime | None:
-        upcoming = await self._store.due_client_transfers(
-            now + timedelta(seconds=SAFETY_CAP), SCAN_MAX
-        )
+        upcoming = await self._store.due_transfers(now + timedelta(seconds=SAFETY_CAP), SCAN_MAX)
         later = [d for t in upcoming if (d := due_time(t)) is not None and d > now]
         return min(later, default=None)
 
@@ -222,7 +232,7 @@ class Scheduler:
         blocked = 0
         limit = SCAN_BATCH
         while True:
-            due = await self._store.due_client_transfers(now, limit)
+            due = await self._store.due_transfers(now, limit)
             for transfer in due:
                 if transfer.id is None or transfer.id in seen:
                     continue
@@ -255,12 +265,12 @@ class Scheduler:
     async def _claim_and_launch(self, transfer_id: int) -> None:
         # Read the row again: the API may have paused or cancelled it since the listing.
         transfer = await self._store.get_transfer(transfer_id)
-        if transfer is None or transfer.status != Status.PLANNED or transfer.is_server:
+        if transfer is None or transfer.status != Status.PLANNED:
             return
         partner = transfer.partner or ""
         self._running[transfer_id] = partner
         self._per_partner[partner] += 1
-        transfer.status = Status.RUNNING
+        apply(transfer, Event.LAUNCH)
         try:
             await self._store.save_transfer(transfer)
         except BaseException:
@@ -314,7 +324,7 @@ class Scheduler:
                 message = f"internal error: {type(failure).__name__}: {failure}"
             else:
                 message = "internal error: the transfer ended without a final status"
-            row.status = Status.ERROR
+            apply(row, Event.FAIL)
             row.error_code = ErrorCode.TeInternal
             row.error_msg = message[:MAX_ERROR_MSG]
             row.error_step = row.step
@@ -336,7 +346,7 @@ class Scheduler:
         """Back to PLANNED after a delay that grows with each attempt. The step, task
         number, progress and error stay: the attempt resumes where the run failed, and
         the error shows until then."""
-        row.status = Status.PLANNED
+        apply(row, Event.ATTEMPT)
         row.next_attempt = now + timedelta(seconds=row.next_retry_delay)
         row.next_retry_delay = round(row.next_retry_delay * row.retry_increment_factor)
         row.remaining_attempts -= 1
@@ -349,19 +359,16 @@ class Scheduler:
         offset = 0
         while True:
             page, _total = await self._store.list_transfers(
-                TransferFilter(
-                    statuses=(Status.INTERRUPTED,),
-                    is_server=False,
-                    limit=RESUME_PAGE,
-                    offset=offset,
-                )
+                TransferFilter(statuses=(Status.INTERRUPTED,), limit=RESUME_PAGE, offset=offset)
             )
             interrupted.extend(page)
             if len(page) < RESUME_PAGE:
                 break
             offset += len(page)
+        # Server transfers that only their partner can continue wait for it.
+        interrupted = [t for t in interrupted if await self._goes_alone(t)]
         for transfer in interrupted:
-            transfer.status = Status.PLANNED
+            apply(transfer, Event.RESUME)
             transfer.next_attempt = None
             await self._store.save_transfer(transfer)
         if interrupted:

@@ -20,7 +20,15 @@ from gatewayd import safepath
 from gatewayd.config.schema import PartnerConfig
 from gatewayd.errors import TransferError, os_error
 from gatewayd.model import ErrorCode
-from gatewayd.ports import DataSink, DataSource, ProtocolClient, ProtocolSpec, RemoteStat, register
+from gatewayd.ports import (
+    DataSink,
+    DataSource,
+    Delivered,
+    ProtocolClient,
+    ProtocolSpec,
+    RemoteStat,
+    register,
+)
 from gatewayd.safepath import Beneath
 from protocols.pacing import Pacer
 
@@ -67,7 +75,7 @@ class LocalClient(ProtocolClient):
         held = await asyncio.to_thread(_stat, self._temp(remote_path))
         return min(local_offset, held.size if held else 0)
 
-    async def send(self, source: DataSource, remote_path: str, offset: int) -> None:
+    async def send(self, source: DataSource, remote_path: str, offset: int) -> Delivered:
         temp, final = self._temp(remote_path), self._path(remote_path)
         pacer = Pacer(self.config.max_rate)
         try:
@@ -100,6 +108,8 @@ class LocalClient(ProtocolClient):
                 exc, f"cannot rename on partner {self.name}", ErrorCode.TeFinalization
             ) from exc
         source.confirm(source.size)
+        held = await asyncio.to_thread(_stat, final)
+        return Delivered(held.size if held else 0)
 
     async def receive(self, sink: DataSink, remote_path: str, offset: int) -> None:
         path = self._path(remote_path)

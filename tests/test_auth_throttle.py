@@ -79,7 +79,7 @@ async def test_authenticate_logs_counts_and_bans(tmp_path: Path) -> None:
     await env.start()
     try:
         ctx = env.server()
-        ctx.throttle.policy = ThrottlePolicy(
+        ctx.logins.throttle.policy = ThrottlePolicy(
             free_failures=1, base_delay=0.01, max_delay=0.01, max_address_failures=3
         )
         with structlog.testing.capture_logs() as logs:
@@ -98,7 +98,7 @@ async def test_authenticate_logs_counts_and_bans(tmp_path: Path) -> None:
     assert len(failed) == 3 and failed[0]["login"] == "acme" and failed[0]["remote"] == "10.1.1.1"
     assert [e["event"] for e in logs].count("login refused: too many failures") == 1
     assert "wr0ng" not in repr(logs) and "right" not in repr(logs)
-    assert ctx.throttle.failures_total == 3, "a refused key offer is not a failure"
+    assert ctx.logins.throttle.failures_total == 3, "a refused key offer is not a failure"
 
 
 def test_accounts_may_be_slowed_down_without_ever_being_banned() -> None:

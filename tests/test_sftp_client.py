@@ -124,7 +124,7 @@ async def test_final_name_directly_and_one_connection(tmp_path: Path, peer: Peer
         files = [make_file(env.folder("out") / f"f{i}.bin", 50_000, seed=i) for i in range(3)]
         created = [await env.create(rule="out", partner="peer", file=f"f{i}.bin") for i in range(3)]
         ended = [await env.wait_end(t.id or 0, timeout=30) for t in created]
-        client = gw.clients._clients["peer"][1]
+        client = gw.clients._clients["peer"].client
         conn = client._conn  # type: ignore[attr-defined]
     finally:
         await env.stop()

@@ -595,10 +595,10 @@ async def test_interrupt_running(store: SqliteStore) -> None:
     assert await store.interrupt_running() == []
 
 
-async def test_due_client_transfers_and_next_due_time(store: SqliteStore) -> None:
+async def test_due_transfers_and_next_due_time(store: SqliteStore) -> None:
     now = datetime.now(UTC)
     assert await store.next_due_time() is None
-    assert await store.due_client_transfers(now, 10) == []
+    assert await store.due_transfers(now, 10) == []
 
     def planned(**kw: Any) -> Transfer:
         return make(status=Status.PLANNED, **kw)
@@ -613,23 +613,29 @@ async def test_due_client_transfers_and_next_due_time(store: SqliteStore) -> Non
     await store.insert_transfer(
         planned(start=now - timedelta(hours=3), next_attempt=now + timedelta(minutes=2))
     )
-    await store.insert_transfer(
-        planned(is_server=True, partner=None, account="a", start=now - timedelta(hours=5))
+    await store.insert_transfer(  # a pre-registration waits for its partner, not the clock
+        make(
+            status=Status.AVAILABLE,
+            is_server=True,
+            partner=None,
+            account="a",
+            start=now - timedelta(hours=5),
+        )
     )
     await store.insert_transfer(make(status=Status.RUNNING, start=now - timedelta(hours=5)))
     await store.insert_transfer(make(status=Status.PAUSED, start=now - timedelta(hours=5)))
 
-    due = await store.due_client_transfers(now, 10)
+    due = await store.due_transfers(now, 10)
     assert [t.id for t in due] == [due_old.id, due_retry.id, due_exactly_now.id]
     assert due_no_start.created is not None
-    due_later = await store.due_client_transfers(due_no_start.created, 10)
+    due_later = await store.due_transfers(due_no_start.created, 10)
     assert [t.id for t in due_later] == [
         due_old.id,
         due_retry.id,
         due_exactly_now.id,
         due_no_start.id,
     ]
-    assert [t.id for t in await store.due_client_transfers(now, 2)] == [due_old.id, due_retry.id]
+    assert [t.id for t in await store.due_transfers(now, 2)] == [due_old.id, due_retry.id]
     assert await store.next_due_time() == due_old.start
 
     # Once the due ones have started, the next is the retry in 2 minutes, then the start
@@ -638,8 +644,8 @@ async def test_due_client_transfers_and_next_due_time(store: SqliteStore) -> Non
         t.status = Status.RUNNING
         await store.save_transfer(t)
     assert await store.next_due_time() == now + timedelta(minutes=2)
-    assert await store.due_client_transfers(now + timedelta(minutes=2), 10) != []
-    assert [t.start for t in await store.due_client_transfers(now + timedelta(minutes=5), 10)] == [
+    assert await store.due_transfers(now + timedelta(minutes=2), 10) != []
+    assert [t.start for t in await store.due_transfers(now + timedelta(minutes=5), 10)] == [
         now - timedelta(hours=3),
         now + timedelta(minutes=5),
     ]

@@ -19,8 +19,10 @@ from typing import Any
 
 import structlog
 
+from gatewayd import lifecycle
 from gatewayd.clock import Clock
 from gatewayd.config.schema import RuleConfig
+from gatewayd.lifecycle import Event
 from gatewayd.model import Direction, ErrorCode, Status, Transfer
 from gatewayd.names import check_name
 from gatewayd.pipeline.engine import Runtime
@@ -126,7 +128,7 @@ def build_preregistered(rt: Runtime, request: Any) -> Transfer:
         dest_filename=name,
         local_filepath=posixpath.join(account_folder(rt, rule, account), name),
         remote_filepath=posixpath.join(rule.path, name),
-        status=Status.AVAILABLE,
+        status=lifecycle.after(lifecycle.NEW, Event.PREREGISTER),
         transfer_info=dict(info or {}),
         next_attempt=expires,
         pre_tasks=[x.spec() for x in rule.pre],
@@ -189,7 +191,9 @@ async def find_download(
 
 
 def is_expired(t: Transfer) -> bool:
-    return t.status == Status.ERROR and t.error_code == ErrorCode.TeExpired
+    return t.status == lifecycle.after(Status.AVAILABLE, Event.EXPIRE) and (
+        t.error_code == ErrorCode.TeExpired
+    )
 
 
 # ---------------------------------------------------------------------- expiry

@@ -16,11 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gatewayd import lifecycle, safepath
 from gatewayd.config.schema import RuleConfig
+from gatewayd.lifecycle import Event
 from gatewayd.model import Direction, Status, Step, Transfer
 from gatewayd.names import check_name
 from gatewayd.pipeline import localfiles
 from gatewayd.pipeline.engine import Engine, StopReason
+from gatewayd.safepath import Beneath
 
 CREATE_FIELDS = (
     "rule", "partner", "account", "isSend", "file", "output", "start", "transferInfo",
@@ -285,24 +288,25 @@ class TransferService:
     async def pause(self, transfer_id: int) -> Transfer:
         """PLANNED or RUNNING -> PAUSED; a running pipeline is stopped for real."""
         t = await self._get(transfer_id)
-        if t.status not in (Status.PLANNED, Status.RUNNING):
+        if not lifecycle.allowed(t.status, Event.PAUSE):
             raise StateError(f"cannot pause a transfer that is {t.status}")
         if not await self.engine.stop(transfer_id, StopReason.PAUSE):
-            t.status = Status.PAUSED
+            lifecycle.apply(t, Event.PAUSE)
             t.stop = self.rt.clock.now()
             await self.rt.store.save_transfer(t)
         return await self._get(transfer_id)
 
     async def resume(self, transfer_id: int) -> Transfer:
-        """PAUSED, INTERRUPTED or ERROR -> PLANNED, to continue at its step, task and byte."""
+        """PAUSED, INTERRUPTED or ERROR -> PLANNED, to continue at its step, task and
+        byte: a client transfer, or a server one whose data is complete (before that,
+        only its partner can continue it)."""
         t = await self._get(transfer_id)
-        if t.status not in (Status.PAUSED, Status.INTERRUPTED, Status.ERROR):
-            raise StateError(f"cannot resume a transfer that is {t.status}")
-        if t.is_server:
-            raise StateError("a server transfer is resumed by its partner reconnecting")
+        refusal = lifecycle.resume_refusal(t)
+        if refusal is not None:
+            raise StateError(refusal)
         if t.step == Step.ERROR_TASKS:  # died while running the error chain
             t.step, t.task_number = t.error_step, 0
-        t.status = Status.PLANNED
+        lifecycle.apply(t, Event.RESUME)
         t.next_attempt = None
         t.start = self.rt.clock.now()
         await self.rt.store.save_transfer(t)
@@ -312,16 +316,18 @@ class TransferService:
     async def cancel(self, transfer_id: int) -> Transfer:
         """Any non-final status -> CANCELLED; a received temp file is removed."""
         t = await self._get(transfer_id)
-        if t.status.is_final:
+        if not lifecycle.allowed(t.status, Event.CANCEL):
             raise StateError(f"cannot cancel a transfer that is {t.status}")
         if await self.engine.stop(transfer_id, StopReason.CANCEL):
             return await self._get(transfer_id)
-        t.status = Status.CANCELLED
+        lifecycle.apply(t, Event.CANCEL)
         t.stop = self.rt.clock.now()
         await self.rt.store.save_transfer(t)
         if t.tmp_filepath and not t.is_send:
+            rule = self.rt.loaded.config.rules.get(t.rule)
+            root = self.rt.loaded.paths.rule_folder(rule) if rule else self.rt.loaded.paths.data_dir
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(os.unlink, t.tmp_filepath)
+                await asyncio.to_thread(safepath.unlink, Beneath.of(root, t.tmp_filepath))
         return t
 
     async def retry(self, transfer_id: int) -> Transfer:

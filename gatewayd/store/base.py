@@ -120,16 +120,17 @@ class Store(ABC):
     @abstractmethod
     async def interrupt_running(self) -> list[Transfer]:
         """At start-up: every RUNNING row becomes INTERRUPTED (they were ours, and we
-        died). Returns the rows changed."""
+        died: the lifecycle's CRASH). Returns the rows changed."""
 
     @abstractmethod
-    async def due_client_transfers(self, now: datetime, limit: int) -> list[Transfer]:
-        """Client transfers that may start now: PLANNED whose `start` and `next_attempt`
-        have passed, oldest first."""
+    async def due_transfers(self, now: datetime, limit: int) -> list[Transfer]:
+        """Transfers that may start now: PLANNED (client transfers, and server ones that
+        finish without their partner) whose `start` and `next_attempt` have passed,
+        oldest first."""
 
     @abstractmethod
     async def next_due_time(self) -> datetime | None:
-        """When the next PLANNED client transfer becomes due (None: none is planned)."""
+        """When the next PLANNED transfer becomes due (None: none is planned)."""
 
     @abstractmethod
     async def audit(

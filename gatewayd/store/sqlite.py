@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +22,8 @@ from typing import Any, Self
 
 import aiosqlite
 
+from gatewayd import lifecycle
+from gatewayd.lifecycle import Event
 from gatewayd.model import ErrorCode, Status, Step, Transfer
 from gatewayd.store.base import SORT_FIELDS, ApiToken, Store, TapisTask, TransferFilter
 from gatewayd.store.codec import (
@@ -40,6 +42,12 @@ from gatewayd.store.codec import (
 from gatewayd.store.migrate import apply_migrations, current_version, load_migrations
 from gatewayd.store.writer import BatchWriter
 
+
+def _in(statuses: Iterable[Status]) -> str:
+    """An SQL list of status values (constants of the code, never input)."""
+    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
+
+
 _COLS = ", ".join(COLUMNS)
 _SELECT = f"SELECT {_COLS} FROM transfers"
 _INSERT = f"INSERT INTO transfers ({_COLS}) VALUES ({', '.join('?' for _ in COLUMNS)})"
@@ -51,14 +59,19 @@ _INSERT_AUDIT = (
 # Within a batch, inserts go before the updates that may follow them.
 _STATEMENTS = (_INSERT, _UPDATE, _INSERT_AUDIT)
 
-# A planned client transfer without a start time is due from its creation.
+# The statuses the lifecycle's table gives these queries (gatewayd.lifecycle).
+_LAUNCHABLE = _in(lifecycle.sources(Event.LAUNCH))
+_CRASHED_FROM = lifecycle.sources(Event.CRASH)
+_CRASHED = lifecycle.after(Status.RUNNING, Event.CRASH)
+_EXPIRED = lifecycle.after(Status.AVAILABLE, Event.EXPIRE)
+# A planned transfer without a start time is due from its creation.
 _DUE_AT = "coalesce(start, created)"
-_PLANNED_CLIENT = f"status = '{Status.PLANNED.value}' AND is_server = 0"
-_UNFINISHED = f"status NOT IN ('{Status.DONE.value}', '{Status.CANCELLED.value}')"
+_PLANNED = f"status IN {_LAUNCHABLE}"
+_UNFINISHED = f"status NOT IN {_in(lifecycle.FINAL)}"
 
 _SYNCHRONOUS = ("NORMAL", "FULL")
 
-_AVAILABLE = f"status = '{Status.AVAILABLE.value}' AND next_attempt IS NOT NULL"
+_AVAILABLE = f"status IN {_in(lifecycle.sources(Event.EXPIRE))} AND next_attempt IS NOT NULL"
 _TOKEN_COLUMNS = "id, user, permissions, comment, created, expires, revoked, manage_tokens"
 _TAPIS_COLUMNS = "uuid, tag, username, created, elements, cancelled"
 
@@ -248,8 +261,9 @@ class SqliteStore(Store):
         now = encode_time(_now())
         async with writer.transaction() as conn:
             rows = await conn.execute_fetchall(
-                f"UPDATE transfers SET status = ?, updated = ? WHERE status = ? RETURNING {_COLS}",
-                (Status.INTERRUPTED.value, now, Status.RUNNING.value),
+                "UPDATE transfers SET status = ?, updated = ? "
+                f"WHERE status IN {_in(_CRASHED_FROM)} RETURNING {_COLS}",
+                (_CRASHED.value, now),
             )
         return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
 
@@ -270,7 +284,7 @@ class SqliteStore(Store):
                 f"error_step = ?, stop = ?, updated = ? WHERE {_AVAILABLE} "
                 f"AND next_attempt <= ? RETURNING {_COLS}",
                 (
-                    Status.ERROR.value,
+                    _EXPIRED.value,
                     ErrorCode.TeExpired.value,
                     message,
                     Step.NONE.value,
@@ -394,24 +408,24 @@ class SqliteStore(Store):
         )
         return found[0] if found else None
 
-    async def due_client_transfers(self, now: datetime, limit: int) -> list[Transfer]:
-        """PLANNED client transfers whose start (or, without one, creation) and next
-        attempt have passed, by start time then id. The bounds are inclusive."""
+    async def due_transfers(self, now: datetime, limit: int) -> list[Transfer]:
+        """PLANNED transfers whose start (or, without one, creation) and next attempt
+        have passed, by start time then id. The bounds are inclusive."""
         at = encode_time(now)
         return await self._fetch(
-            f"{_SELECT} WHERE {_PLANNED_CLIENT} AND {_DUE_AT} <= ? "
+            f"{_SELECT} WHERE {_PLANNED} AND {_DUE_AT} <= ? "
             "AND (next_attempt IS NULL OR next_attempt <= ?) "
             f"ORDER BY {_DUE_AT}, id LIMIT ?",
             (at, at, limit),
         )
 
     async def next_due_time(self) -> datetime | None:
-        """The earliest time at which a PLANNED client transfer is due: the later of its
+        """The earliest time at which a PLANNED transfer is due: the later of its
         start (or creation) and its next attempt. It may be in the past."""
         rows = list(
             await self._reader().execute_fetchall(
                 f"SELECT min(max({_DUE_AT}, coalesce(next_attempt, ''))) "
-                f"FROM transfers WHERE {_PLANNED_CLIENT}"
+                f"FROM transfers WHERE {_PLANNED}"
             )
         )
         value = rows[0][0]

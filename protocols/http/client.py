@@ -20,7 +20,7 @@ from aiohttp import hdrs
 from gatewayd.config.schema import PartnerConfig
 from gatewayd.errors import TransferError
 from gatewayd.model import ErrorCode
-from gatewayd.ports import DataSink, DataSource, ProtocolClient, RemoteStat
+from gatewayd.ports import DataSink, DataSource, Delivered, ProtocolClient, RemoteStat
 from protocols.http import headers as h
 from protocols.http import tls
 from protocols.http.config import HttpPartnerConfig
@@ -173,7 +173,7 @@ class HttpClient(ProtocolClient):
 
     # ------------------------------------------------------------------ data
 
-    async def send(self, source: DataSource, remote_path: str, offset: int) -> None:
+    async def send(self, source: DataSource, remote_path: str, offset: int) -> Delivered:
         total = source.size
         if offset > total:
             offset = 0  # the partner holds more than our file has: not our upload
@@ -196,7 +196,25 @@ class HttpClient(ProtocolClient):
             ) as resp:
                 if resp.status not in (200, 201, 204):
                     raise await self._failure(resp, what)
+                held = _int_header(resp.headers.get(h.UPLOAD_OFFSET))
+                sha256 = None
+                if digest := resp.headers.get(h.REPR_DIGEST):
+                    with contextlib.suppress(h.HeaderError):
+                        sha256 = h.parse_sha256([(h.REPR_DIGEST, digest)], whole_body=True)
+            if held is None:
+                held = await self._held_size(remote_path, total)
         source.confirm(total)
+        return Delivered(held, sha256)
+
+    async def _held_size(self, remote_path: str, sent: int) -> int:
+        """What the partner holds after a PUT, asked with HEAD; a partner that cannot
+        answer HEAD acknowledged the whole body by answering the PUT with success."""
+        async with self.session.head(self.url(remote_path), allow_redirects=False) as resp:
+            if resp.status == 200 and resp.content_length is not None:
+                return resp.content_length
+            if resp.status in (405, 501):
+                return sent
+            raise await self._failure(resp, f"HEAD {remote_path}")
 
     async def _body(self, source: DataSource, offset: int) -> AsyncIterator[bytes]:
         """The file from `offset`, the next block read while the current one is sent.
@@ -281,3 +299,9 @@ class HttpClient(ProtocolClient):
             length = resp.content_length
             return 0, length
         raise await self._failure(resp, what)
+
+
+def _int_header(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)

@@ -468,11 +468,10 @@ class HttpServer(ProtocolServer):
             # partner renames it (MOVE) to its final name.
             body["awaitingRename"] = True
             return web.json_response(body, status=202, headers=ids)
-        return web.json_response(
-            body,
-            status=201,
-            headers={**ids, h.TRANSFER_STATUS: "DONE", h.UPLOAD_OFFSET: str(end)},
-        )
+        done = {**ids, h.TRANSFER_STATUS: "DONE", h.UPLOAD_OFFSET: str(end)}
+        if handle.sha256:
+            done[h.REPR_DIGEST] = h.repr_digest(handle.sha256)
+        return web.json_response(body, status=201, headers=done)
 
     async def _receive_body(self, request: web.Request, handle: TransferHandle, offset: int) -> int:
         """Stream the body into the transfer; returns the offset reached."""

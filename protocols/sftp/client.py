@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
+import shlex
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -32,9 +33,9 @@ import structlog
 from gatewayd.config.schema import PartnerConfig
 from gatewayd.errors import TransferError
 from gatewayd.model import ErrorCode
-from gatewayd.ports import DataSink, DataSource, ProtocolClient, RemoteStat
+from gatewayd.ports import DataSink, DataSource, Delivered, ProtocolClient, RemoteStat
 from protocols.pacing import Pacer
-from protocols.sftp.config import SftpPartnerConfig, ciphers
+from protocols.sftp.config import GATEWAYD_SSH_VERSION, SftpPartnerConfig, ciphers
 from protocols.sftp.transport import coalesce_writes
 
 log = structlog.get_logger("gatewayd.sftp")
@@ -236,7 +237,7 @@ class SftpClient(ProtocolClient):
         held = await self._stat(self._temp_name(self._path(remote_path)))
         return min(local_offset, held.size if held is not None and not held.is_dir else 0)
 
-    async def send(self, source: DataSource, remote_path: str, offset: int) -> None:
+    async def send(self, source: DataSource, remote_path: str, offset: int) -> Delivered:
         remote_path = self._path(remote_path)
         target = self._temp_name(remote_path)
         info = source.transfer_info
@@ -255,8 +256,26 @@ class SftpClient(ProtocolClient):
                     await remote.close()
             if target != remote_path:
                 await self._rename(sftp, target, remote_path)
+            held = (await sftp.stat(remote_path)).size or 0
         source.confirm(source.size)
-        self.log.info("sent", path=remote_path, size=source.size, offset=offset)
+        sha256 = await self._partner_sha256(remote_path) if held == source.size else None
+        self.log.info("sent", path=remote_path, size=source.size, offset=offset, held=held)
+        return Delivered(held, sha256)
+
+    async def _partner_sha256(self, remote_path: str) -> str | None:
+        """The partner's SHA-256 of the file, when the partner is a gatewayd (whose SFTP
+        servers answer a `sha256sum` exec on their virtual paths): other servers are
+        not sent commands they did not offer."""
+        conn = await self._connection()
+        if GATEWAYD_SSH_VERSION not in str(conn.get_extra_info("server_version") or ""):
+            return None
+        try:
+            result = await conn.run(f"sha256sum {shlex.quote(remote_path)}", check=False)
+        except (*_LOST, asyncssh.Error, OSError):
+            return None
+        out = result.stdout if isinstance(result.stdout, str) else ""
+        digest = out.split(" ", 1)[0]
+        return digest if result.exit_status == 0 and len(digest) == 64 else None
 
     async def _rename(self, sftp: asyncssh.SFTPClient, old: str, new: str) -> None:
         try:

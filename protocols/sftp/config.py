@@ -60,6 +60,11 @@ PublicKey = Annotated[str, AfterValidator(_public_key)]
 Seconds = Annotated[float, Field(gt=0)]
 
 
+# The software version our SFTP servers announce (`SSH-2.0-gatewayd`): our SFTP client
+# recognises a gatewayd partner by it, and asks it for the SHA-256 of what it received.
+GATEWAYD_SSH_VERSION = "gatewayd"
+
+
 class SftpServerConfig(ServerConfig):
     """`protocol: sftp` servers."""
 

@@ -45,7 +45,7 @@ from gatewayd.errors import TransferError
 from gatewayd.model import Direction, ErrorCode
 from gatewayd.ports import Entry, ProtocolServer, ServerContext, TransferHandle
 from protocols.sftp import hostkeys
-from protocols.sftp.config import SftpServerConfig, ciphers
+from protocols.sftp.config import GATEWAYD_SSH_VERSION, SftpServerConfig, ciphers
 from protocols.sftp.exec import run_command
 from protocols.sftp.transport import coalesce_writes
 
@@ -122,6 +122,7 @@ class SftpServer(ProtocolServer):
             keepalive_interval=self.config.keepalive_interval,
             reuse_address=True,
             encoding=None,
+            server_version=GATEWAYD_SSH_VERSION,
         )
 
     async def stop(self) -> None:
