@@ -25,6 +25,7 @@ from yaml.events import AliasEvent, CollectionStartEvent
 from yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode, SequenceNode
 
 from gatewayd.config.problems import Problem
+from gatewayd.names import escaped
 
 DataPath = tuple[Any, ...]
 
@@ -142,7 +143,9 @@ def _character_problem(file: Path, text: str, exc: yaml.reader.ReaderError) -> P
 
 
 def describe_key(key: Any) -> str:
-    return f"'{key}'" if isinstance(key, str) else str(key)
+    """A key for messages, quoted; control characters escaped so that it cannot act on
+    the terminal or break the line."""
+    return f"'{escaped(key)}'" if isinstance(key, str) else str(key)
 
 
 def _short_tag(tag: str) -> str:
