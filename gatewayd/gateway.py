@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -16,6 +17,9 @@ import structlog
 from gatewayd import ports as protocols
 from gatewayd.clock import Clock, SystemClock
 from gatewayd.config import LoadedConfig
+from gatewayd.config.files import FileError, server_tls_context
+from gatewayd.config.paths import absolute
+from gatewayd.config.schema import ServerConfig
 from gatewayd.errors import TaskError
 from gatewayd.metrics import GatewayMetrics
 from gatewayd.model import Transfer
@@ -32,6 +36,11 @@ if TYPE_CHECKING:
     from gatewayd.api import ApiServer
 
 log = structlog.get_logger("gatewayd")
+
+
+class StartError(Exception):
+    """The gateway cannot start: the message names the server (or the API) and the
+    file or address at fault."""
 
 
 class Gateway:
@@ -86,17 +95,40 @@ class Gateway:
         return CoreServerContext(self.engine, name, protocol, self.auth_throttle)
 
     async def start(self) -> None:
-        """Start every enabled server and the scheduler; return once all listen."""
+        """Prepare every enabled server and the API's TLS context, then start the servers,
+        the scheduler and the API; return once all listen.
+
+        Nothing listens before everything is known to load: a server whose preparation
+        fails (a key file gone, a certificate that does not load) raises StartError
+        before any listener opens. A listener that then cannot bind raises StartError
+        too (the servers already started are left for `stop()`).
+        """
+        prepared: list[tuple[str, ServerConfig, protocols.ProtocolServer]] = []
         for name, server_config in self.config.servers.items():
             if not server_config.enabled:
                 continue
             spec = protocols.get(server_config.protocol)
             if spec is None or spec.server_factory is None:
-                raise RuntimeError(f"protocol {server_config.protocol} has no server side")
+                raise StartError(
+                    f"server '{name}': protocol {server_config.protocol} has no server side"
+                )
             server = spec.server_factory(
                 name, server_config, self.server_context(name, server_config.protocol)
             )
-            await server.start()
+            try:
+                await server.prepare()
+            except Exception as exc:
+                raise StartError(f"server '{name}': {exc}") from exc
+            prepared.append((name, server_config, server))
+        api_tls = await self._prepare_api_tls()
+        for name, server_config, server in prepared:
+            try:
+                await server.start()
+            except OSError as exc:
+                raise StartError(
+                    f"server '{name}': cannot listen on {server_config.address}:"
+                    f"{server_config.port}: {exc.strerror or exc}"
+                ) from exc
             self.servers[name] = server
             log.info(
                 "server listening",
@@ -110,8 +142,25 @@ class Gateway:
         if self.config.api.enabled:
             from gatewayd.api import ApiServer  # the API pulls in aiohttp: only when used
 
-            self.api = ApiServer(self)
-            await self.api.start()
+            self.api = ApiServer(self, tls=api_tls)
+            try:
+                await self.api.start()
+            except OSError as exc:
+                api = self.config.api
+                raise StartError(
+                    f"the API: cannot listen on {api.address}:{api.port}: {exc.strerror or exc}"
+                ) from exc
+
+    async def _prepare_api_tls(self) -> ssl.SSLContext | None:
+        api = self.config.api
+        if not api.enabled or api.tls_cert is None or api.tls_key is None:
+            return None
+        home = self.loaded.paths.home
+        cert, key = absolute(api.tls_cert, home), absolute(api.tls_key, home)
+        try:
+            return await asyncio.to_thread(server_tls_context, cert, key)
+        except FileError as exc:
+            raise StartError(f"the API: {exc}") from exc
 
     @property
     def api_port(self) -> int | None:
