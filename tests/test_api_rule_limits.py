@@ -155,3 +155,15 @@ async def test_deeply_nested_json_is_a_bad_request(env: ApiEnv) -> None:
             "errorCode": "invalid_rule",
         }
     ]
+
+
+async def test_a_rule_larger_than_a_rule_may_be_is_refused_unread(env: ApiEnv) -> None:
+    await env.start()
+    values = ",".join(["x"] * 140_000)  # 280 KB of tiny values: seconds of parsing
+    body = f"name: x\ndirection: send\npath: /x\ncomment: [{values}]\n"
+    answer = await env.api.call("PUT", "/api/rules/x", data=body, content_type="application/yaml")
+    assert answer.status == 413, answer.text
+    assert answer.errors == [
+        {"message": "a rule is at most 256 KiB of JSON or YAML", "errorCode": "body_too_large"}
+    ]
+    assert "x" not in env.gw.loaded.config.rules

@@ -40,13 +40,17 @@ _ERRORS: dict[int, tuple[str, str | None]] = {
 }
 _BAD: dict[int, tuple[str, str | None]] = {
     400: ("Invalid rule: every problem is listed", "Errors"),
+    413: ("Larger than a rule may be (256 KiB)", "Errors"),
     415: ("Neither JSON nor YAML", "Errors"),
     503: ("The rule could not be checked in time; nothing was changed", "Errors"),
 }
 _SOURCE = "<request>"
 FILE_MODE = 0o640
-# Seconds a rule's parsing and checks may take (a real rule takes milliseconds; the
-# limits of the YAML reader bound them), and the threads that may run them at once.
+# Seconds a rule's parsing and checks may take, and the threads that may run them at
+# once. A real rule is a few kilobytes and takes milliseconds; the largest body allowed,
+# made of nothing but tiny values, about five seconds of pure-Python YAML parsing (the
+# YAML reader's limits bound what aliases and nesting can add).
+MAX_RULE_BYTES = 256 * 1024
 CHECK_TIMEOUT = 10.0
 _CHECKS = OffLoop(limit=2, name="rule-check")
 
@@ -94,11 +98,20 @@ async def get_rule(call: Call) -> web.StreamResponse:
 async def _body(call: Call) -> tuple[str, bool]:
     """The body as text, and whether it is YAML (else JSON)."""
     request = call.request
-    if is_yaml(request):
-        return await read_text(request), True
-    if request.content_type not in JSON_TYPES:
+    as_yaml = is_yaml(request)
+    if not as_yaml and request.content_type not in JSON_TYPES:
         raise unsupported(request, (*JSON_TYPES, *YAML_TYPES))
-    return await read_text(request), False
+    if (request.content_length or 0) > MAX_RULE_BYTES:
+        raise _too_large()
+    text = await read_text(request)
+    if len(text) > MAX_RULE_BYTES:  # characters: at most as many as bytes
+        raise _too_large()
+    return text, as_yaml
+
+
+def _too_large() -> ApiError:
+    limit = f"{MAX_RULE_BYTES // 1024} KiB"
+    return ApiError(413, [Problem(f"a rule is at most {limit} of JSON or YAML", "body_too_large")])
 
 
 def _yaml_text(raw: str, as_yaml: bool, name: str | None, user: str) -> str:
