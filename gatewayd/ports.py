@@ -268,7 +268,6 @@ class CheckContext:
     # Where relative paths resolve, and the daemon's state folder (generated keys...).
     home: Path
     state_dir: Path
-    accounts: Mapping[str, AccountConfig]
 
 
 # A problem found by a check: the path of the field at fault within the entry checked

@@ -9,7 +9,6 @@ event loop starts.
 
 from __future__ import annotations
 
-import os
 import ssl
 import stat
 from pathlib import Path
@@ -29,18 +28,16 @@ class FileError(Exception):
 
 
 def read_bytes(path: Path) -> bytes:
-    """The content of the regular file `path`, or FileError (missing, a folder, not
-    readable, too large)."""
+    """The content of the regular file `path`, or FileError (missing, a folder, a device
+    or a pipe, not readable, too large)."""
     try:
+        info = path.stat()  # before opening: opening a pipe would wait for a writer
+        if stat.S_ISDIR(info.st_mode):
+            raise FileError(path, f"{path} is a folder, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise FileError(path, f"{path} is not a regular file")
         with path.open("rb") as f:
-            info = os.fstat(f.fileno())
-            if stat.S_ISDIR(info.st_mode):
-                raise FileError(path, f"{path} is a folder, not a file")
-            if not stat.S_ISREG(info.st_mode):
-                raise FileError(path, f"{path} is not a regular file")
             data = f.read(MAX_BYTES + 1)
-    except IsADirectoryError:
-        raise FileError(path, f"{path} is a folder, not a file") from None
     except OSError as exc:
         raise FileError(path, f"cannot read {path}: {exc.strerror}") from None
     if len(data) > MAX_BYTES:

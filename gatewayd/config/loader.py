@@ -258,7 +258,7 @@ def _file_problems(
             if found is not None:
                 field = "tls_cert" if found.path == cert else "tls_key"
                 problems.append(source.problem(("api", field), found.message))
-    context = protocol_registry.CheckContext(paths.home, paths.state_dir, accounts)
+    context = protocol_registry.CheckContext(paths.home, paths.state_dir)
     serving: dict[str, protocol_registry.ProtocolSpec] = {}
     for name, server in servers.items():
         spec = protocol_registry.get(server.protocol)
