@@ -4,10 +4,12 @@ Only process concerns live here. Everything that runs once the store is open bel
 `gatewayd.gateway.Gateway`, which this module starts and stops.
 
 Order of start-up, each step refusing to go on when it fails (exit status 1):
-load the configuration; refuse demo passwords on a non-loopback address; create the
-folders; take the lock of the state folder; configure logging; open the store; mark the
-transfers the previous run left RUNNING as INTERRUPTED; start the gateway; tell systemd
-READY (`gatewayd.systemd`, when started by it) and start its watchdog pings.
+load the configuration (and check the files it names); refuse demo passwords on a
+non-loopback address; create the folders; take the lock of the state folder; configure
+logging; open the store; mark the transfers the previous run left RUNNING as
+INTERRUPTED; start the gateway (every server prepared, its keys and certificates
+loaded, before any listens); tell systemd READY (`gatewayd.systemd`, when started by
+it) and start its watchdog pings.
 
 SIGTERM/SIGINT stop it (STOPPING); SIGHUP re-reads the configuration and the rules in a
 thread and hands a valid one to the gateway (RELOADING, then READY again), keeping the
@@ -134,7 +136,7 @@ async def _serve_with(
     notifier: Notifier,
 ) -> int:
     # Deferred: the gateway pulls in the whole core, which a refused start never needs.
-    from gatewayd.gateway import Gateway
+    from gatewayd.gateway import Gateway, StartError
     from gatewayd.store import make_store
 
     def request_stop(sig: signal.Signals) -> None:
@@ -168,6 +170,10 @@ async def _serve_with(
         gateway = Gateway(loaded, store)
         try:
             await gateway.start()
+        except StartError as exc:  # a file or an address: one line says which
+            log.error(f"cannot start: {exc}")
+            await _stop_gateway(gateway, config.daemon.shutdown_timeout)
+            return 1
         except Exception:
             log.exception("gateway failed to start")
             await _stop_gateway(gateway, config.daemon.shutdown_timeout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -16,6 +17,9 @@ import structlog
 from gatewayd import ports
 from gatewayd.clock import Clock, SystemClock
 from gatewayd.config import LoadedConfig
+from gatewayd.config.files import FileError, server_tls_context
+from gatewayd.config.paths import absolute
+from gatewayd.config.schema import ServerConfig
 from gatewayd.errors import TaskError
 from gatewayd.metrics import GatewayMetrics, LiveState
 from gatewayd.model import Transfer
@@ -35,6 +39,11 @@ if TYPE_CHECKING:
     from gatewayd.api import ApiServer
 
 log = structlog.get_logger("gatewayd")
+
+
+class StartError(Exception):
+    """The gateway cannot start: the message names the server (or the API) and the
+    file or address at fault."""
 
 
 class Gateway:
@@ -118,23 +127,44 @@ class Gateway:
         )
 
     async def start(self) -> None:
-        """Start the scheduler, then every enabled server; return once all listen.
+        """Prepare every enabled server and the API's TLS context, then start the
+        scheduler, the servers and the API; return once all listen.
 
-        The scheduler first: it plans what a restart may take further alone (server
-        transfers whose data is complete, or placed by a crash), before any partner can
+        Nothing listens before everything is known to load: a server whose preparation
+        fails (a key file gone, a certificate that does not load) raises StartError
+        before any listener opens. A listener that then cannot bind raises StartError
+        too (the servers already started are left for `stop()`). The scheduler starts
+        before the servers: it plans what a restart may take further alone (server
+        transfers whose data is complete, or placed by a crash) before any partner can
         reconnect to such a transfer.
         """
-        await self.scheduler.start()
+        prepared: list[tuple[str, ServerConfig, ports.ProtocolServer]] = []
         for name, server_config in self.config.servers.items():
             if not server_config.enabled:
                 continue
             spec = ports.get(server_config.protocol)
             if spec is None or spec.server_factory is None:
-                raise RuntimeError(f"protocol {server_config.protocol} has no server side")
+                raise StartError(
+                    f"server '{name}': protocol {server_config.protocol} has no server side"
+                )
             server = spec.server_factory(
                 name, server_config, self.server_context(name, server_config.protocol)
             )
-            await server.start()
+            try:
+                await server.prepare()
+            except Exception as exc:
+                raise StartError(f"server '{name}': {exc}") from exc
+            prepared.append((name, server_config, server))
+        api_tls = await self._prepare_api_tls()
+        await self.scheduler.start()
+        for name, server_config, server in prepared:
+            try:
+                await server.start()
+            except OSError as exc:
+                raise StartError(
+                    f"server '{name}': cannot listen on {server_config.address}:"
+                    f"{server_config.port}: {exc.strerror or exc}"
+                ) from exc
             self.servers[name] = server
             log.info(
                 "server listening",
@@ -147,8 +177,25 @@ class Gateway:
         if self.config.api.enabled:
             from gatewayd.api import ApiServer  # the API pulls in aiohttp: only when used
 
-            self.api = ApiServer(self)
-            await self.api.start()
+            self.api = ApiServer(self, tls=api_tls)
+            try:
+                await self.api.start()
+            except OSError as exc:
+                api = self.config.api
+                raise StartError(
+                    f"the API: cannot listen on {api.address}:{api.port}: {exc.strerror or exc}"
+                ) from exc
+
+    async def _prepare_api_tls(self) -> ssl.SSLContext | None:
+        api = self.config.api
+        if not api.enabled or api.tls_cert is None or api.tls_key is None:
+            return None
+        home = self.loaded.paths.home
+        cert, key = absolute(api.tls_cert, home), absolute(api.tls_key, home)
+        try:
+            return await asyncio.to_thread(server_tls_context, cert, key)
+        except FileError as exc:
+            raise StartError(f"the API: {exc}") from exc
 
     @property
     def api_port(self) -> int | None:

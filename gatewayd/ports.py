@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
-from gatewayd.config.schema import PartnerConfig, ServerConfig
+from gatewayd.config.schema import AccountConfig, PartnerConfig, ServerConfig
 from gatewayd.errors import TransferError
 from gatewayd.model import Direction, ErrorCode
 
@@ -163,11 +163,21 @@ class ServerContext(Protocol):
 
 
 class ProtocolServer(ABC):
-    """A listener of one protocol. Built by the spec's `server_factory`."""
+    """A listener of one protocol. Built by the spec's `server_factory`.
+
+    The gateway calls `prepare()` on every server before any `start()`: a server that
+    cannot start (a key file gone, a certificate that does not load) is found before
+    anything listens.
+    """
+
+    async def prepare(self) -> None:
+        """Load what `start()` needs (TLS context, host keys...); raise an exception
+        whose message names the file at fault when it cannot. Default: nothing."""
+        return None
 
     @abstractmethod
     async def start(self) -> None:
-        """Listen; return once connections are accepted."""
+        """Listen (after `prepare()`); return once connections are accepted."""
 
     @abstractmethod
     async def stop(self) -> None:
@@ -277,14 +287,41 @@ class ProtocolClient(ABC):
 
 
 @dataclass(frozen=True)
+class CheckContext:
+    """What the checks of a protocol's options may need to know (see `ProtocolSpec`)."""
+
+    # Where relative paths resolve, and the daemon's state folder (generated keys...).
+    home: Path
+    state_dir: Path
+
+
+# A problem found by a check: the path of the field at fault within the entry checked
+# (`("host_keys", 0)`, `("cert_file",)`; `()` for the entry as a whole), and a message.
+FieldProblem = tuple[tuple[str | int, ...], str]
+
+
+@dataclass(frozen=True)
 class ProtocolSpec:
-    """What a protocol module registers."""
+    """What a protocol module registers.
+
+    The optional checks look beyond the option schema at what the options name: files
+    exist and hold what they should (certificates, keys), keys parse. `check-config`
+    (the loader) calls `check_server` for each enabled server of the protocol,
+    `check_partner` for each partner, and `check_accounts` (with the accounts section,
+    whose keys its servers use) once when the protocol has an enabled server. They are
+    blocking and may import the protocol's libraries: they are only called for a
+    protocol the configuration uses.
+    """
 
     name: str
     server_config: type[ServerConfig] | None = None
     partner_config: type[PartnerConfig] | None = None
     server_factory: Callable[[str, ServerConfig, ServerContext], ProtocolServer] | None = None
     client_factory: Callable[[str, PartnerConfig], ProtocolClient] | None = None
+    check_server: Callable[[str, ServerConfig, CheckContext], list[FieldProblem]] | None = None
+    check_partner: Callable[[str, PartnerConfig, CheckContext], list[FieldProblem]] | None = None
+    # Field paths start with the account's name: `("bob", "public_keys", 0)`.
+    check_accounts: Callable[[Mapping[str, AccountConfig]], list[FieldProblem]] | None = None
 
 
 _REGISTRY: dict[str, ProtocolSpec] = {}

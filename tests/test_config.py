@@ -271,9 +271,12 @@ def test_unreadable_and_non_mapping_configs(tmp_path: Path) -> None:
     assert problems_of(missing) == [f"{missing}: cannot read: No such file or directory"]
     listed = write(tmp_path / "list.yaml", "- daemon\n")
     assert problems_of(listed) == [f"{listed}:1: top level: expected a mapping, got a list"]
-    binary = tmp_path / "binary.yaml"
-    binary.write_bytes(b"daemon: \xff\n")
-    assert problems_of(binary)[0].startswith(f"{binary}: not UTF-8 text")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"# ok\ndaemon: {timezone: Europe/Paris} # caf\xe9\n")
+    assert problems_of(latin1) == [
+        f"{latin1}:2: not UTF-8 text: byte 0xe9 cannot be decoded (invalid continuation byte); "
+        "is it a binary file, or text in another encoding?"
+    ]
 
 
 def test_rules_are_checked_even_when_daemon_settings_have_mistakes(tmp_path: Path) -> None:

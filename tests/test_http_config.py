@@ -12,6 +12,7 @@ import pytest
 from gatewayd.config import ConfigError, load_config
 from protocols.http import headers as h
 from protocols.http.config import HttpPartnerConfig, HttpServerConfig
+from tests.http_support import make_cert
 
 
 def write_config(tmp_path: Path, body: str) -> Path:
@@ -28,7 +29,9 @@ def problems(path: Path) -> list[str]:
 
 
 def test_http_and_https_servers_and_partners_load(tmp_path: Path) -> None:
-    cert = tmp_path / "c.pem"
+    pair = make_cert(tmp_path, "c")
+    cert = tmp_path / "c.pem"  # the certificate and its key in one file
+    cert.write_bytes(pair.cert.read_bytes() + pair.key.read_bytes())
     path = write_config(
         tmp_path,
         f"""

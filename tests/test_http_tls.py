@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gatewayd.config import ConfigError
 from gatewayd.model import ErrorCode, Status
 from tests.gateway_env import GatewayEnv, make_file
 from tests.http_support import PASSWORD, CertFiles, http_gateway, make_cert, run_curl
@@ -163,7 +164,9 @@ async def test_https_server_with_unusable_certificate_does_not_start(
     tmp_path: Path, pki: Pki
 ) -> None:
     env = http_gateway(tmp_path, protocol="https", certs=CertFiles(pki.server.cert, pki.ca.key))
-    with pytest.raises(RuntimeError, match=r"server web: cannot use certificate .*server\.crt"):
+    with pytest.raises(
+        ConfigError, match=r"the private key .*ca\.key does not match the certificate .*server\.crt"
+    ):
         await env.start()
     await env.stop()
 

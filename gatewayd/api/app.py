@@ -105,8 +105,9 @@ def _tls_context(gateway: Gateway) -> ssl.SSLContext | None:
 class ApiServer:
     """The API's listener inside the daemon."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, tls: ssl.SSLContext | None = None) -> None:
         self.gateway = gateway
+        self.tls = tls  # prepared by Gateway.start() before anything listens
         self.auth: Authenticator | None = None
         self.refused_writes: RefusedWrites | None = None
         self._runner: web.AppRunner | None = None
@@ -125,7 +126,7 @@ class ApiServer:
         started: datetime = gateway.clock.now()
         app = build_app(ApiContext(gateway=gateway, auth=self.auth, started=started))
         self.refused_writes = app[REFUSED_WRITES]
-        tls = _tls_context(gateway)
+        tls = self.tls or _tls_context(gateway)
         self.scheme = "https" if tls else "http"
         # Requests in flight at shutdown get a short grace, not aiohttp's minute.
         runner = web.AppRunner(

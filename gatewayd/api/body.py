@@ -69,6 +69,8 @@ def parse_json(text: str) -> Any:
         return json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant)
     except _Duplicate as exc:
         raise bad_request(Problem(f"duplicate key '{exc}'", "duplicate_key", str(exc))) from None
+    except RecursionError:  # the decoder recurses for each level of nesting
+        raise bad_request(Problem("malformed JSON: nested too deeply", "malformed_json")) from None
     except ValueError as exc:
         raise bad_request(Problem(f"malformed JSON: {exc}", "malformed_json")) from None
 

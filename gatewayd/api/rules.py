@@ -5,6 +5,10 @@ itself) is checked exactly like `check-config` checks the rules folder. Only a v
 is written, as `rules/<name>.yaml`, atomically (temporary file, fsync, rename); the whole
 configuration is then loaded again and swapped into the running gateway. A change that
 the reload refuses is rolled back: the rules folder is left as it was.
+
+The body is parsed and checked in a worker thread, within `CHECK_TIMEOUT` seconds: its
+cost is the client's choice, and the event loop serves the API, the protocol servers
+and the signals meanwhile.
 """
 
 from __future__ import annotations
@@ -14,17 +18,20 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiohttp import web
 
-from gatewayd.api.body import YAML_TYPES, is_yaml, read_json, read_text, unsupported
+from gatewayd.api.body import JSON_TYPES, YAML_TYPES, is_yaml, parse_json, read_text, unsupported
 from gatewayd.api.errors import ApiError, Problem, bad_request, conflict, not_found
+from gatewayd.api.offloop import OffLoop, OverTime
 from gatewayd.api.routes import Call, route
 from gatewayd.api.shapes import rule_json
 from gatewayd.config import ConfigError, LoadedConfig, ensure_folders, load_config, load_rule_text
 from gatewayd.config.problems import Problem as ConfigProblem
 from gatewayd.config.schema import RuleConfig
+from gatewayd.config.yamlsource import MAX_DEPTH
 from gatewayd.fsutil import fsync_dir
 
 _ERRORS: dict[int, tuple[str, str | None]] = {
@@ -33,10 +40,19 @@ _ERRORS: dict[int, tuple[str, str | None]] = {
 }
 _BAD: dict[int, tuple[str, str | None]] = {
     400: ("Invalid rule: every problem is listed", "Errors"),
+    413: ("Larger than a rule may be (256 KiB)", "Errors"),
     415: ("Neither JSON nor YAML", "Errors"),
+    503: ("The rule could not be checked in time; nothing was changed", "Errors"),
 }
 _SOURCE = "<request>"
 FILE_MODE = 0o640
+# Seconds a rule's parsing and checks may take, and the threads that may run them at
+# once. A real rule is a few kilobytes and takes milliseconds; the largest body allowed,
+# made of nothing but tiny values, about five seconds of pure-Python YAML parsing (the
+# YAML reader's limits bound what aliases and nesting can add).
+MAX_RULE_BYTES = 256 * 1024
+CHECK_TIMEOUT = 10.0
+_CHECKS = OffLoop(limit=2, name="rule-check")
 
 
 def _rule(call: Call, name: str) -> RuleConfig:
@@ -79,20 +95,65 @@ async def get_rule(call: Call) -> web.StreamResponse:
 # --------------------------------------------------------------------------- writing
 
 
-async def _body_text(call: Call, name: str | None) -> tuple[str, bool]:
-    """The rule as YAML text, and whether it came as YAML (its lines mean something)."""
+async def _body(call: Call) -> tuple[str, bool]:
+    """The body as text, and whether it is YAML (else JSON)."""
     request = call.request
-    if is_yaml(request):
-        return await read_text(request), True
-    if request.content_type != "application/json":
-        raise unsupported(request, ("application/json", *YAML_TYPES))
-    body = await read_json(request)
+    as_yaml = is_yaml(request)
+    if not as_yaml and request.content_type not in JSON_TYPES:
+        raise unsupported(request, (*JSON_TYPES, *YAML_TYPES))
+    if (request.content_length or 0) > MAX_RULE_BYTES:
+        raise _too_large()
+    text = await read_text(request)
+    if len(text) > MAX_RULE_BYTES:  # characters: at most as many as bytes
+        raise _too_large()
+    return text, as_yaml
+
+
+def _too_large() -> ApiError:
+    limit = f"{MAX_RULE_BYTES // 1024} KiB"
+    return ApiError(413, [Problem(f"a rule is at most {limit} of JSON or YAML", "body_too_large")])
+
+
+def _yaml_text(raw: str, as_yaml: bool, name: str | None, user: str) -> str:
+    """The rule as YAML text (a JSON body written as the YAML file it becomes)."""
+    if as_yaml:
+        return raw
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise bad_request(Problem("the body must be a JSON object (a rule)", "bad_value"))
+    if _deeper_than(body, MAX_DEPTH):
+        raise bad_request(
+            Problem(f"lists and objects nested more than {MAX_DEPTH} levels deep", "invalid_rule")
+        )
     if name is not None:
         body.setdefault("name", name)
-    header = f"# Written through the admin API by {call.principal.user}.\n"
-    return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True), False
+    header = f"# Written through the admin API by {user}.\n"
+    return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than `limit` levels: the YAML reader's limit,
+    checked before the JSON is written as YAML (the writer recurses)."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [item for item in level if isinstance(item, dict | list)]
+        if not level:
+            return False
+        level = [
+            child for item in level for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return True
+
+
+def _checked(
+    loaded: LoadedConfig, raw: str, as_yaml: bool, name: str | None, user: str
+) -> tuple[RuleConfig, str]:
+    """Blocking (a worker thread): the rule parsed and checked, and its YAML text."""
+    text = _yaml_text(raw, as_yaml, name, user)
+    try:
+        return load_rule_text(loaded, text, _SOURCE), text
+    except ConfigError as exc:
+        raise bad_request(*_problems(exc, as_yaml)) from None
 
 
 def _problems(error: ConfigError, with_lines: bool) -> list[Problem]:
@@ -173,13 +234,25 @@ async def _change(call: Call, path: Path, text: str | None) -> None:
 
 
 async def _save(call: Call, url_name: str | None) -> tuple[RuleConfig, bool]:
-    text, as_yaml = await _body_text(call, url_name)
+    raw, as_yaml = await _body(call)
     async with call.ctx.config_lock:
         loaded = call.ctx.loaded
         try:
-            rule = load_rule_text(loaded, text, _SOURCE)
-        except ConfigError as exc:
-            raise bad_request(*_problems(exc, as_yaml)) from None
+            rule, text = await _CHECKS.run(
+                _checked, loaded, raw, as_yaml, url_name, call.principal.user,
+                timeout=CHECK_TIMEOUT,
+            )  # fmt: skip
+        except OverTime:
+            raise ApiError(
+                503,
+                [
+                    Problem(
+                        f"the rule could not be checked within {CHECK_TIMEOUT:g} s "
+                        "(too large or too complex?); nothing was changed",
+                        "check_timeout",
+                    )
+                ],
+            ) from None
         if url_name is not None and rule.name != url_name:
             raise bad_request(
                 Problem(

@@ -1,7 +1,8 @@
 """Load `gatewayd.yaml` and the rules folder into typed objects, or report every mistake.
 
-`load_config` collects all problems (YAML syntax, duplicate keys, schema errors, unknown
-protocols, task types and markers, rules that clash, folders that cannot be created) and
+`load_config` collects all problems (YAML syntax, duplicate keys, schema errors, names
+that cannot be file names, unknown protocols, task types and markers, rules that clash,
+folders that cannot be created, files named that do not hold what they should) and
 raises them together as a `ConfigError`, each pointing at a file and line. It is
 synchronous: it runs before the event loop starts, and in a thread on SIGHUP.
 """
@@ -20,8 +21,9 @@ from pydantic import BaseModel, ValidationError
 # from it) so that either package may be imported first.
 from gatewayd import ports as protocol_registry
 from gatewayd.config.demo import demo_secret_warnings
+from gatewayd.config.files import cert_and_key_problem
 from gatewayd.config.messages import describe_value, field_name, validate
-from gatewayd.config.paths import Paths, create_folders, folder_problem
+from gatewayd.config.paths import Paths, absolute, create_folders, folder_problem
 from gatewayd.config.problems import ConfigError, Problem, sort_problems
 from gatewayd.config.rules import (
     CheckedRule,
@@ -38,9 +40,11 @@ from gatewayd.config.schema import (
     PartnerConfig,
     RuleConfig,
     ServerConfig,
+    name_problem,
 )
 from gatewayd.config.timezones import gateway_timezone
 from gatewayd.config.yamlsource import DataPath, YamlSource, describe_key, parse_yaml, read_yaml
+from gatewayd.names import check_name
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -115,6 +119,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         problems.append(
             source.problem(("database", "path"), f"{paths.database} is a folder, not a file")
         )
+    problems += _file_problems(source, config, servers, partners, paths)
 
     checked, errors = _load_rules(
         paths, source, accounts=_declared(data, "accounts"), partners=_declared(data, "partners")
@@ -234,6 +239,48 @@ def _check_rule_folders(folders: _FolderCheck, paths: Paths, item: CheckedRule) 
         folders.check(folder, item.source, ("folder",))
 
 
+def _file_problems(
+    source: YamlSource,
+    config: Config | None,
+    servers: dict[str, ServerConfig],
+    partners: dict[str, PartnerConfig],
+    paths: Paths,
+) -> list[Problem]:
+    """The files the configuration names: the API's certificate and key here, the rest
+    by the checks of each protocol in use (see `ProtocolSpec`)."""
+    problems: list[Problem] = []
+    accounts = config.accounts if config is not None else {}
+    if config is not None and config.api.enabled:
+        api = config.api
+        if api.tls_cert is not None and api.tls_key is not None:
+            cert, key = absolute(api.tls_cert, paths.home), absolute(api.tls_key, paths.home)
+            found = cert_and_key_problem(cert, key)
+            if found is not None:
+                field = "tls_cert" if found.path == cert else "tls_key"
+                problems.append(source.problem(("api", field), found.message))
+    context = protocol_registry.CheckContext(paths.home, paths.state_dir)
+    serving: dict[str, protocol_registry.ProtocolSpec] = {}
+    for name, server in servers.items():
+        spec = protocol_registry.get(server.protocol)
+        if spec is None or not server.enabled:
+            continue
+        serving.setdefault(spec.name, spec)
+        if spec.check_server is not None:
+            for field, message in spec.check_server(name, server, context):
+                problems.append(source.problem(("servers", name, *field), message))
+    for name, partner in partners.items():
+        spec = protocol_registry.get(partner.protocol)
+        if spec is not None and spec.check_partner is not None:
+            for field, message in spec.check_partner(name, partner, context):
+                problems.append(source.problem(("partners", name, *field), message))
+    if config is not None:
+        for spec in serving.values():
+            if spec.check_accounts is not None:
+                for field, message in spec.check_accounts(accounts):
+                    problems.append(source.problem(("accounts", *field), message))
+    return problems
+
+
 def _endpoints(
     source: YamlSource, data: dict[Any, Any], section: str
 ) -> tuple[dict[str, Any], list[Problem]]:
@@ -257,6 +304,11 @@ def _endpoints(
                     f"expected a string, got {describe_value(name)}",
                 )
             )
+            continue
+        refused = check_name(name)
+        if refused is not None:
+            message = f"'{section}': invalid key {describe_key(name)}: {name_problem(refused)}"
+            problems.append(source.problem(at, message))
             continue
         if not isinstance(entry, dict):
             message = f"{field_name(at)}expected a mapping, got {describe_value(entry)}"

@@ -176,21 +176,24 @@ def _check_allowed(source: YamlSource, accounts: set[str], partners: set[str]) -
 
 def _check_tasks(source: YamlSource) -> list[Problem]:
     problems = []
+    seen: set[int] = set()  # arguments walked already (aliases share them)
     for chain in CHAINS:
         tasks = source.data.get(chain)
         if not isinstance(tasks, list):
             continue
         for index, task in enumerate(tasks):
             if isinstance(task, dict):
-                problems += _check_task(source, (chain, index), task)
+                problems += _check_task(source, (chain, index), task, seen)
     return problems
 
 
-def _check_task(source: YamlSource, at: DataPath, task: dict[Any, Any]) -> list[Problem]:
+def _check_task(
+    source: YamlSource, at: DataPath, task: dict[Any, Any], seen: set[int]
+) -> list[Problem]:
     problems: list[Problem] = []
     args = task.get("args", {})
     if isinstance(args, dict):
-        problems += _check_markers(source, (*at, "args"), args)
+        problems += _check_markers(source, (*at, "args"), args, seen)
     type_name = task.get("type")
     if not isinstance(type_name, str):
         return problems  # reported by the schema
@@ -216,7 +219,9 @@ def _argument_path(at: DataPath, args: dict[str, Any], message: str) -> DataPath
     return (*at, "args") if args else at
 
 
-def _check_markers(source: YamlSource, at: DataPath, value: Any) -> list[Problem]:
+def _check_markers(source: YamlSource, at: DataPath, value: Any, seen: set[int]) -> list[Problem]:
+    """Unknown markers in the strings of `value`. A list or mapping that aliases share
+    is walked once (its problems are reported where it was first written)."""
     if isinstance(value, str):
         return [
             source.problem(at, f"{field_name(at)}unknown marker {marker}")
@@ -228,4 +233,9 @@ def _check_markers(source: YamlSource, at: DataPath, value: Any) -> list[Problem
         items = enumerate(value)
     else:
         return []
-    return [problem for key, item in items for problem in _check_markers(source, (*at, key), item)]
+    if id(value) in seen:
+        return []
+    seen.add(id(value))
+    return [
+        problem for key, item in items for problem in _check_markers(source, (*at, key), item, seen)
+    ]

@@ -26,11 +26,30 @@ from pydantic import (
 from pydantic import Strict as StrictMode
 
 from gatewayd.model import Direction, TaskSpec
+from gatewayd.names import check_name
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+
+def name_problem(reason: str) -> str:
+    """The message for a name that `check_name` refuses for `reason`."""
+    return f"cannot be used as a file name: {reason}"
+
+
+def _file_name(value: str) -> str:
+    reason = check_name(value)
+    if reason is not None:
+        raise ValueError(name_problem(reason))
+    return value
+
+
+# A name that becomes a file or folder name: accounts (their subfolder of each rule
+# folder), rules, partners, servers (their state folder), nodes. No separators, `.` or
+# `..`, control, line-break or bidi characters, at most 255 bytes, and none of the
+# gateway's own names (`.tmp`, the rules' temporary folder).
+FileName = Annotated[str, AfterValidator(_file_name)]
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Secret = Annotated[str, Field(min_length=1)]
@@ -207,9 +226,10 @@ class Config(Strict):
     logging: LoggingConfig = LoggingConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     api: ApiConfig = ApiConfig()
+    # Validated by the loader, with their protocol's model and `FileName` names.
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     partners: dict[str, PartnerConfig] = Field(default_factory=dict)
-    accounts: dict[str, AccountConfig] = Field(default_factory=dict)
+    accounts: dict[FileName, AccountConfig] = Field(default_factory=dict)
     # Filled by the loader from the rules folder, not from gatewayd.yaml.
     rules: dict[str, RuleConfig] = Field(default_factory=dict, exclude=True)
     # Absolute path of the file this came from; relative paths resolve against home.
@@ -255,7 +275,7 @@ def _virtual_path(value: str) -> str:
 class RuleConfig(Strict):
     """One rule: `rules/<name>.yaml`."""
 
-    name: Annotated[str, AfterValidator(_rule_name)]
+    name: Annotated[str, AfterValidator(_rule_name), AfterValidator(_file_name)]
     direction: LaxDirection
     # How partners address the rule (the virtual folder for SFTP/HTTP).
     path: Annotated[str, AfterValidator(_virtual_path)]

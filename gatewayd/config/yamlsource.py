@@ -5,6 +5,13 @@ safe composer builds nodes (which carry their start marks) and a small walk turn
 dicts, lists and scalars, recording the line of every value under its path (the tuple of
 keys and list indexes that leads to it) and reporting duplicate keys. Only plain YAML
 types are accepted: mappings, sequences, strings, numbers, booleans, null and timestamps.
+
+A few hundred bytes of anchors and aliases can stand for billions of values ("billion
+laughs"), and deep nesting exhausts Python's stack: the composer here refuses a file
+whose aliases would add more than `MAX_ALIAS_VALUES` values, or whose lists and mappings
+(aliases expanded) nest deeper than `MAX_DEPTH`, before any data is built. Everything
+that walks the data afterwards (validation, task checks, JSON for the store and the API)
+then works on a bounded amount of it.
 """
 
 from __future__ import annotations
@@ -14,11 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.events import AliasEvent, CollectionStartEvent
+from yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode, SequenceNode
 
 from gatewayd.config.problems import Problem
+from gatewayd.names import escaped
 
 DataPath = tuple[Any, ...]
+
+# Values (scalars, lists, mappings, keys) that the aliases of one file may add to it once
+# expanded. Anchors have real uses, such as one list of tasks or of keys written once and
+# used in a few places, which stay far below; ten thousand is also what the walks of a
+# configuration (validation, task and marker checks, JSON for the store) get through in
+# milliseconds, while the classic nine-level bomb asks for 387 million. A file without
+# aliases is bounded by its size instead (MAX_FILE_BYTES).
+MAX_ALIAS_VALUES = 10_000
+# Levels of lists and mappings inside each other, aliases expanded. The deepest setting
+# is four levels down; task arguments may nest some more. Python's stack (PyYAML's
+# composer recurses, and so does every walk of the data) gives out near a thousand.
+MAX_DEPTH = 64
+# Configuration and rule files are text of a few kilobytes; this refuses a device or a
+# huge binary named by mistake before reading all of it.
+MAX_FILE_BYTES = 16 * 1024 * 1024
 
 _CORE = "tag:yaml.org,2002:"
 _SCALAR_TAGS = frozenset(
@@ -53,20 +77,22 @@ class YamlSource:
 
 
 def parse_yaml(text: str, file: Path) -> YamlSource:
-    """Parse one YAML document; syntax errors and duplicate keys become problems."""
+    """Parse one YAML document; syntax errors, duplicate keys, characters YAML does not
+    allow and aliases or nesting beyond the limits become problems."""
     source = YamlSource(file=file, lines={(): 1})
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = _BoundedLoader(text)
+    except yaml.reader.ReaderError as exc:  # a control character: binary data?
+        return _unparsed(source, _character_problem(file, text, exc))
     try:
         try:
             node = loader.get_single_node()
+        except _Refused as exc:
+            return _unparsed(source, Problem(file, _error_line(exc), str(exc.problem)))
         except yaml.MarkedYAMLError as exc:
-            source.problems.append(Problem(file, _error_line(exc), _syntax_message(exc)))
-            source.parsed = False
-            return source
-        except yaml.YAMLError as exc:  # reader errors (e.g. a control character)
-            source.problems.append(Problem(file, 0, f"invalid YAML: {exc}"))
-            source.parsed = False
-            return source
+            return _unparsed(source, Problem(file, _error_line(exc), _syntax_message(exc)))
+        except yaml.YAMLError as exc:
+            return _unparsed(source, Problem(file, 1, f"invalid YAML: {exc}"))
         if node is not None:
             source.lines[()] = node.start_mark.line + 1
             source.data = _Converter(loader, source).convert(node, ())
@@ -76,26 +102,142 @@ def parse_yaml(text: str, file: Path) -> YamlSource:
 
 
 def read_yaml(file: Path) -> YamlSource:
-    """Read and parse `file`; a file that cannot be read is a problem too."""
+    """Read and parse `file`; a file that cannot be read, is too large or is not UTF-8
+    text is a problem too."""
+    source = YamlSource(file=file)
     try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        return YamlSource(
-            file=file, problems=[Problem(file, 0, f"not UTF-8 text: {exc.reason}")], parsed=False
-        )
+        with file.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        return YamlSource(
-            file=file, problems=[Problem(file, 0, f"cannot read: {exc.strerror}")], parsed=False
+        return _unparsed(source, Problem(file, 0, f"cannot read: {exc.strerror}"))
+    if len(raw) > MAX_FILE_BYTES:
+        message = f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB: not a configuration file"
+        return _unparsed(source, Problem(file, 0, message))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        byte = raw[exc.start]
+        message = (
+            f"not UTF-8 text: byte 0x{byte:02x} cannot be decoded ({exc.reason}); "
+            "is it a binary file, or text in another encoding?"
         )
+        return _unparsed(source, Problem(file, line, message))
     return parse_yaml(text, file)
 
 
+def _unparsed(source: YamlSource, problem: Problem) -> YamlSource:
+    source.problems.append(problem)
+    source.parsed = False
+    return source
+
+
+def _character_problem(file: Path, text: str, exc: yaml.reader.ReaderError) -> Problem:
+    line = text.count("\n", 0, exc.position) + 1
+    code = exc.character if isinstance(exc.character, int) else 0
+    return Problem(
+        file,
+        line,
+        f"the character U+{code:04X} is not allowed in YAML text: is it a binary file?",
+    )
+
+
 def describe_key(key: Any) -> str:
-    return f"'{key}'" if isinstance(key, str) else str(key)
+    """A key for messages, quoted; control characters escaped so that it cannot act on
+    the terminal or break the line."""
+    return f"'{escaped(key)}'" if isinstance(key, str) else str(key)
 
 
 def _short_tag(tag: str) -> str:
     return "!!" + tag.removeprefix(_CORE) if tag.startswith(_CORE) else tag
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that the gateway does not take: aliases or nesting beyond the limits."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with a budget for what aliases expand to and a limit on
+    nesting, both enforced while composing (no value is built past them).
+
+    An alias is a reference to its anchor's node: it costs the values of that node once
+    expanded, counted without expanding anything (the size of each node is computed
+    once, from the sizes of its children).
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._alias_values = 0
+        self._measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, height)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            node: Node = super().compose_node(parent, index)
+            self._count_alias(event, node)
+            return node
+        if not isinstance(event, CollectionStartEvent):
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(
+                None,
+                None,
+                f"lists and mappings nested more than {MAX_DEPTH} levels deep",
+                event.start_mark,
+            )
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        return node
+
+    def _count_alias(self, event: AliasEvent, node: Node) -> None:
+        if isinstance(node, CollectionNode) and node.end_mark is None:
+            return  # an alias inside its own anchor: the converter reports it
+        values, height = self._measure(node, set())
+        self._alias_values += values
+        anchor = f"alias *{event.anchor} (anchor &{event.anchor} at line "
+        anchor += f"{node.start_mark.line + 1})"
+        if self._alias_values > MAX_ALIAS_VALUES:
+            raise _Refused(
+                None,
+                None,
+                f"{anchor} expands to {values} values: this file's aliases would add more "
+                f"than {MAX_ALIAS_VALUES} in all, the limit (an alias bomb?)",
+                event.start_mark,
+            )
+        if self._depth + height > MAX_DEPTH:
+            raise _Refused(
+                None,
+                None,
+                f"{anchor} nests lists and mappings more than {MAX_DEPTH} levels deep",
+                event.start_mark,
+            )
+
+    def _measure(self, node: Node, active: set[int]) -> tuple[int, int]:
+        """(values, levels of lists and mappings) of `node`, its aliases expanded."""
+        if not isinstance(node, CollectionNode):
+            return 1, 0
+        key = id(node)
+        known = self._measured.get(key)
+        if known is not None:
+            return known
+        if key in active or node.end_mark is None:
+            return 1, 1  # recursive, or still being composed: the converter reports it
+        children: list[Node] = node.value
+        if isinstance(node, MappingNode):
+            children = [part for pair in node.value for part in pair]
+        active.add(key)
+        values, height = 1, 0
+        for child in children:
+            child_values, child_height = self._measure(child, active)
+            values += child_values
+            height = max(height, child_height)
+        active.discard(key)
+        self._measured[key] = (values, height + 1)
+        return values, height + 1
 
 
 def _error_line(exc: yaml.MarkedYAMLError) -> int:

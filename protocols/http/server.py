@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import math
+import ssl
 from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
 from typing import Any
@@ -105,6 +106,7 @@ class HttpServer(ProtocolServer):
         assert isinstance(config, HttpServerConfig)
         self.name, self.config, self.ctx = name, config, ctx
         self.tls = config.protocol == "https"
+        self._ssl_context: ssl.SSLContext | None = None  # loaded by prepare()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._port = 0
@@ -119,16 +121,14 @@ class HttpServer(ProtocolServer):
     def session_count(self) -> int:
         return len(self._requests)  # HTTP has no sessions: requests in progress
 
+    async def prepare(self) -> None:
+        """https: load the certificate, its key and the client CA (a FileError names
+        the file that cannot be used)."""
+        if self.tls and self._ssl_context is None:
+            self._ssl_context = await asyncio.to_thread(tls.server_context, self.config)
+
     async def start(self) -> None:
-        ssl_context = None
-        if self.tls:
-            try:
-                ssl_context = await asyncio.to_thread(tls.server_context, self.config)
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise RuntimeError(
-                    f"server {self.name}: cannot use certificate {self.config.cert_file} "
-                    f"and key {self.config.key_file}: {exc}"
-                ) from exc
+        await self.prepare()
         app = web.Application()
         app.router.add_route("*", "/{path:.*}", self._dispatch, expect_handler=_no_expect)
         runner = web.AppRunner(
@@ -141,7 +141,9 @@ class HttpServer(ProtocolServer):
             keepalive_timeout=self.config.header_timeout,
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.config.address, self.config.port, ssl_context=ssl_context)
+        site = web.TCPSite(
+            runner, self.config.address, self.config.port, ssl_context=self._ssl_context
+        )
         try:
             await site.start()
         except BaseException:

@@ -6,18 +6,20 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from gatewayd.config.files import load_ca, load_cert_and_key
 from protocols.http.config import HttpPartnerConfig, HttpServerConfig
 
 
 def server_context(config: HttpServerConfig) -> ssl.SSLContext:
-    """TLS 1.2 or later, the configured certificate, and client certificates as asked."""
+    """TLS 1.2 or later, the configured certificate, and client certificates as asked.
+    Raises FileError naming the file that cannot be used."""
     assert config.cert_file is not None and config.key_file is not None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(config.cert_file, config.key_file)
+    load_cert_and_key(ctx, config.cert_file, config.key_file)
     if config.client_certs != "none":
         assert config.client_ca_file is not None
-        ctx.load_verify_locations(cafile=config.client_ca_file)
+        load_ca(ctx, config.client_ca_file)
         ctx.verify_mode = (
             ssl.CERT_REQUIRED if config.client_certs == "required" else ssl.CERT_OPTIONAL
         )
@@ -39,7 +41,7 @@ def client_context(config: HttpPartnerConfig) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if config.cert_file is not None and config.key_file is not None:
-        ctx.load_cert_chain(config.cert_file, config.key_file)
+        load_cert_and_key(ctx, config.cert_file, config.key_file)  # never a passphrase prompt
     return ctx
 
 

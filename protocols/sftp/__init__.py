@@ -1,14 +1,24 @@
 """The `sftp` protocol, on asyncssh: our SFTP servers and our SFTP client to partners.
 
-The option models load with the configuration; asyncssh and the server and client
-modules load only when a server starts or a partner is used, so that `check-config`
-and the CLI stay quick.
+The option models load with the configuration; asyncssh and the server, client and
+check modules load only when a server or a partner is configured (checked, started,
+used), so that `check-config` of a configuration without SFTP and the CLI stay quick.
 """
 
 from __future__ import annotations
 
-from gatewayd.config.schema import PartnerConfig, ServerConfig
-from gatewayd.ports import ProtocolClient, ProtocolServer, ProtocolSpec, ServerContext, register
+from collections.abc import Mapping
+
+from gatewayd.config.schema import AccountConfig, PartnerConfig, ServerConfig
+from gatewayd.ports import (
+    CheckContext,
+    FieldProblem,
+    ProtocolClient,
+    ProtocolServer,
+    ProtocolSpec,
+    ServerContext,
+    register,
+)
 from protocols.sftp.config import SftpPartnerConfig, SftpServerConfig
 
 
@@ -26,6 +36,24 @@ def _client(name: str, config: PartnerConfig) -> ProtocolClient:
     return SftpClient(name, config)
 
 
+def _check_server(name: str, config: ServerConfig, context: CheckContext) -> list[FieldProblem]:
+    from protocols.sftp import checks
+
+    return checks.check_server(name, config, context)
+
+
+def _check_partner(name: str, config: PartnerConfig, context: CheckContext) -> list[FieldProblem]:
+    from protocols.sftp import checks
+
+    return checks.check_partner(name, config, context)
+
+
+def _check_accounts(accounts: Mapping[str, AccountConfig]) -> list[FieldProblem]:
+    from protocols.sftp import checks
+
+    return checks.check_accounts(accounts)
+
+
 SPEC = register(
     ProtocolSpec(
         name="sftp",
@@ -33,6 +61,9 @@ SPEC = register(
         partner_config=SftpPartnerConfig,
         server_factory=_server,
         client_factory=_client,
+        check_server=_check_server,
+        check_partner=_check_partner,
+        check_accounts=_check_accounts,
     )
 )
 

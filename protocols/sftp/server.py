@@ -89,6 +89,7 @@ class SftpServer(ProtocolServer):
     def __init__(self, name: str, config: SftpServerConfig, ctx: ServerContext) -> None:
         self.name, self.config, self.ctx = name, config, ctx
         self._listener: asyncssh.SSHAcceptor | None = None
+        self._host_keys: list[asyncssh.SSHKey] | None = None  # loaded by prepare()
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self.sessions: set[SftpSession] = set()
         self.log = log.bind(server=name)
@@ -101,18 +102,25 @@ class SftpServer(ProtocolServer):
     def session_count(self) -> int:
         return len(self.sessions)
 
-    async def start(self) -> None:
+    async def prepare(self) -> None:
+        """Load the host keys, generating the missing ones."""
+        if self._host_keys is not None:
+            return
         paths = list(self.config.host_keys) or hostkeys.default_paths(self.ctx.state_dir, self.name)
         keys = await hostkeys.load_host_keys(paths)
         for key in keys:
             self.log.info(
                 "host key", algorithm=key.get_algorithm(), fingerprint=key.get_fingerprint()
             )
+        self._host_keys = keys
+
+    async def start(self) -> None:
+        await self.prepare()
         self._listener = await asyncssh.listen(
             self.config.address,
             self.config.port,
             server_factory=lambda: _SSHServer(self),
-            server_host_keys=keys,
+            server_host_keys=self._host_keys,
             encryption_algs=ciphers(self.config.offer_chacha20),
             agent_forwarding=False,
             x11_forwarding=False,
