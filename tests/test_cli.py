@@ -47,13 +47,13 @@ def test_check_config_accepts_the_shipped_demo(
     assert servers >= 1
     assert result.stdout.strip() == (
         f"{demo_config.path}: OK ({servers} server{'s' if servers != 1 else ''}, "
-        "0 partners, 1 account, 1 API user, 2 rules)"
+        "1 partner, 2 accounts, 1 API user, 2 rules)"
     )
     # The demo passwords are public: each is pointed at, with file and line.
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) >= 2, result.stderr
-    assert any(_at_line(w, demo_config.path, "admin") for w in warnings), warnings
-    assert any(_at_line(w, demo_config.path, "demo") for w in warnings), warnings
+    assert len(warnings) == 4, result.stderr
+    for who in ("API user 'admin'", "account 'demo'", "account 'relay'", "partner 'loopback'"):
+        assert any(_at_line(w, demo_config.path, who) for w in warnings), (who, warnings)
     # Only a check: nothing was created.
     assert not (demo_config.root / "var").exists()
 
