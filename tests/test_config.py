@@ -187,7 +187,12 @@ def test_shipped_demo_config_loads_with_demo_warnings(tmp_path: Path) -> None:
     shutil.copytree(CHECKOUT / "rules", root / "rules")
     loaded = load_config(root / "etc" / "gatewayd.yaml")
     assert loaded.paths.home == root
-    assert sorted(demo_secrets_in_use(loaded)) == ["API user 'admin'", "account 'demo'"]
+    assert sorted(demo_secrets_in_use(loaded)) == [
+        "API user 'admin'",
+        "account 'demo'",
+        "account 'relay'",
+        "partner 'loopback'",
+    ]
     assert all("demo secret in use for" in w.message for w in loaded.warnings)
 
 

@@ -383,4 +383,4 @@ def test_the_shipped_demo_passes_check_config(demo_config: DemoConfig) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.endswith("OK (2 servers, 0 partners, 1 account, 1 API user, 2 rules)\n")
+    assert result.stdout.endswith("OK (2 servers, 1 partner, 2 accounts, 1 API user, 2 rules)\n")

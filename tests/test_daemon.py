@@ -181,6 +181,8 @@ def test_demo_secrets_are_fine_on_loopback_and_real_ones_anywhere(
     def real_passwords(data: dict[str, Any]) -> None:
         data["api"]["users"]["admin"]["password"] = hash_password("a real admin password")
         data["accounts"]["demo"]["password"] = hash_password("a real partner password")
+        data["accounts"]["relay"]["password"] = hash_password("a real relay password")
+        data["partners"]["loopback"]["password"] = "a real relay password"
 
     demo_config.edit(real_passwords)
     assert demo_secrets_refusal(load_config(demo_config.path)) is None

@@ -40,7 +40,8 @@ async def test_demo_http_server_takes_and_serves_files(
         )
         assert push.status == 201, push
         assert (var / "inbox" / "demo" / "report.csv").read_bytes() == pushed
-        assert (var / "archive" / "inbox" / "report.csv").read_bytes() == pushed, "post task"
+        archived = var / "archive" / "inbox" / "demo" / "1_report.csv"  # transfer 1
+        assert archived.read_bytes() == pushed, "post task"
         got = tmp_path / "pulled.csv"
         pull = await run_curl("-u", "demo:demo", f"{base}/outbox/report.csv", output=got)
         assert pull.status == 200 and got.read_bytes() == offered

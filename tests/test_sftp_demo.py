@@ -45,7 +45,8 @@ async def test_demo_sftp_server_takes_and_serves_files(
     finally:
         assert await daemon.stop() == 0, daemon.output
     assert (var / "data" / "inbox" / "demo" / "report.csv").read_bytes() == pushed
-    assert (var / "data" / "archive" / "inbox" / "report.csv").read_bytes() == pushed
+    archived = var / "data" / "archive" / "inbox" / "demo" / "1_report.csv"  # transfer 1
+    assert archived.read_bytes() == pushed
     assert (tmp_path / "pulled.csv").read_bytes() == offered
     keys = var / "sftp" / "sftp"
     for name in ("ssh_host_ed25519_key", "ssh_host_rsa_key"):

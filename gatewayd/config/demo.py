@@ -1,4 +1,9 @@
-"""Warnings about the demo passwords shipped with the example configuration."""
+"""Warnings about the demo passwords shipped with the example configuration.
+
+A demo secret is one of `DEMO_PASSWORDS`, or a password equal to its own login (the
+demo's account `relay`, which its partner `loopback` logs in with). Accounts and API
+users hold hashes, checked by verifying the candidates; partners hold the password they
+send in clear, compared directly."""
 
 from __future__ import annotations
 
@@ -35,9 +40,14 @@ def uses_demo_secret(hashed: str, login: str) -> bool:
     return answer
 
 
+def is_demo_password(password: str, login: str) -> bool:
+    """True when the clear `password` is a demo password or the login itself."""
+    return password in DEMO_PASSWORDS or password == login
+
+
 def demo_secret_warnings(config: Config, source: YamlSource) -> tuple[list[Problem], list[str]]:
-    """Warnings for accounts and API users with a demo password, and who they are
-    (`account 'demo'`, `API user 'admin'`)."""
+    """Warnings for accounts, API users and partners with a demo password, and who they
+    are (`account 'demo'`, `API user 'admin'`, `partner 'loopback'`)."""
     warnings: list[Problem] = []
     who: list[str] = []
     logins: list[tuple[str, str, tuple[str, ...]]] = [
@@ -49,13 +59,18 @@ def demo_secret_warnings(config: Config, source: YamlSource) -> tuple[list[Probl
         (f"API user '{name}'", user.password, ("api", "users", name, "password"))
         for name, user in config.api.users.items()
     ]
-    for description, hashed, path in logins:
-        if uses_demo_secret(hashed, path[-2]):
-            who.append(description)
-            warnings.append(
-                source.problem(
-                    path,
-                    f"demo secret in use for {description}: change it before exposing the gateway",
-                )
+    found = [(d, path) for d, hashed, path in logins if uses_demo_secret(hashed, path[-2])]
+    found += [
+        (f"partner '{name}'", ("partners", name, "password"))
+        for name, partner in config.partners.items()
+        if partner.password is not None and is_demo_password(partner.password, partner.login)
+    ]
+    for description, path in found:
+        who.append(description)
+        warnings.append(
+            source.problem(
+                path,
+                f"demo secret in use for {description}: change it before exposing the gateway",
             )
+        )
     return warnings, who

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gatewayd.cli.exits import CliError, Exit
+
 URL_ENV = "GATEWAYD_API_URL"
 USER_ENV = "GATEWAYD_API_USER"
 PASSWORD_ENV = "GATEWAYD_API_PASSWORD"
@@ -33,30 +35,6 @@ TOKEN_ENV = "GATEWAYD_API_TOKEN"
 CLIENT_CONFIG_ENV = "GATEWAYD_CLIENT_CONFIG"
 DEFAULT_URL = "http://127.0.0.1:8080"
 CONFIG_KEYS = ("url", "user", "password", "token", "cacert", "insecure")
-
-# Exit statuses a script can rely on (documented in `gatewayd --help` epilogs).
-EXIT_OK = 0
-EXIT_ERROR = 1  # the API refused the request (400, 409, ...) or failed
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3  # no answer from the API (address, TLS, timeout)
-EXIT_AUTH = 4  # 401 or 403: credentials missing, wrong, or not allowed
-EXIT_NOT_FOUND = 5  # 404
-EXIT_TRANSFER_FAILED = 6  # `watch`: the transfer ended in ERROR, CANCELLED or PAUSED
-
-EXIT_CODES_HELP = (
-    "exit status: 0 success, 1 request refused or failed, 2 usage error, 3 API "
-    "unreachable, 4 authentication or permission refused, 5 not found, 6 the watched "
-    "transfer did not end DONE"
-)
-
-
-class ClientError(Exception):
-    """A failure to report on one line, with the exit status it means."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -85,27 +63,25 @@ def _read_client_config(path: Path, explicit: bool) -> dict[str, Any]:
         info = path.stat()
     except FileNotFoundError:
         if explicit:
-            raise ClientError(EXIT_USAGE, f"{path}: no such file") from None
+            raise CliError(Exit.USAGE, f"{path}: no such file") from None
         return {}
     except OSError as exc:
-        raise ClientError(EXIT_USAGE, f"{path}: {exc.strerror}") from None
+        raise CliError(Exit.USAGE, f"{path}: {exc.strerror}") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ClientError(
-            EXIT_USAGE, f"{path}: not valid YAML ({exc})".replace("\n", " ")
-        ) from None
+        raise CliError(Exit.USAGE, f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
     if not isinstance(data, dict):
-        raise ClientError(EXIT_USAGE, f"{path}: expected a mapping of settings")
+        raise CliError(Exit.USAGE, f"{path}: expected a mapping of settings")
     unknown = sorted(str(k) for k in data if k not in CONFIG_KEYS)
     if unknown:
-        raise ClientError(
-            EXIT_USAGE,
+        raise CliError(
+            Exit.USAGE,
             f"{path}: unknown setting {', '.join(unknown)} (known: {', '.join(CONFIG_KEYS)})",
         )
     if (data.get("password") or data.get("token")) and stat.S_IMODE(info.st_mode) & 0o077:
-        raise ClientError(
-            EXIT_USAGE,
+        raise CliError(
+            Exit.USAGE,
             f"{path} holds a secret but others may read it: chmod 600 {path}",
         )
     return data
@@ -157,14 +133,14 @@ def _is_loopback(host: str) -> bool:
 
 
 class ApiClient:
-    """Requests to the admin API; every failure becomes a one-line `ClientError`."""
+    """Requests to the admin API; every failure becomes a one-line `CliError`."""
 
     def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
         self.settings = settings
         self.timeout = timeout
         parsed = urllib.parse.urlsplit(settings.url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ClientError(EXIT_USAGE, f"bad API URL {settings.url!r} (e.g. {DEFAULT_URL})")
+            raise CliError(Exit.USAGE, f"bad API URL {settings.url!r} (e.g. {DEFAULT_URL})")
         handlers: list[urllib.request.BaseHandler] = []
         if parsed.scheme == "https":
             context = ssl.create_default_context(cafile=settings.cacert)
@@ -187,15 +163,15 @@ class ApiClient:
             password = s.password
             if password is None:
                 if not sys.stdin.isatty():
-                    raise ClientError(
-                        EXIT_AUTH, f"no password for user '{s.user}': set {PASSWORD_ENV}"
+                    raise CliError(
+                        Exit.AUTH, f"no password for user '{s.user}': set {PASSWORD_ENV}"
                     )
                 password = getpass.getpass(f"Password for {s.user}: ")
             raw = f"{s.user}:{password}".encode()
             self._auth = "Basic " + base64.b64encode(raw).decode("ascii")
         else:
-            raise ClientError(
-                EXIT_AUTH,
+            raise CliError(
+                Exit.AUTH,
                 f"no credentials: use --user (with {PASSWORD_ENV}) or set {TOKEN_ENV}",
             )
         return self._auth
@@ -211,7 +187,7 @@ class ApiClient:
         content_type: str = "application/json",
     ) -> tuple[int, Any, Mapping[str, str]]:
         """Send one request; returns (status, decoded JSON or None, headers) for 2xx
-        answers and raises ClientError for everything else."""
+        answers and raises CliError for everything else."""
         url = self.settings.url + path
         if query:
             url += "?" + urllib.parse.urlencode(list(query))
@@ -229,8 +205,8 @@ class ApiClient:
             status, payload, answer_headers = exc.code, exc.read(), exc.headers
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ClientError(
-                EXIT_UNREACHABLE, f"cannot reach the API at {self.settings.url}: {reason}"
+            raise CliError(
+                Exit.UNREACHABLE, f"cannot reach the API at {self.settings.url}: {reason}"
             ) from None
         decoded = _decode(payload)
         if status >= 400:
@@ -250,7 +226,7 @@ def _decode(payload: bytes) -> Any:
         return payload.decode("utf-8", "replace")
 
 
-def _http_error(status: int, decoded: Any) -> ClientError:
+def _http_error(status: int, decoded: Any) -> CliError:
     messages = []
     if isinstance(decoded, dict) and isinstance(decoded.get("errors"), list):
         messages = [str(e.get("message", e)) for e in decoded["errors"] if isinstance(e, dict)]
@@ -259,5 +235,5 @@ def _http_error(status: int, decoded: Any) -> ClientError:
     else:  # not our API's answer (a proxy, another server): a short excerpt
         text = " ".join(str(decoded or "no details").split())
         text = text if len(text) <= 160 else text[:157] + "..."
-    code = {401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT_NOT_FOUND}.get(status, EXIT_ERROR)
-    return ClientError(code, f"HTTP {status}: {' '.join(text.split())}")
+    code = {401: Exit.AUTH, 403: Exit.AUTH, 404: Exit.NOT_FOUND}.get(status, Exit.ERROR)
+    return CliError(code, f"HTTP {status}: {' '.join(text.split())}")

@@ -1,12 +1,5 @@
-"""The `gatewayd` command.
-
-Each group of subcommands is one `_add_*` function that declares its arguments and sets
-`handler` to a function taking the parsed arguments and returning the exit status. A new
-group (`transfer`, `rule`, ... as clients of the admin API) adds its function to
-`_COMMAND_GROUPS`, ideally from a module of its own.
-
-Exit statuses: 0 success, 1 error or invalid configuration, 2 usage error.
-"""
+"""The commands that work on this machine's configuration rather than through the API:
+`serve` (the daemon, `gatewayd.daemon`), `check-config` and `hash-password`."""
 
 from __future__ import annotations
 
@@ -14,51 +7,20 @@ import argparse
 import getpass
 import os
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gatewayd import __version__, cli_client
+from gatewayd.cli.exits import CliError, Exit, epilog
 
-__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "default_config_path", "main"]
+if TYPE_CHECKING:
+    from gatewayd.cli.api_command import Commands
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+__all__ = ["CHECKOUT_CONFIG", "CONFIG_ENV", "SYSTEM_CONFIG", "add", "default_config_path"]
 
 CONFIG_ENV = "GATEWAYD_CONFIG"
 SYSTEM_CONFIG = Path("/etc/gatewayd/gatewayd.yaml")
 # The checkout's demo configuration: `etc/` next to the `gatewayd` package.
-CHECKOUT_CONFIG = Path(__file__).resolve().parent.parent / "etc" / "gatewayd.yaml"
-
-Handler = Callable[[argparse.Namespace], int]
-if TYPE_CHECKING:
-    # What `add_subparsers()` returns; argparse offers no public name for it.
-    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
-
-
-class UsageError(Exception):
-    """The command line cannot be acted on (exit status 2)."""
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line `argv` (default: `sys.argv[1:]`); return the exit status."""
-    parser = _build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    try:
-        return handler(args)
-    except UsageError as exc:
-        print(f"gatewayd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+CHECKOUT_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "gatewayd.yaml"
 
 
 def default_config_path() -> Path:
@@ -69,9 +31,10 @@ def default_config_path() -> Path:
     for candidate in (SYSTEM_CONFIG, CHECKOUT_CONFIG):
         if candidate.is_file():
             return candidate
-    raise UsageError(
+    raise CliError(
+        Exit.USAGE,
         f"no configuration file: pass -c FILE or set {CONFIG_ENV} "
-        f"(looked for {SYSTEM_CONFIG} and {CHECKOUT_CONFIG})"
+        f"(looked for {SYSTEM_CONFIG} and {CHECKOUT_CONFIG})",
     )
 
 
@@ -95,7 +58,17 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_serve(commands: Commands) -> None:
-    parser = commands.add_parser("serve", help="run the gateway in the foreground")
+    parser = commands.add_parser(
+        "serve",
+        help="run the gateway in the foreground",
+        epilog=epilog(
+            Exit.OK,
+            Exit.ERROR,
+            Exit.USAGE,
+            OK="stopped cleanly",
+            ERROR="invalid configuration, refused start, or unclean stop",
+        ),
+    )
     _add_config_option(parser)
     parser.set_defaults(handler=_serve)
 
@@ -111,7 +84,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _add_check_config(commands: Commands) -> None:
     parser = commands.add_parser(
-        "check-config", help="validate the configuration and the rules, then exit"
+        "check-config",
+        help="validate the configuration and the rules, then exit",
+        epilog=epilog(
+            Exit.OK,
+            Exit.ERROR,
+            Exit.USAGE,
+            OK="valid (warnings on stderr)",
+            ERROR="invalid configuration (every problem on stderr)",
+        ),
     )
     _add_config_option(parser)
     parser.set_defaults(handler=_check_config)
@@ -130,7 +111,7 @@ def _check_config(args: argparse.Namespace) -> int:
             f"{path}: invalid configuration ({_count(len(exc.problems), 'problem')})",
             file=sys.stderr,
         )
-        return EXIT_ERROR
+        return Exit.ERROR
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     config = loaded.config
@@ -144,7 +125,7 @@ def _check_config(args: argparse.Namespace) -> int:
         )
     )
     print(f"{path}: OK ({counts})")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _count(n: int, noun: str) -> str:
@@ -161,6 +142,9 @@ def _add_hash_password(commands: Commands) -> None:
         description="Reads the password from a prompt (asked twice) or, with --stdin, from "
         "one line of standard input; never from the command line, where other users and "
         "the shell history would see it.",
+        epilog=epilog(
+            Exit.OK, Exit.ERROR, Exit.USAGE, ERROR="empty password, or the two answers differ"
+        ),
     )
     parser.add_argument(
         "--stdin", action="store_true", help="read one line of standard input, no prompt"
@@ -176,31 +160,15 @@ def _hash_password(args: argparse.Namespace) -> int:
     else:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Repeat password: ") != password:
-            print("gatewayd: the passwords differ", file=sys.stderr)
-            return EXIT_ERROR
+            raise CliError(Exit.ERROR, "the passwords differ")
     if not password:
-        print("gatewayd: empty password refused", file=sys.stderr)
-        return EXIT_ERROR
+        raise CliError(Exit.ERROR, "empty password refused")
     print(hash_password(password))
-    return EXIT_OK
+    return Exit.OK
 
 
-# ---------------------------------------------------------------------------- the parser
-
-_COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
-    _add_serve,
-    _add_check_config,
-    _add_hash_password,
-    *cli_client.GROUPS,
-)
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gatewayd", description="gatewayd: a managed file-transfer gateway"
-    )
-    parser.add_argument("--version", action="version", version=f"gatewayd {__version__}")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add_group in _COMMAND_GROUPS:
-        add_group(commands)
-    return parser
+def add(commands: Commands) -> None:
+    """`serve`, `check-config` and `hash-password`."""
+    _add_serve(commands)
+    _add_check_config(commands)
+    _add_hash_password(commands)
