@@ -122,6 +122,7 @@ class ApiServer:
             gateway.store,
             gateway.loaded.paths.state_dir,
             gateway.clock.now,
+            hashing=gateway.hashing,
         )
         started: datetime = gateway.clock.now()
         app = build_app(ApiContext(gateway=gateway, auth=self.auth, started=started))
