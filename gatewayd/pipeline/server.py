@@ -136,6 +136,9 @@ class CoreServerContext:
         if target.rule.direction != direction:
             verb = "upload to" if direction == Direction.RECEIVE else "download from"
             raise TransferError(ErrorCode.TeForbidden, f"cannot {verb} {target.rule.path}")
+        if self.engine.shutting_down:
+            # Before any row is written: a refused open must leave nothing RUNNING.
+            raise TransferError(ErrorCode.TeShuttingDown, "the gateway is shutting down")
         info = dict(transfer_info or {})
         slots: list[Slot] = []
         try:
@@ -281,6 +284,8 @@ class CoreServerContext:
         except BaseException:
             for slot in slots:
                 slot.release()
+            if self.engine.shutting_down:
+                await self._interrupted(t)
             raise
         run.slots += slots
         run.inserted_at_data = inserted_at_data
@@ -291,3 +296,11 @@ class CoreServerContext:
         handle: ServerHandle = DownloadHandle(run, data) if t.is_send else UploadHandle(run, data)
         data.handle = handle
         return handle
+
+    async def _interrupted(self, t: Transfer) -> None:
+        """The stop began while this row was being committed RUNNING: record it as
+        interrupted by the shutdown (its partner resumes it later), not left RUNNING."""
+        lifecycle.apply(t, Event.SHUTDOWN)
+        t.error_code, t.error_msg = ErrorCode.TeShuttingDown, "gateway shutting down"
+        t.stop = self.rt.clock.now()
+        await self.rt.store.save_transfer(t)
