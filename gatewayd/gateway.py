@@ -98,6 +98,7 @@ class Gateway:
             workers=passwords.workers,
             max_queue=passwords.max_queue,
             params=Argon2Parameters(**passwords.argon2.model_dump()),
+            nice=passwords.nice,
         )
         self.clients = ClientPool(loaded)
         self.rt = Runtime(

@@ -43,8 +43,8 @@ _ARGON2ID = "$argon2id$"
 _BCRYPT = ("$2a$", "$2b$", "$2y$")
 # bcrypt only ever looked at the first 72 bytes; hashes made elsewhere rely on that.
 _BCRYPT_MAX = 72
-# Hashing processes run at this lower priority: when both cores are busy, moving a
-# partner's bytes goes first and a login waits a little longer.
+# Hashing processes run at this lower priority by default (`passwords.nice`): when every
+# core is busy, moving partners' bytes goes first and a login waits a little longer.
 WORKER_NICE = 10
 # How long a first process may take to start before threads are used instead.
 _START_TIMEOUT = 30.0
@@ -223,14 +223,15 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_start() -> None:
+def _worker_start(nice: int) -> None:
     """In each hashing process: the daemon alone decides when its workers end (a Ctrl-C
     or a SIGTERM sent to its whole process group must not break the pool in the middle
     of a graceful stop), and hashing yields the CPU to the daemon's own process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICE)
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
 
 
 def _process_context() -> Any:
@@ -264,10 +265,12 @@ class PasswordHashing:
         workers: int = 0,
         max_queue: int = 500,
         params: Argon2Parameters = DEFAULT_PARAMETERS,
+        nice: int = WORKER_NICE,
     ) -> None:
         self.workers = workers or cores()
         self.max_queue = max_queue
         self.params = params
+        self.nice = nice
         self._executor: concurrent.futures.Executor | None = None
         self.mode: Mode = "threads"
         self._slots: asyncio.Semaphore | None = None
@@ -292,9 +295,7 @@ class PasswordHashing:
             return
         pool: concurrent.futures.ProcessPoolExecutor | None = None
         try:
-            pool = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=_process_context(), initializer=_worker_start
-            )
+            pool = self._processes()
             # One round trip proves that processes can be made here.
             loop = asyncio.get_running_loop()
             async with asyncio.timeout(_START_TIMEOUT):
@@ -310,6 +311,14 @@ class PasswordHashing:
             return
         self._executor, self.mode = pool, "processes"
         log.info("password checks run in worker processes", workers=self.workers)
+
+    def _processes(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            self.workers,
+            mp_context=_process_context(),
+            initializer=_worker_start,
+            initargs=(self.nice,),
+        )
 
     def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
         self.mode = "threads"
@@ -418,9 +427,7 @@ class PasswordHashing:
         if self.mode == "processes":
             log.error("a password worker died: starting new ones")
             try:
-                self._executor = concurrent.futures.ProcessPoolExecutor(
-                    self.workers, mp_context=_process_context(), initializer=_worker_start
-                )
+                self._executor = self._processes()
             except (OSError, RuntimeError) as exc:
                 log.warning("password checks run in threads from now on", error=str(exc))
                 self._executor = self._threads()

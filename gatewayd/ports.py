@@ -76,6 +76,12 @@ class TransferHandle(ABC):
     @abstractmethod
     async def abort(self, error: TransferError) -> None: ...
 
+    def closing(self) -> None:
+        """The partner's clean end has arrived, `close()` follows once the bytes still
+        queued are written: a stop of the gateway lets this transfer finish (within its
+        timeout) instead of interrupting it. Default: nothing."""
+        return None
+
     async def sync(self) -> None:
         """Make the bytes written so far durable (SFTP's fsync@openssh.com)."""
         return None

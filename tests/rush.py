@@ -3,11 +3,13 @@ the soak scripts (scripts/soak_shutdown.py, scripts/soak_logins.py).
 
 One receive rule `inbox` (its post task may hold a completion for a while), an SFTP
 server and an HTTP server; the account `alice` uploads (an SFTP key, a cheap password
-over HTTP), the account `rush` logs in with a password whose hash has real argon2
-parameters. Partners are real programs: OpenSSH `sftp` (through sshpass for passwords)
-and curl. Every upload remembers what its partner was told, so that the checks can
-hold the gateway to it: an OK means a file DONE exactly once, an error means a resume
-or a re-send that makes no duplicate.
+over HTTP), the account `rush` (and `rush-0`, `rush-1`... for a rush of distinct
+partners) logs in with a password whose hash has real argon2 parameters, each account
+its own hash so that the credential cache answers none of them. Partners are real
+programs: OpenSSH `sftp` (through sshpass for passwords) and curl. Every upload
+remembers what its partner was told, so that the checks can hold the gateway to it:
+an OK means a file DONE exactly once, an error means a resume or a re-send that makes
+no duplicate.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from gatewayd.passwords import hash_password
 from tests.daemon_proc import DaemonProcess
 from tests.gateway_env import GatewayEnv, exec_task, make_file
 from tests.http_support import PASSWORD, password_hash, run_curl
-from tests.sftp_peers import keygen, listening_port, sftp
+from tests.sftp_peers import Result, keygen, listening_port, sftp
 
 RUSH_PASSWORD = "rush-hour-pw"
 FINAL = ("DONE", "ERROR", "CANCELLED", "PAUSED", "INTERRUPTED")
@@ -64,6 +66,8 @@ class Rush:
     extra_daemon: dict[str, Any] = field(default_factory=dict)
     passwords: dict[str, Any] = field(default_factory=dict)
     login_timeout: float = 60.0
+    # Hashes of RUSH_PASSWORD for the accounts rush-0, rush-1... (see `rush_hashes`).
+    rush_hashes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.env = GatewayEnv(self.root)
@@ -74,6 +78,8 @@ class Rush:
         }
         # Real parameters (those of the shipped demo hashes): a login costs what it costs.
         self.env.accounts["rush"] = {"password": hash_password(RUSH_PASSWORD)}
+        for i, hashed in enumerate(self.rush_hashes):
+            self.env.accounts[f"rush-{i}"] = {"password": hashed}
         self.env.daemon.update(
             shutdown_timeout=self.shutdown_timeout, progress_interval=0.1, **self.extra_daemon
         )
@@ -100,9 +106,9 @@ class Rush:
 
     # ------------------------------------------------------------------ the daemon
 
-    async def start(self) -> DaemonProcess:
+    async def start(self, timeout: float = 30.0) -> DaemonProcess:
         self.daemon = await DaemonProcess.start(self.env.config_file)
-        await self.daemon.wait_for("gatewayd ready")
+        await self.daemon.wait_for("gatewayd ready", timeout=timeout)
         self.sftp_port = await listening_port(self.daemon, "sftp")
         self.http_port = await listening_port(self.daemon, "web")
         return self.daemon
@@ -135,16 +141,12 @@ class Rush:
         its Upload-Offset), as a partner does after an error."""
         started = time.monotonic()
         if up.protocol == "sftp":
-            command = "reput" if resume else "put"
             options = ("-l", str(max(8, up.rate * 8 // 1000))) if up.rate else ()
-            result = await sftp(
-                self.sftp_port,
-                "alice",
-                [f"{command} {up.local} /inbox/{up.name}"],
-                key=self.key,
-                options=options,
-                timeout=600,
-            )
+            result = await self._sftp_put(up, "reput" if resume else "put", options)
+            if resume and result.returncode != 0:
+                # Nothing held ("No such file"), or all of it held but never closed
+                # ("same size or larger": reput sends nothing): the partner sends it again.
+                result = await self._sftp_put(up, "put", options)
             up.ok, up.said = result.returncode == 0, result.output.strip()[-300:]
         else:
             url = f"http://127.0.0.1:{self.http_port}/inbox/{up.name}"
@@ -154,7 +156,8 @@ class Rush:
             if resume:
                 head = await run_curl("-u", credentials, "-I", url)
                 offset = head.headers.get("upload-offset")
-                if offset is not None and int(offset) > 0:
+                # All of it held but never completed: nothing to resume, send it again.
+                if offset is not None and 0 < int(offset) < up.size:
                     args += ["-C", offset]
             if up.rate:
                 args += ["--limit-rate", str(up.rate)]
@@ -164,12 +167,22 @@ class Rush:
         up.seconds = time.monotonic() - started
         return up
 
-    async def login(self) -> Login:
-        """One password login over SFTP (`pwd`) as `rush`; how long it took."""
+    async def _sftp_put(self, up: Upload, command: str, options: tuple[str, ...]) -> Result:
+        return await sftp(
+            self.sftp_port,
+            "alice",
+            [f"{command} {up.local} /inbox/{up.name}"],
+            key=self.key,
+            options=options,
+            timeout=600,
+        )
+
+    async def login(self, account: str = "rush") -> Login:
+        """One password login over SFTP (`pwd`); how long it took."""
         started = time.monotonic()
         result = await sftp(
             self.sftp_port,
-            "rush",
+            account,
             ["pwd"],
             password=RUSH_PASSWORD,
             timeout=self.login_timeout + 60,
@@ -265,3 +278,12 @@ def established(port: int) -> int:
         return sum(
             1 for line in table if (fields := line.split())[1] == wanted and fields[3] == "01"
         )
+
+
+def rush_hashes(count: int) -> list[str]:
+    """`count` hashes of RUSH_PASSWORD with the shipped parameters (different salts),
+    made on every core."""
+    import concurrent.futures
+
+    with concurrent.futures.ProcessPoolExecutor() as pool:
+        return list(pool.map(hash_password, [RUSH_PASSWORD] * count))

@@ -144,6 +144,10 @@ class PasswordsConfig(Strict):
     # Checks waiting for a free worker; a login beyond them is refused at once as busy
     # (SFTP: authentication fails; HTTP API: 503 with Retry-After) without any hashing.
     max_queue: Annotated[int, Field(ge=1, le=100_000)] = 500
+    # Priority of those processes (Unix nice, 0-19): 10 lets transfers go first when
+    # every core is busy; 0 gives logins an equal share (faster logins on a machine
+    # shared with other work, slower transfers during a login rush).
+    nice: Annotated[int, Field(ge=0, le=19)] = 10
     argon2: Argon2Config = Argon2Config()
 
 

@@ -38,6 +38,9 @@ from protocols.http.errors import error_body, status_for
 log = structlog.get_logger("gatewayd.http")
 
 CHUNK = 1 << 20  # bytes per read of a download
+# Connections the kernel queues before they are accepted (aiohttp's default, 128, drops
+# the SYNs of a rush of partners, which retry only seconds later).
+LISTEN_BACKLOG = 1024
 
 
 class Reply(Exception):
@@ -148,7 +151,11 @@ class HttpServer(ProtocolServer):
         )
         await runner.setup()
         site = web.TCPSite(
-            runner, self.config.address, self.config.port, ssl_context=self._ssl_context
+            runner,
+            self.config.address,
+            self.config.port,
+            ssl_context=self._ssl_context,
+            backlog=LISTEN_BACKLOG,
         )
         try:
             await site.start()

@@ -60,6 +60,10 @@ _FOLLOW_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # waits until the backlog is down to LOW.
 _PENDING_HIGH = 16 << 20
 _PENDING_LOW = 4 << 20
+# Connections the kernel queues before they are accepted. asyncio's default (100) is
+# overrun by a rush of partners connecting at once: the others' SYNs are dropped and
+# retried after 1, 3, 7, 15, 31 s, which pushes their logins towards the login timeout.
+_LISTEN_BACKLOG = 1024
 # Downloads read ahead in blocks of this size, at most this many blocks ahead.
 _READ_BLOCK = 1 << 20
 _READ_AHEAD = 4
@@ -135,6 +139,7 @@ class SftpServer(ProtocolServer):
             login_timeout=self.config.login_timeout,
             keepalive_interval=self.config.keepalive_interval,
             reuse_address=True,
+            backlog=_LISTEN_BACKLOG,
             encoding=None,
             server_version=GATEWAYD_SSH_VERSION,
         )
@@ -684,6 +689,8 @@ class _Upload(_File):
         if self.closed:
             return
         self.closed = True
+        if not dropped and self.handle is not None and self._refused is None:
+            self.handle.closing()  # the partner waits: a stop lets this upload finish
         await self._flush()
         if dropped:
             await self._abort(
