@@ -84,6 +84,11 @@ async def one_round(number: int, root: Path, args: argparse.Namespace) -> dict[s
         problems.append(f"duplicates: {duplicates}")
     if status_2 != 0:
         problems.append(f"second stop: status {status_2}, {stopped_2.strip()}")
+    if problems and args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        saved = args.logs / f"round-{number}.log"
+        saved.write_text("\n\n".join(d.output for d in rush.daemons))
+        problems.append(f"daemon logs: {saved}")
     return {
         "round": number,
         "ok": not problems,
@@ -162,6 +167,9 @@ def parse_args() -> argparse.Namespace:
         help="SIGTERM at a random moment in this range of seconds after the rush begins",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="keep the daemons' logs of failed rounds here"
+    )
     return parser.parse_args()
 
 

@@ -102,12 +102,14 @@ class Rush:
         self.inbox = loaded.paths.rule_folder(loaded.config.rules["inbox"])
         self.local = self.root / "local"
         self.daemon: DaemonProcess | None = None
+        self.daemons: list[DaemonProcess] = []  # every one started, for their logs
         self.sftp_port = self.http_port = 0
 
     # ------------------------------------------------------------------ the daemon
 
     async def start(self, timeout: float = 30.0) -> DaemonProcess:
         self.daemon = await DaemonProcess.start(self.env.config_file)
+        self.daemons.append(self.daemon)
         await self.daemon.wait_for("gatewayd ready", timeout=timeout)
         self.sftp_port = await listening_port(self.daemon, "sftp")
         self.http_port = await listening_port(self.daemon, "web")

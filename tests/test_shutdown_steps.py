@@ -104,3 +104,23 @@ async def test_http_refuses_new_requests_once_it_stops_accepting(tmp_path: Path)
                     pass
     finally:
         await env.stop()
+
+
+async def test_an_open_cut_short_never_leaves_its_row_running(env: GatewayEnv) -> None:
+    """A stop cuts the requests still opening their transfer (HTTP cancels them): at
+    whatever point the cut lands, the row is not left RUNNING without a run."""
+    await env.start()
+    for yields in range(12):
+        opening = asyncio.ensure_future(
+            env.server().open_transfer("alice", f"/inbox/cut-{yields}.bin", Direction.RECEIVE)
+        )
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        opening.cancel()
+        with pytest.raises((asyncio.CancelledError, TransferError)):
+            await opening
+    async with asyncio.timeout(10):
+        while env.gw.engine.active:
+            await asyncio.sleep(0.01)
+    left = [(name, status) for name, status in await rows(env) if status == Status.RUNNING]
+    assert left == []

@@ -11,6 +11,7 @@ maps onto its own answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import os
 import posixpath
@@ -129,6 +130,35 @@ class CoreServerContext:
         remote: str = "",
         size: int = -1,
         transfer_info: Mapping[str, object] | None = None,
+    ) -> TransferHandle:
+        opening = asyncio.ensure_future(
+            self._open_transfer(
+                account, path, direction, offset, truncate, remote, size, transfer_info
+            )
+        )
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The caller gave up (a stop cut its request) while the row was being
+            # written: the open goes to its end, then the transfer is ended, so that its
+            # row never stays RUNNING without a run.
+            with contextlib.suppress(BaseException):
+                handle = await opening
+                await handle.abort(
+                    TransferError(ErrorCode.TeConnectionReset, "the request ended before any data")
+                )
+            raise
+
+    async def _open_transfer(
+        self,
+        account: str,
+        path: str,
+        direction: Direction,
+        offset: int,
+        truncate: bool,
+        remote: str,
+        size: int,
+        transfer_info: Mapping[str, object] | None,
     ) -> TransferHandle:
         target = self.tree.resolve(account, path)
         if target is None or target.name is None:

@@ -156,7 +156,7 @@ class SftpServer(ProtocolServer):
                 self._close(conn)
 
     async def stop(self, grace: float = 0.0) -> None:
-        """Close each connection as soon as none of its SFTP requests is being handled
+        """End each connection as soon as none of its SFTP requests is being handled
         (the answer of each one, a completed upload's OK among them, is written first),
         at the latest after `grace` seconds; return once the sessions have ended."""
         await self.stop_accepting()
@@ -166,15 +166,14 @@ class SftpServer(ProtocolServer):
         pending = [asyncio.ensure_future(c.wait_closed()) for c in list(self.connections)]
         if pending:
             await asyncio.wait(pending, timeout=grace)
-        busy = [c for c in self.connections if c not in self._closed]
-        if busy:
-            self.log.warning("closing sessions with requests still in progress", count=len(busy))
-        for conn in list(self.connections):
-            self._close(conn)
+        left = [c for c in self.connections if not c.is_closed()]
+        if left:
+            busy = sum(1 for c in left if any(s.busy for s in self.sessions if s.conn is c))
+            self.log.info("closing the connections left", count=len(left), busy=busy)
+        for conn in left:
+            conn.close()
         if pending:
             await asyncio.wait(pending)
-        for task in pending:
-            task.cancel()
         # Each session's files are aborted (the engine says INTERRUPTED when it is our
         # shutdown) before its exit: wait for that, bounded by the caller's timeout.
         while self.sessions:
@@ -188,10 +187,26 @@ class SftpServer(ProtocolServer):
             conn.close()
 
     def _close_if_idle(self, conn: asyncssh.SSHServerConnection) -> None:
-        """While closing: close `conn` unless one of its SFTP sessions is handling a
-        request (that session calls this again once its answer is written)."""
-        if self._closing and not any(s.busy for s in self.sessions if s.conn is conn):
+        """While closing: end `conn` unless one of its SFTP sessions is handling a
+        request (that session calls this again once its answer is written).
+
+        A connection with SFTP sessions is ended by closing their channels: what was
+        written goes first, then the channel's close, and the partner (OpenSSH exits
+        when its session closes) ends the connection. Closing the connection from here
+        would reset it while the partner's last packets (a window adjust) are unread,
+        and a reset can make the partner's kernel drop the answer it had not read yet.
+        """
+        if not self._closing or conn in self._closed:
+            return
+        sessions = [s for s in self.sessions if s.conn is conn]
+        if any(s.busy for s in sessions):
+            return
+        if not sessions:
             self._close(conn)
+            return
+        self._closed.add(conn)
+        for session in sessions:
+            session.chan.close()
 
     async def _exec(
         self, stdin: SSHReader[bytes], stdout: SSHWriter[bytes], stderr: SSHWriter[bytes]
@@ -358,6 +373,7 @@ class SftpSession(asyncssh.SFTPServer):
         self.server = server
         self.ctx = server.ctx
         self.account = str(chan.get_extra_info("gatewayd_account"))
+        self.chan = chan
         self.conn = chan.get_connection()
         self.remote = _remote(self.conn)
         self.started = time.time()
