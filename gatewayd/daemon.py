@@ -64,7 +64,7 @@ __all__ = [
 # Added to `daemon.shutdown_timeout` before the daemon gives up waiting for the gateway:
 # the gateway's own deadline is "about" the timeout (answers still being written and
 # sessions closing get a moment after it), this bounds it for certain.
-_STOP_GRACE = 3.0
+_STOP_GRACE = 5.0
 
 log = structlog.get_logger("gatewayd.daemon")
 

@@ -326,13 +326,14 @@ class PasswordHashing:
             self.workers, thread_name_prefix="gatewayd-hashing"
         )
 
-    async def close(self) -> None:
-        """Refuse further checks and end the workers (a check running finishes first)."""
+    async def close(self, timeout: float = 2.0) -> None:
+        """Refuse further checks and end the workers: the checks running finish first,
+        within `timeout` seconds (then the workers end on their own as they finish)."""
         self._closed = True
         executor, self._executor = self._executor, None
         if executor is not None:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(timeout):
                     await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
 
     async def verify(
