@@ -127,12 +127,18 @@ async def main(args: argparse.Namespace) -> int:
     hashes = await asyncio.to_thread(rush_hashes, args.logins)
     results = []
     with tempfile.TemporaryDirectory(prefix="soak-logins-") as scratch:
-        rush = Rush(Path(scratch), login_timeout=args.login_timeout, rush_hashes=hashes)
+        passwords = {"nice": args.nice} if args.nice is not None else {}
+        rush = Rush(
+            Path(scratch),
+            login_timeout=args.login_timeout,
+            rush_hashes=hashes,
+            passwords=passwords,
+        )
         uploads = Uploads(rush, args.size_mib)
         started = time.monotonic()
-        await rush.start(timeout=1800)
-        print(f"gatewayd ready after {time.monotonic() - started:.0f} s", flush=True)
         try:
+            await rush.start(timeout=1800)
+            print(f"gatewayd ready after {time.monotonic() - started:.0f} s", flush=True)
             for number in range(1, args.rounds + 1):
                 if number > 1:
                     await asyncio.sleep(CACHE_TTL + 1)  # every credential forgotten
@@ -141,6 +147,7 @@ async def main(args: argparse.Namespace) -> int:
                 _print_round(result, args)
         finally:
             status, _ = await rush.sigterm()
+            await rush.kill_all()
     figures = {
         "soak": "logins",
         "rounds": len(results),
@@ -189,6 +196,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--login-timeout", type=float, default=60.0)
     parser.add_argument("--verbose", action="store_true", help="print each upload and login")
+    parser.add_argument(
+        "--nice", type=int, default=None, help="passwords.nice of the gateway (default: its own)"
+    )
     return parser.parse_args()
 
 

@@ -41,8 +41,15 @@ KiB, MiB = 1 << 10, 1 << 20
 
 
 async def one_round(number: int, root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    rng = random.Random(args.seed + number)
     rush = Rush(root, post_sleep=args.post_sleep, shutdown_timeout=args.shutdown_timeout)
+    try:
+        return await _round(number, rush, args)
+    finally:
+        await rush.kill_all()
+
+
+async def _round(number: int, rush: Rush, args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed + number)
     uploads: list[Upload] = []
     for i in range(args.uploads):
         protocol = "sftp" if i % 2 == 0 else "http"

@@ -15,6 +15,7 @@ no duplicate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -114,6 +115,15 @@ class Rush:
         self.sftp_port = await listening_port(self.daemon, "sftp")
         self.http_port = await listening_port(self.daemon, "web")
         return self.daemon
+
+    async def kill_all(self) -> None:
+        """SIGKILL whatever daemon is still running, with its helpers (its process
+        group): what a failed test or round leaves must not go on running."""
+        for daemon in self.daemons:
+            if daemon.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(daemon.proc.pid, signal.SIGKILL)
+                await daemon.finish()
 
     async def sigterm(self, timeout: float = 60.0) -> tuple[int, str]:
         """SIGTERM; the exit status and the `gatewayd stopped` line."""

@@ -41,6 +41,15 @@ async def test_sigterm_lets_completing_uploads_answer_and_interrupts_the_rest(
         rush.upload("http", f"late-{i}.bin", 64 * KiB, seed=80 + i, account="rush")
         for i in range(24)
     ]
+    try:
+        await _stop_and_resume(rush, completing, slow, late)
+    finally:
+        await rush.kill_all()
+
+
+async def _stop_and_resume(
+    rush: Rush, completing: list[Upload], slow: list[Upload], late: list[Upload]
+) -> None:
     await rush.start()
     sending = [asyncio.ensure_future(rush.send(up)) for up in completing + slow]
     try:
