@@ -11,7 +11,8 @@ import pytest
 
 from gatewayd.errors import AlreadyRunning, ResumeRefused, TransferError
 from gatewayd.model import Direction, ErrorCode, Status, Step, Transfer
-from gatewayd.pipeline.service import RequestError, StateError
+from gatewayd.pipeline.service import StateError
+from gatewayd.requests import RequestError
 from gatewayd.store.base import TransferFilter
 from tests.gateway_env import GatewayEnv, exec_task, lines, make_file, sha256_of, trace_task
 

@@ -172,7 +172,7 @@ async def list_tokens(call: Call) -> web.StreamResponse:
         user = call.principal.user
     if user != call.principal.user:
         call.principal.require("users", "r")
-    tokens = await call.ctx.gateway.store.list_tokens(user)
+    tokens = await call.ctx.store.list_tokens(user)
     return web.json_response({"tokens": [token_json(t, call.ctx.tz) for t in tokens]})
 
 
@@ -193,13 +193,13 @@ async def list_tokens(call: Call) -> web.StreamResponse:
 async def revoke_token(call: Call) -> web.StreamResponse:
     call.principal.require_token_management()
     token_id = call.request.match_info["id"]
-    store = call.ctx.gateway.store
+    store = call.ctx.store
     record = await store.get_token(token_id)
     if record is None:
         raise not_found(f"no token '{token_id}'")
     if record.user != call.principal.user:
         call.principal.require("users", "d")
-    if not await store.revoke_token(token_id, call.ctx.gateway.clock.now()):
+    if not await store.revoke_token(token_id, call.ctx.clock.now()):
         raise not_found(f"token '{token_id}' is already revoked")
     await call.audit("token.revoke", f"token/{token_id}", {"user": record.user})
     return web.Response(status=204)

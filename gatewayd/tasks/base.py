@@ -17,13 +17,14 @@ from typing import Any, ClassVar, Protocol
 
 from gatewayd.errors import TransferError
 from gatewayd.model import Transfer
+from gatewayd.requests import TransferRequest
 
 
 class TransferCreator(Protocol):
     """What the TRANSFER task calls: the core's transfer service."""
 
-    async def __call__(self, request: dict[str, Any], *, parent: Transfer) -> Transfer:
-        """Create a client transfer from a request shaped like the API's create body."""
+    async def __call__(self, request: TransferRequest, *, parent: Transfer) -> Transfer:
+        """Create a client transfer (TaskError when the request is refused)."""
         ...
 
 
