@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -91,6 +91,26 @@ class PreregisterRequest(_Request):
     transfer_info: dict[str, Any] = Field(default_factory=dict, alias="transferInfo")
 
 
+AREAS = ("transfers", "servers", "partners", "rules", "users", "administration")
+Area = Literal["transfers", "servers", "partners", "rules", "users", "administration"]
+Letters = Annotated[str, Field(pattern=r"^[rwd]*$")]
+DEFAULT_TOKEN_LIFETIME = 86400  # seconds
+MAX_TOKEN_LIFETIME = 366 * 86400
+
+
+class TokenRequest(_Request):
+    """A bearer token of the admin API, for the calling user: its lifetime, the part
+    of the user's permissions it carries (all of them by default), a comment, and
+    whether it may list and revoke tokens."""
+
+    expires_in: Annotated[Seconds, Field(gt=0, le=MAX_TOKEN_LIFETIME)] = Field(
+        DEFAULT_TOKEN_LIFETIME, alias="expiresIn"
+    )
+    permissions: dict[Area, Letters] | None = None
+    comment: Annotated[str, Field(max_length=200)] = ""
+    manage_tokens: bool = Field(False, alias="manageTokens")
+
+
 R = TypeVar("R", bound=_Request)
 
 
@@ -125,6 +145,14 @@ def _error(model: type[_Request], err: dict[str, Any]) -> FieldError:
     if kind.endswith("_type") or kind in ("bool_parsing", "int_parsing", "float_parsing"):
         return FieldError(field, "bad_value", f"'{field}' has the wrong type")
     message = str(err["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(part) for part in err["loc"][1:] if part != "[key]")
+    if where:  # inside a mapping: say which entry
+        field_path = f"{field}.{where}"
+        if kind == "literal_error":
+            return FieldError(field, "bad_value", f"'{field_path}': unknown key ({message})")
+        if kind == "string_pattern_mismatch":
+            message = "must be made of the letters r, w and d"
+        return FieldError(field, "bad_value", f"'{field_path}': {message}")
     if kind in ("greater_than_equal", "greater_than", "less_than", "less_than_equal"):
         bound = next(iter(err.get("ctx", {}).items()), ("", ""))
         sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}.get(bound[0], "")
