@@ -117,6 +117,8 @@ class Run:
         # DATA was committed by the row's insertion (a new server transfer without pre
         # tasks): entering it needs no commit of its own.
         self.inserted_at_data = False
+        # The run started past DATA (a restart): leftovers of the last run may remain.
+        self.resumed_after_data = False
         self._last_save = time.monotonic()
         self._saved_progress = transfer.progress
         self._saving: asyncio.Task[None] | None = None
@@ -132,6 +134,7 @@ class Run:
             try:
                 t = self.transfer
                 start = STEPS.index(t.step) if t.step in STEPS else 0
+                self.resumed_after_data = start > STEPS.index(Step.DATA)
                 for step in STEPS[start:]:
                     await _STEP_WORK[step](self)
             except TransferError as exc:
@@ -163,7 +166,7 @@ class Run:
     async def _post_tasks(self) -> None:
         await self.enter(Step.POST_TASKS, commit=False)  # committed by complete_*
         t = self.transfer
-        if not t.is_send and t.tmp_filepath:
+        if self.resumed_after_data and not t.is_send and t.tmp_filepath:
             # A crash may have come between the commit of the placing and the removal
             # of the temp name: a second name of the placed file, never the only one.
             await asyncio.to_thread(drop_temp, self.beneath(t.tmp_filepath))
