@@ -86,8 +86,11 @@ class ServerContext(Protocol):
     (`/inbox/report.csv`); the core confines them to what the account's rules allow."""
 
     server_name: str
-    # Where a server keeps its own state (generated host keys...).
-    state_dir: Path
+
+    @property
+    def state_dir(self) -> Path:
+        """Where a server keeps its own state (generated host keys...)."""
+        ...
 
     async def authenticate(
         self,

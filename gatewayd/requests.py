@@ -164,7 +164,9 @@ def parse(model: type[R], data: Any) -> Parsed[R]:
     """Validate `data` (a mapping, with the admin API's field names or the model's)
     into `model`; every problem is reported, with the field's API name."""
     if not isinstance(data, dict):
-        partial = model.model_construct()
+        # pydantic's mypy plugin types model_construct on `type[R]` as returning the bound
+        # (_Request), not R: it builds a signature per class and loses the type variable.
+        partial: R = model.model_construct()  # type: ignore[assignment]
         return Parsed(partial, [FieldError("", "bad_value", "the request must be a JSON object")])
     data = {k: v for k, v in data.items() if v is not None}  # JSON null: not given
     try:
@@ -178,7 +180,7 @@ def parse(model: type[R], data: Any) -> Parsed[R]:
         name = next((n for n, f in model.model_fields.items() if key in (n, f.alias)), None)
         if name is not None and key not in bad:
             fields[name] = _field_adapter(model, name).validate_python(value)
-    partial = model.model_construct(**fields)
+    partial = model.model_construct(**fields)  # type: ignore[assignment]  # as above
     for name, info in model.model_fields.items():  # required fields missing or bad: None
         if name not in fields and info.is_required():
             object.__setattr__(partial, name, None)

@@ -108,7 +108,7 @@ ORDERS = {
 class R66Problem(Problem):
     """A problem with R66's numeric code."""
 
-    def to_json(self) -> dict[str, Any]:  # type: ignore[override]
+    def to_json(self) -> dict[str, Any]:
         return {"message": self.message, "errorCode": int(self.code)}
 
 

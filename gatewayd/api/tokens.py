@@ -73,7 +73,9 @@ async def create_token(call: Call) -> web.StreamResponse:
     token, record = await call.ctx.auth.issue(
         call.principal,
         timedelta(seconds=float(request.expires_in)),
-        dict(permissions) if permissions is not None else None,
+        {area: letters for area, letters in permissions.items()}
+        if permissions is not None
+        else None,
         request.comment,
         manage_tokens=request.manage_tokens,
     )

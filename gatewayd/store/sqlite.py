@@ -222,7 +222,7 @@ class SqliteStore(Store):
             if t.id is not None:
                 raise ValueError(f"transfer {t.id} is already inserted")
         now = _now()
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         try:
             for t in transfers:
                 t.created = t.updated = now

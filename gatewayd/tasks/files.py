@@ -13,6 +13,7 @@ import os
 from typing import Any, ClassVar
 
 from gatewayd.errors import TaskError
+from gatewayd.fsutil import fsync_dir
 from gatewayd.model import ErrorCode
 from gatewayd.tasks import _fsops
 from gatewayd.tasks._args import ArgsTask, Kind
@@ -128,7 +129,7 @@ def _delete(path: str) -> None:
     if os.path.isdir(path):
         raise IsADirectoryError(21, "Is a directory", path)
     os.unlink(path)
-    _fsops.fsync_dir(os.path.dirname(path) or ".")
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 @register
