@@ -278,6 +278,7 @@ class Run:
             raise TaskError(f"task #{index} ({spec.type}): unknown task type")
         task_log = self.log.bind(task=spec.type, task_number=index)
         ctx.log = task_log
+        ctx.step, ctx.task_number = str(self.transfer.step), index
         ok: bool | None = None  # None: stopped from outside, neither success nor failure
         try:
             await cls(dict(spec.args)).run(ctx)

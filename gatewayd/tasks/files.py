@@ -58,7 +58,12 @@ class _FileTask(ArgsTask):
         overwrite = self.flag(args, "overwrite")
         try:
             await asyncio.to_thread(
-                operation, source, dest, overwrite=overwrite, root=ctx.rule_folder
+                operation,
+                source,
+                dest,
+                overwrite=overwrite,
+                root=ctx.rule_folder,
+                tag=ctx.temp_tag,
             )
         except OSError as error:
             raise self.fail(_fsops.os_error_text(error)) from error
