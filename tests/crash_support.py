@@ -85,6 +85,19 @@ def hidden_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
 
 
+async def wait_new_row(db: Path, daemon: DaemonProcess, timeout: float = 60) -> int:
+    """The id of the first transfer row, once a partner's request has created it."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                rows = all_rows(db) if db.exists() else []
+                if rows:
+                    return int(rows[0]["id"])
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"no transfer created:\n{daemon.output}") from None
+
+
 def all_rows(db: Path) -> list[dict[str, Any]]:
     """Every transfer row, as another process sees them."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
