@@ -13,6 +13,9 @@ Cases (each round in a fresh folder, the daemons, peers and clients all real):
 - after-place-sftp, after-place-http: the daemon kills itself (crash point
   `after-place`) between placing the received file and committing it; restarted, the
   transfer ends DONE with the file's size and SHA-256 right, its post task run once.
+- copy-published: the daemon kills itself (crash point `task-published`) after a post
+  COPY published its file, before the row says the task is done: the rerun of the COPY
+  takes its own copy for done (the transfer ends DONE, one archived file).
 - gw-send-part, gw-send-final: gateway A (a daemon) sends 10 MiB at 4 MiB/s over SFTP
   to gateway B; A is killed at a random point of DATA (10-80 %), then restarted: both
   end DONE, B holding the file byte-identical under its own name, no `_1` (A's partner
@@ -223,6 +226,27 @@ async def after_place(root: Path, protocol: str) -> None:
     check(lines(out / "trace") == ["post order.bin"], f"trace {lines(out / 'trace')}")
 
 
+async def copy_published(root: Path) -> None:
+    """Crash point `task-published`: the COPY's file has its name, the row does not say
+    the task is done; the rerun takes its own copy for done."""
+    out, archive = root / "out", root / "archive"
+    post = [{"type": "COPY", "args": {"path": str(archive)}}, trace_task(out, "post")]
+    r = Receiver(root, "http", post)
+    data = make_file(root / "local" / "order.bin", 2 * MiB, seed=random.randrange(1 << 30))
+    first = await start_daemon(r.env.config_file, crash_at=crashpoints.TASK_PUBLISHED)
+    try:
+        await first.wait_for("gatewayd ready")
+        client = asyncio.ensure_future(r.upload(first, root / "local" / "order.bin", "order.bin"))
+        await died_by_itself(first)
+        await client
+    finally:
+        await kill_9(first)
+    row = await r.restart_until_end()
+    r.check_received(row, data)
+    check(sorted(p.name for p in archive.iterdir()) == ["order.bin"], "archive")
+    check(lines(out / "trace") == ["post order.bin"], f"trace {lines(out / 'trace')}")
+
+
 # ------------------------------------------------------------------ gateway to gateway
 
 
@@ -305,6 +329,7 @@ CASES: dict[str, Callable[[Path], Awaitable[str | None]]] = {
     "post-tasks-random": post_tasks_random,
     "after-place-sftp": lambda root: after_place(root, "sftp"),
     "after-place-http": lambda root: after_place(root, "http"),
+    "copy-published": copy_published,
     "gw-send-part": lambda root: gw_send(root, final_name=False),
     "gw-send-final": lambda root: gw_send(root, final_name=True),
 }

@@ -202,3 +202,29 @@ async def test_crash_while_a_post_task_writes_leaves_no_temp_file(
     assert sorted(p.name for p in archive.iterdir()) == ["order.bin"], "no temp file left"
     assert (archive / "order.bin").read_bytes() == data
     assert lines(out / "trace") == ["post order.bin"]
+
+
+async def test_crash_after_a_post_task_published_its_file_does_not_fail_the_rerun(
+    tmp_path: Path,
+) -> None:
+    """Killed after the COPY gave its copy its name, before the row recorded the task
+    done: the rerun finds its own copy there (same content) and goes on."""
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    post = [{"type": "COPY", "args": {"path": str(archive)}}, trace_task(out, "post")]
+    r = Receiver(tmp_path, "http", post=post)
+    data = make_file(tmp_path / "local" / "order.bin", 2 * MiB + 3)
+
+    first = await start_daemon(r.env.config_file, crash_at=crashpoints.TASK_PUBLISHED)
+    await first.wait_for("gatewayd ready")
+    client = in_background(r.upload(first, tmp_path / "local" / "order.bin", "order.bin"))
+    await died_by_itself(first)
+    await client
+    assert (archive / "order.bin").read_bytes() == data
+    at_crash = read_row(r.db, 1)
+    assert (at_crash["step"], at_crash["task_number"]) == ("POST TASKS", 0)
+
+    done, _ = await finish_alone(r)
+    assert done["status"] == "DONE", done["error_msg"]
+    assert sorted(p.name for p in archive.iterdir()) == ["order.bin"]
+    assert (archive / "order.bin").read_bytes() == data
+    assert lines(out / "trace") == ["post order.bin"]

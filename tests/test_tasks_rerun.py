@@ -5,6 +5,7 @@ The crash itself, with a real daemon, is in test_crash_outside_data."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import zipfile
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.errors import TaskError
+from gatewayd.errors import TaskError, TransferError
+from gatewayd.model import Direction, ErrorCode, Status, Step
 from gatewayd.tasks import _fsops
 from gatewayd.tasks.base import TaskContext
+from tests.gateway_env import GatewayEnv
 from tests.tasks_support import file_ctx, leftovers, make_transfer, run_task
 
 
@@ -108,3 +111,96 @@ async def test_a_rerun_extract_removes_the_leftover_staging_folder(tmp_path: Pat
     assert leftovers(output) == []
     assert (output / "a.txt").read_text() == "alpha"
     assert (output / "sub" / "b.txt").read_text() == "beta"
+
+
+# ------------------------------------------------------------ output there already
+
+
+async def test_a_rerun_copy_takes_its_own_published_copy_for_done(tmp_path: Path) -> None:
+    """Killed after publishing, before the row recorded the task done: the rerun finds
+    the same bytes there and goes on; other bytes there are still a conflict, and a first
+    run never takes an existing file for its own."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "report.csv").write_bytes(b"the file")
+    first_run = at_task(file_ctx(tmp_path, content=b"the file"))
+    with pytest.raises(TaskError, match="already exists"):
+        await run_task("COPY", {"path": str(archive)}, first_run)
+
+    rerun = at_task(file_ctx(tmp_path, content=b"the file"))
+    rerun.rerun = True
+    await run_task("COPY", {"path": str(archive)}, rerun)
+    assert os.listdir(archive) == ["report.csv"]
+
+    (archive / "report.csv").write_bytes(b"the filE")
+    with pytest.raises(TaskError, match="already exists"):
+        await run_task("COPY", {"path": str(archive)}, rerun)
+    assert (archive / "report.csv").read_bytes() == b"the filE"
+    assert leftovers(archive) == []
+
+
+async def test_a_move_cut_between_its_link_and_its_unlink_is_finished(tmp_path: Path) -> None:
+    ctx = at_task(file_ctx(tmp_path, content=b"the file"))
+    source = Path(ctx.transfer.local_filepath)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    os.link(source, archive / "report.csv")  # what the killed run had done
+    await run_task("MOVE", {"path": str(archive)}, ctx)
+    assert not source.exists()
+    assert (archive / "report.csv").read_bytes() == b"the file"
+    assert ctx.transfer.local_filepath == str(archive / "report.csv")
+
+
+async def test_a_rerun_move_follows_the_file_it_had_moved(tmp_path: Path) -> None:
+    """Killed after the file moved, before the row followed it: the row's size and
+    SHA-256 recognise the file at the destination."""
+    content = b"the file"
+    archive = tmp_path / "archive"
+    archive.mkdir()
+
+    def moved_ctx(rerun: bool, there: bytes) -> TaskContext:
+        ctx = at_task(file_ctx(tmp_path, content=content))
+        ctx.rerun = rerun
+        ctx.transfer.sha256 = hashlib.sha256(content).hexdigest()
+        Path(ctx.transfer.local_filepath).unlink()
+        (archive / "report.csv").write_bytes(there)
+        return ctx
+
+    ctx = moved_ctx(rerun=True, there=content)
+    await run_task("MOVE", {"path": str(archive)}, ctx)
+    assert ctx.transfer.local_filepath == str(archive / "report.csv")
+    assert (archive / "report.csv").read_bytes() == content
+
+    for rerun, there in ((True, b"another!"), (False, content)):
+        ctx = moved_ctx(rerun, there)
+        with pytest.raises(TaskError, match="file not found") as failed:
+            await run_task("MOVE", {"path": str(archive)}, ctx)
+        assert failed.value.code == ErrorCode.TeFileNotFound
+        assert ctx.transfer.local_filepath != str(archive / "report.csv")
+
+
+async def test_only_the_task_a_run_resumes_at_is_a_rerun(tmp_path: Path) -> None:
+    """The driver marks as a rerun the task the row says is next when a run starts: a
+    new transfer's COPY onto an identical file is a conflict; resumed at that COPY, the
+    transfer takes the identical file for the COPY's own output."""
+    env = GatewayEnv(tmp_path)
+    archive = tmp_path / "archive"
+    env.rule("inbox", "receive", post=[{"type": "COPY", "args": {"path": str(archive)}}])
+    archive.mkdir()
+    (archive / "f.bin").write_bytes(b"hello")
+    await env.start()
+    try:
+        handle = await env.server().open_transfer("a", "/inbox/f.bin", Direction.RECEIVE)
+        await handle.write(0, b"hello")
+        with pytest.raises(TransferError, match="already exists"):
+            await handle.close()
+        failed = await env.row(handle.transfer_id)
+        assert (failed.status, failed.step, failed.task_number) == (
+            Status.ERROR, Step.POST_TASKS, 0,
+        )  # fmt: skip
+        await env.gw.service.resume(handle.transfer_id)
+        done = await env.wait_end(handle.transfer_id)
+    finally:
+        await env.stop()
+    assert done.status == Status.DONE, done.error_msg
+    assert os.listdir(archive) == ["f.bin"]

@@ -117,6 +117,9 @@ class Run:
         # DATA was committed by the row's insertion (a new server transfer without pre
         # tasks): entering it needs no commit of its own.
         self.inserted_at_data = False
+        # The task the row says is next when the run starts: it may have run already
+        # (a crash between its work and the commit of its end).
+        self.resumed_at = (transfer.step, transfer.task_number) if transfer.step in CHAINS else None
         self._last_save = time.monotonic()
         self._saved_progress = transfer.progress
         self._saving: asyncio.Task[None] | None = None
@@ -279,6 +282,7 @@ class Run:
         task_log = self.log.bind(task=spec.type, task_number=index)
         ctx.log = task_log
         ctx.step, ctx.task_number = str(self.transfer.step), index
+        ctx.rerun = (self.transfer.step, index) == self.resumed_at
         ok: bool | None = None  # None: stopped from outside, neither success nor failure
         try:
             await cls(dict(spec.args)).run(ctx)

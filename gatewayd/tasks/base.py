@@ -58,6 +58,9 @@ class TaskContext:
     # by the driver before the task runs; -1: not a task of a chain).
     step: str = ""
     task_number: int = -1
+    # The run resumed at this task (after a crash, a pause, a shutdown): it may have run
+    # before, in part or in full, and its own output may be there already.
+    rerun: bool = False
 
     @property
     def temp_tag(self) -> str | None:

@@ -51,6 +51,7 @@ class _InPlaceTask(ArgsTask):
                 overwrite=overwrite,
                 mode_from=source,
                 tag=ctx.temp_tag,
+                rerun=ctx.rerun,
             )
             if dest == source:
                 ctx.transfer.filesize = (await asyncio.to_thread(os.stat, dest)).st_size
