@@ -88,7 +88,7 @@ async def test_sender_killed_mid_data_resumes_where_the_partner_holds(
     )
     a.rule("out", "send", post=[trace_task(a.out, "A sent")])
     loaded = a.load()
-    data = make_file(loaded.paths.rule_folder(loaded.config.rules["out"]) / "big.bin", 10 * MiB)
+    data = make_file(loaded.paths.rule_folder(loaded.config.rules["out"]) / "big.bin", 6 * MiB)
     db = loaded.paths.database
     sent = await a.plan({"rule": "out", "partner": "b", "file": "big.bin"})
     assert sent.id is not None
