@@ -119,6 +119,9 @@ class Run:
         self.inserted_at_data = False
         # The run started past DATA (a restart): leftovers of the last run may remain.
         self.resumed_after_data = False
+        # The task the row says is next when the run starts: it may have run already
+        # (a crash between its work and the commit of its end).
+        self.resumed_at = (transfer.step, transfer.task_number) if transfer.step in CHAINS else None
         self._last_save = time.monotonic()
         self._saved_progress = transfer.progress
         self._saving: asyncio.Task[None] | None = None
@@ -281,6 +284,8 @@ class Run:
             raise TaskError(f"task #{index} ({spec.type}): unknown task type")
         task_log = self.log.bind(task=spec.type, task_number=index)
         ctx.log = task_log
+        ctx.step, ctx.task_number = str(self.transfer.step), index
+        ctx.rerun = (self.transfer.step, index) == self.resumed_at
         ok: bool | None = None  # None: stopped from outside, neither success nor failure
         try:
             await cls(dict(spec.args)).run(ctx)
