@@ -17,6 +17,8 @@ ENV = "GATEWAYD_CRASH_AT"
 
 # The points, for documentation and for tests to name.
 AFTER_PLACE = "after-place"  # a received file has its final name; the row does not say so
+TASK_OUTPUT = "task-output"  # a task's new file is written under its temporary name only
+TASK_PUBLISHED = "task-published"  # a task's new file has its name; the row does not say so
 
 _armed = os.environ.get(ENV, "")
 

@@ -8,11 +8,12 @@ clock and pipeline hooks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -33,13 +34,15 @@ from gatewayd.pipeline.limits import TransferLimits
 from gatewayd.pipeline.logins import Logins
 from gatewayd.pipeline.preregister import Expirer
 from gatewayd.pipeline.server import CoreServerContext
-from gatewayd.pipeline.service import RequestError, TransferService
+from gatewayd.pipeline.service import TransferService
 from gatewayd.pipeline.tree import VirtualTree
+from gatewayd.requests import RequestError, TransferRequest
 from gatewayd.scheduler import Scheduler
 from gatewayd.store.base import Store, TransferFilter
 
 if TYPE_CHECKING:
     from gatewayd.api import ApiServer
+    from gatewayd.api.routes import ApiDeps
 
 log = structlog.get_logger("gatewayd")
 
@@ -121,8 +124,10 @@ class Gateway:
             clock=self.clock,
             goes_alone=self.engine.goes_alone,
         )
-        self.service = TransferService(self.engine, wake=self.scheduler.wake)
         self.expirer = Expirer(store, self.clock)
+        self.service = TransferService(
+            self.engine, wake=self.scheduler.wake, preregistered=self.expirer.wake
+        )
         # One of each for every server: login failures and an account's transfers add
         # up whatever the protocol.
         self.logins = Logins(
@@ -146,7 +151,7 @@ class Gateway:
                 found.append((name, config.protocol if config else "", count))
         return found
 
-    async def _create_from_task(self, request: dict[str, Any], *, parent: Transfer) -> Transfer:
+    async def _create_from_task(self, request: TransferRequest, *, parent: Transfer) -> Transfer:
         try:
             return await self.service.create(request, parent=parent, trusted=True)
         except RequestError as exc:
@@ -210,7 +215,7 @@ class Gateway:
         if self.config.api.enabled:
             from gatewayd.api import ApiServer  # the API pulls in aiohttp: only when used
 
-            self.api = ApiServer(self, tls=api_tls)
+            self.api = ApiServer(self._api_deps(), tls=api_tls)
             try:
                 await self.api.start()
             except OSError as exc:
@@ -218,6 +223,28 @@ class Gateway:
                 raise StartError(
                     f"the API: cannot listen on {api.address}:{api.port}: {exc.strerror or exc}"
                 ) from exc
+
+    def _api_deps(self) -> ApiDeps:
+        from gatewayd.api.routes import ApiDeps, SchedulerState
+
+        def scheduler() -> SchedulerState:
+            if self.engine.shutting_down:
+                state = "stopping"
+            else:
+                state = "running" if self.scheduler.alive else "stopped"
+            return SchedulerState(state, len(self.scheduler.running), self.scheduler.queue_depth())
+
+        return ApiDeps(
+            store=self.store,
+            service=self.service,
+            clock=self.clock,
+            config=lambda: self.loaded,
+            apply_config=self.apply_config,
+            listeners=lambda: self.servers,
+            scheduler=scheduler,
+            metrics=self.metrics.render,
+            hashing=self.hashing,
+        )
 
     async def _prepare_api_tls(self) -> ssl.SSLContext | None:
         api = self.config.api
@@ -286,7 +313,7 @@ class Gateway:
         grace = max(left(), 0.2)
         await _all(
             grace + 1.0,
-            [("stop", n, lambda s=s: s.stop(grace)) for n, s in servers],
+            [("stop", n, functools.partial(s.stop, grace)) for n, s in servers],
         )
         # The scheduler's runners record how their runs ended (another attempt...).
         await _all(max(left(), 0.5), [("finish", "scheduler", self.scheduler.wait_idle)])

@@ -92,8 +92,11 @@ class ServerContext(Protocol):
     (`/inbox/report.csv`); the core confines them to what the account's rules allow."""
 
     server_name: str
-    # Where a server keeps its own state (generated host keys...).
-    state_dir: Path
+
+    @property
+    def state_dir(self) -> Path:
+        """Where a server keeps its own state (generated host keys...)."""
+        ...
 
     async def authenticate(
         self,
@@ -150,11 +153,15 @@ class ServerContext(Protocol):
         size: int = -1,
         transfer_info: Mapping[str, object] | None = None,
     ) -> TransferHandle:
-        """Start or resume a server transfer. For an upload, `offset` > 0 continues the
-        unfinished upload of the same name (it must equal its durable progress) and
-        `truncate` starts it again from zero. `transfer_info` (from the partner) is
-        merged into the row's before any task runs. Raises TransferError (TeForbidden,
-        TeFileNotFound, ...) for what the account may not do."""
+        """Start or resume a server transfer; returns once its pre tasks ran and its
+        data may move. For an upload, `offset` > 0 continues the unfinished upload of
+        the same name from there (any offset up to its durable progress: the bytes
+        beyond are dropped), 0 starts it again from zero. `transfer_info` (from the
+        partner) is merged into the row's before any task runs. Raises the core's
+        refusals, each protocol mapping them once: TransferError (TeForbidden,
+        TeFileNotFound, ...), ResumeRefused (beyond what is held, with `.held`),
+        AlreadyRunning (the same name being uploaded), LimitReached (`.retry_after`),
+        TeShuttingDown."""
         ...
 
     async def rename(self, account: str, old_path: str, new_path: str) -> None:

@@ -18,7 +18,8 @@ async def test_demo_http_server_takes_and_serves_files(
     def ephemeral(data: dict[str, Any]) -> None:
         assert data["servers"]["http"] == {
             "protocol": "http", "address": "127.0.0.1", "port": 8081,
-            "max_body_size": 0, "max_uploads_per_account": 4,
+            "max_body_size": 0, "max_uploads_per_account": 4, "max_downloads_per_account": 16,
+            "header_timeout": 30,
         }  # fmt: skip
         data["api"]["port"] = 0
         for server in data["servers"].values():

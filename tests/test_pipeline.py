@@ -11,7 +11,8 @@ import pytest
 
 from gatewayd.errors import AlreadyRunning, ResumeRefused, TransferError
 from gatewayd.model import Direction, ErrorCode, Status, Step, Transfer
-from gatewayd.pipeline.service import RequestError, StateError
+from gatewayd.pipeline.service import StateError
+from gatewayd.requests import RequestError
 from gatewayd.store.base import TransferFilter
 from tests.gateway_env import GatewayEnv, exec_task, lines, make_file, sha256_of, trace_task
 
@@ -136,6 +137,7 @@ def _fail_at(step: Step, code: ErrorCode):  # type: ignore[no-untyped-def]
     ],
 )
 @pytest.mark.parametrize("direction", ["send", "receive"])
+@pytest.mark.parametrize("side", ["client", "server"])
 async def test_failure_at_each_step(
     env: GatewayEnv,
     point: str,
@@ -143,7 +145,11 @@ async def test_failure_at_each_step(
     failed_step: Step,
     failed_task: int,
     direction: str,
+    side: str,
 ) -> None:
+    """The failure matrix: each step x send/receive x client/server, through the one
+    driver: the first error is kept with its step and task, the error chain runs once,
+    no task after the failure runs, and a final name exists only once DATA completed."""
     ok = trace_task(env.out, "ok")
     fail = exec_task("exit 3")
     pre = [fail, ok] if point == "pre0" else [ok, fail] if point == "pre1" else [ok, ok]
@@ -151,7 +157,7 @@ async def test_failure_at_each_step(
     chain = exec_task(
         'echo "$1 $2" >> "$3"', "#ERRORSTRCODE#", "#TRUEFILENAME#", str(env.out / "chain")
     )
-    env.rule("r", direction, pre=pre, post=post, error=[chain])
+    env.rule("r", direction, pre=pre, post=post, error=[chain], shared_folder=True)
     if point == "setup":
         env.hooks.before_step = _fail_at(Step.SETUP, code)
     elif point == "finalization":
@@ -165,12 +171,18 @@ async def test_failure_at_each_step(
         env.hooks.during_data = during_data
     await env.start()
     data = make_file(env.root / "f.bin", 4 * MiB)
-    if direction == "send":
-        (env.folder("r") / "f.bin").write_bytes(data)
+    if side == "client":
+        if direction == "send":
+            (env.folder("r") / "f.bin").write_bytes(data)
+        else:
+            (env.share / "f.bin").write_bytes(data)
+        t = await env.create(rule="r", partner="share", file="f.bin")
+        transfer_id = t.id or 0
     else:
-        (env.share / "f.bin").write_bytes(data)
-    t = await env.create(rule="r", partner="share", file="f.bin")
-    row = await env.wait_end(t.id)
+        if direction == "send":
+            (env.folder("r") / "f.bin").write_bytes(data)
+        transfer_id = await _as_a_partner(env, direction, data)
+    row = await env.wait_end(transfer_id)
 
     assert row.status == Status.ERROR
     assert row.error_code == code, row.error_msg
@@ -178,9 +190,11 @@ async def test_failure_at_each_step(
     assert row.step == failed_step, "the row keeps the step where it failed"
     assert row.task_number == failed_task
     assert lines(env.out / "chain") == [f"{code} f.bin"], "the error chain ran once"
-    final_name = env.share / "f.bin" if direction == "send" else env.folder("r") / "f.bin"
     data_done = point in ("post0", "post1", "finalization")
-    assert final_name.exists() == data_done, "a final name only once DATA completed"
+    if direction == "receive":
+        assert (env.folder("r") / "f.bin").exists() == data_done, "final name once DATA ended"
+    elif side == "client":
+        assert (env.share / "f.bin").exists() == data_done, "final name once DATA ended"
     if point == "data" and direction == "receive":
         assert 0 < row.progress < len(data), "durable bytes of the failed DATA are kept"
     n_ok = len(lines(env.out / "trace"))
@@ -190,6 +204,32 @@ async def test_failure_at_each_step(
             point
         ]
     ), "no task after the failure ran"
+
+
+async def _as_a_partner(env: GatewayEnv, direction: str, data: bytes) -> int:
+    """Upload or download `/r/f.bin` as a protocol server would; returns the id of the
+    server transfer, whatever ended it (the ends a protocol sees are checked too)."""
+    server = env.server()
+    way = Direction.SEND if direction == "send" else Direction.RECEIVE
+    rows_before = {t.id for t in (await env.gw.store.list_transfers(TransferFilter()))[0]}
+    try:
+        handle = await server.open_transfer("a", "/r/f.bin", way)
+    except TransferError:  # SETUP or PRE TASKS failed: the open is refused
+        rows = (await env.gw.store.list_transfers(TransferFilter()))[0]
+        [new] = [t for t in rows if t.id not in rows_before]
+        return new.id or 0
+    try:
+        for offset in range(0, len(data), MiB):
+            if way == Direction.RECEIVE:
+                await handle.write(offset, data[offset : offset + MiB])
+            else:
+                assert await handle.read(offset, MiB) == data[offset : offset + MiB]
+    except TransferError as exc:  # what a protocol does when a write or read fails
+        await handle.abort(exc)
+        return handle.transfer_id
+    with pytest.raises(TransferError):
+        await handle.close()  # the post tasks or the finalization fail
+    return handle.transfer_id
 
 
 async def test_data_resumed_without_resending_the_prefix(env: GatewayEnv) -> None:

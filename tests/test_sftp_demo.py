@@ -21,6 +21,7 @@ async def test_demo_sftp_server_takes_and_serves_files(
     def ephemeral(data: dict[str, Any]) -> None:
         assert data["servers"]["sftp"] == {
             "protocol": "sftp", "address": "127.0.0.1", "port": 2222, "offer_chacha20": False,
+            "max_uploads_per_account": 64, "max_downloads_per_account": 64,
         }  # fmt: skip
         data["api"]["port"] = 0
         for server in data["servers"].values():

@@ -9,6 +9,7 @@ import pytest
 
 from gatewayd.errors import TaskError, TaskWarning, TransferError
 from gatewayd.model import ErrorCode, Transfer
+from gatewayd.requests import TransferRequest
 from gatewayd.tasks import task_class
 from gatewayd.tasks.base import TaskContext
 from tests.tasks_support import file_ctx, make_transfer, run_task
@@ -19,10 +20,11 @@ class Creator:
     parent's follow_id as the real service does."""
 
     def __init__(self, error: TransferError | None = None) -> None:
-        self.calls: list[tuple[dict[str, Any], Transfer]] = []
+        self.calls: list[tuple[dict[str, Any], Transfer]] = []  # requests as the API says them
         self.error = error
 
-    async def __call__(self, request: dict[str, Any], *, parent: Transfer) -> Transfer:
+    async def __call__(self, typed: TransferRequest, *, parent: Transfer) -> Transfer:
+        request = typed.model_dump(by_alias=True, exclude_none=True)
         self.calls.append((request, parent))
         if self.error is not None:
             raise self.error

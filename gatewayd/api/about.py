@@ -21,15 +21,14 @@ DB_TIMEOUT = 5.0
 
 
 async def _database(call: Call) -> dict[str, Any]:
-    gateway = call.ctx.gateway
     try:
         async with asyncio.timeout(DB_TIMEOUT):
-            version = await gateway.store.schema_version()
+            version = await call.ctx.store.schema_version()
     except Exception as exc:  # reported, not raised: /about must answer when the DB does not
         return {"state": "error", "message": f"{type(exc).__name__}: {exc}"}
     return {
         "state": "ok",
-        "backend": gateway.config.database.backend,
+        "backend": call.ctx.loaded.config.database.backend,
         "schemaVersion": version,
     }
 
@@ -44,22 +43,18 @@ async def _database(call: Call) -> dict[str, Any]:
     responses={200: ("The gateway's state", "About"), **_ERRORS},
 )
 async def about(call: Call) -> web.StreamResponse:
-    gateway = call.ctx.gateway
-    now = gateway.clock.now()
+    now = call.ctx.clock.now()
     servers = {}
-    for name, config in sorted(gateway.config.servers.items()):
-        running = gateway.servers.get(name)
+    listeners = call.ctx.listeners()
+    for name, config in sorted(call.ctx.loaded.config.servers.items()):
+        running = listeners.get(name)
         servers[name] = {
             "protocol": config.protocol,
             "state": "running" if running else "stopped" if config.enabled else "disabled",
             "address": config.address,
             "port": running.bound_port if running else config.port,
         }
-    scheduler = gateway.scheduler
-    if gateway.engine.shutting_down:
-        scheduler_state = "stopping"
-    else:
-        scheduler_state = "running" if scheduler.alive else "stopped"
+    scheduler = call.ctx.scheduler()
     return web.json_response(
         {
             "name": "gatewayd",
@@ -72,9 +67,9 @@ async def about(call: Call) -> web.StreamResponse:
             "servers": servers,
             "database": await _database(call),
             "scheduler": {
-                "state": scheduler_state,
-                "running": len(scheduler.running),
-                "queued": scheduler.queue_depth(),
+                "state": scheduler.state,
+                "running": scheduler.running,
+                "queued": scheduler.queued,
             },
         }
     )
@@ -98,7 +93,7 @@ async def audit(call: Call) -> web.StreamResponse:
     limit = query.integer("limit", 100, 1, 1000)
     offset = query.integer("offset", 0, 0, 2**62)
     query.check()
-    entries = await call.ctx.gateway.store.list_audit(limit=limit, offset=offset)
+    entries = await call.ctx.store.list_audit(limit=limit, offset=offset)
     return web.json_response(
         {"entries": [{**entry, "at": rfc3339(entry["at"], call.ctx.tz)} for entry in entries]}
     )

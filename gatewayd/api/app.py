@@ -29,11 +29,11 @@ from gatewayd.api import (  # noqa: F401
 from gatewayd.api.auth import Authenticator, claimed_caller, open_authenticator
 from gatewayd.api.errors import Handler, error_middleware
 from gatewayd.api.refusals import CALLER, RefusedWrites
-from gatewayd.api.routes import ANONYMOUS, CONTEXT, ROUTES, ApiContext, Call, Route
+from gatewayd.api.routes import ANONYMOUS, CONTEXT, ROUTES, ApiContext, ApiDeps, Call, Route
 from gatewayd.config.paths import absolute
 
 if TYPE_CHECKING:
-    from gatewayd.gateway import Gateway
+    from gatewayd.config import LoadedConfig
 
 log = structlog.get_logger("gatewayd.api")
 
@@ -85,17 +85,17 @@ def build_app(ctx: ApiContext) -> web.Application:
         middlewares=[_headers, _audit_refusals, error_middleware], client_max_size=MAX_BODY
     )
     app[CONTEXT] = ctx
-    app[REFUSED_WRITES] = RefusedWrites(ctx.gateway.store)
+    app[REFUSED_WRITES] = RefusedWrites(ctx.store)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, _endpoint(r), name=r.operation_id)
     return app
 
 
-def _tls_context(gateway: Gateway) -> ssl.SSLContext | None:
-    api = gateway.config.api
+def _tls_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
+    api = loaded.config.api
     if api.tls_cert is None or api.tls_key is None:
         return None
-    home = gateway.loaded.paths.home
+    home = loaded.paths.home
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(absolute(api.tls_cert, home), absolute(api.tls_key, home))
@@ -105,8 +105,8 @@ def _tls_context(gateway: Gateway) -> ssl.SSLContext | None:
 class ApiServer:
     """The API's listener inside the daemon."""
 
-    def __init__(self, gateway: Gateway, tls: ssl.SSLContext | None = None) -> None:
-        self.gateway = gateway
+    def __init__(self, deps: ApiDeps, tls: ssl.SSLContext | None = None) -> None:
+        self.deps = deps
         self.tls = tls  # prepared by Gateway.start() before anything listens
         self.auth: Authenticator | None = None
         self.refused_writes: RefusedWrites | None = None
@@ -116,25 +116,26 @@ class ApiServer:
 
     async def start(self) -> None:
         """Listen; returns once connections are accepted (`port` is the bound port)."""
-        gateway = self.gateway
+        deps = self.deps
         self.auth = await open_authenticator(
-            lambda: gateway.config.api,
-            gateway.store,
-            gateway.loaded.paths.state_dir,
-            gateway.clock.now,
-            hashing=gateway.hashing,
+            lambda: deps.config().config.api,
+            deps.store,
+            deps.config().paths.state_dir,
+            deps.clock.now,
+            hashing=deps.hashing,
         )
-        started: datetime = gateway.clock.now()
-        app = build_app(ApiContext(gateway=gateway, auth=self.auth, started=started))
+        started: datetime = deps.clock.now()
+        context = ApiContext(**vars(deps), auth=self.auth, started=started)
+        app = build_app(context)
         self.refused_writes = app[REFUSED_WRITES]
-        tls = self.tls or _tls_context(gateway)
+        tls = self.tls or _tls_context(deps.config())
         self.scheme = "https" if tls else "http"
         # Requests in flight at shutdown get a short grace, not aiohttp's minute.
         runner = web.AppRunner(
             app, access_log_format='%a "%r" %s %b %Tfs', shutdown_timeout=SHUTDOWN_GRACE
         )
         await runner.setup()
-        api = gateway.config.api
+        api = deps.config().config.api
         site = web.TCPSite(runner, api.address, api.port, ssl_context=tls, reuse_address=True)
         try:
             await site.start()

@@ -37,7 +37,7 @@ def public_fields(model: BaseModel, skip: Iterable[str] = ()) -> dict[str, Any]:
 
 
 def server_json(call: Call, name: str, server: ServerConfig) -> dict[str, Any]:
-    running = call.ctx.gateway.servers.get(name)
+    running = call.ctx.listeners().get(name)
     fields = public_fields(server, ("protocol", "address", "port", "enabled"))
     return {
         "name": name,

@@ -19,7 +19,7 @@ SCHEMAS["Metrics"] = {
 
 
 def _open(ctx: ApiContext) -> bool:
-    return not ctx.gateway.config.api.metrics_auth
+    return not ctx.loaded.config.api.metrics_auth
 
 
 @route(
@@ -36,5 +36,5 @@ def _open(ctx: ApiContext) -> bool:
 )
 async def get_metrics(call: Call) -> web.StreamResponse:
     Query(call.request, ()).check()
-    body = call.ctx.gateway.metrics.render()
+    body = call.ctx.metrics()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -49,7 +49,8 @@ from gatewayd.api.errors import ApiError, Problem, not_found
 from gatewayd.api.routes import SCHEMAS, Call, Param, route
 from gatewayd.api.shapes import rfc3339
 from gatewayd.model import ErrorCode, Status, Step, Transfer
-from gatewayd.pipeline.service import NotFoundError, RequestError, StateError
+from gatewayd.pipeline.service import NotFoundError, StateError
+from gatewayd.requests import RequestError
 from gatewayd.store.base import TransferFilter
 
 DEFAULT_BLOCK_SIZE = 65536
@@ -107,7 +108,7 @@ ORDERS = {
 class R66Problem(Problem):
     """A problem with R66's numeric code."""
 
-    def to_json(self) -> dict[str, Any]:  # type: ignore[override]
+    def to_json(self) -> dict[str, Any]:
         return {"message": self.message, "errorCode": int(self.code)}
 
 
@@ -236,11 +237,11 @@ async def _check_request(
     }
     would_be: Transfer | None = None
     try:
-        would_be = call.ctx.gateway.service.check(request)
+        would_be = call.ctx.service.build(request)
     except RequestError as exc:
         problems += [_service_problem(e.code, e.message) for e in exc.errors]
     if would_be is not None and would_be.is_send:
-        problem = await call.ctx.gateway.service.source_problem(would_be)
+        problem = await call.ctx.service.source_problem(would_be)
         if problem is not None:
             problems.append(_problem(9, _missing(body.get("filename"), would_be.rule, problem)))
     if problems:
@@ -340,11 +341,9 @@ _ID = r"{id:\d+}"
 )
 async def r66_create_transfer(call: Call) -> web.StreamResponse:
     body = await _read_body(call.request)
-    request, _ = await _check_request(call, body)
-    try:
-        t = await call.ctx.gateway.service.create(request)
-    except RequestError as exc:  # the configuration changed in between
-        raise _bad([_service_problem(e.code, e.message) for e in exc.errors]) from None
+    _, t = await _check_request(call, body)
+    assert t is not None
+    await call.ctx.service.insert([t])
     await call.audit("transfer.create", f"transfer/{t.id}", {"r66": body})
     return web.json_response(r66_json(t, call), status=201, headers={"transferURI": _uri(t)})
 
@@ -454,7 +453,7 @@ async def r66_list_transfers(call: Call) -> web.StreamResponse:
         raise _bad(sorted(q.problems, key=lambda p: p.message))  # by parameter name
     if status is not None and not statuses:  # UNKNOWN: none of ours is unknown
         return web.json_response({"totalResults": 0, "results": []})
-    rows, total = await call.ctx.gateway.store.list_transfers(filt)
+    rows, total = await call.ctx.store.list_transfers(filt)
     return web.json_response({"totalResults": total, "results": [r66_json(t, call) for t in rows]})
 
 
@@ -483,14 +482,14 @@ def _transfer_id(call: Call) -> int:
 )
 async def r66_get_transfer(call: Call) -> web.StreamResponse:
     transfer_id = _transfer_id(call)
-    t = await call.ctx.gateway.store.get_transfer(transfer_id)
+    t = await call.ctx.store.get_transfer(transfer_id)
     if t is None:
         raise not_found(f"no transfer {transfer_id}")
     return web.json_response(r66_json(t, call))
 
 
 async def _act(call: Call, action: str) -> web.StreamResponse:
-    service = call.ctx.gateway.service
+    service = call.ctx.service
     operation = {"restart": service.resume, "stop": service.pause, "cancel": service.cancel}[action]
     transfer_id = _transfer_id(call)
     if call.request.query:

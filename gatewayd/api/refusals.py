@@ -111,8 +111,8 @@ CALLER = web.RequestKey("gatewayd_caller", str)
 def _reason(response: web.StreamResponse) -> str:
     """Why `response` refused: the problems our errors carry, else the message of an
     envelope of the compatible APIs (Tapis), else the status's phrase."""
-    found = response.get(REASON)
-    if found:
+    found = response.get(REASON)  # aiohttp types only `[]` by key: `get` is Any
+    if isinstance(found, str) and found:
         return found
     body = response.body if isinstance(response, web.Response) else None
     if isinstance(body, bytes) and len(body) <= 65536:

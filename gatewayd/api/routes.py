@@ -16,15 +16,47 @@ from aiohttp import web
 from gatewayd.api.auth import Authenticator, Principal
 
 if TYPE_CHECKING:
+    from gatewayd.clock import Clock
     from gatewayd.config import LoadedConfig
-    from gatewayd.gateway import Gateway
+    from gatewayd.passwords import PasswordHashing
+    from gatewayd.pipeline.service import TransferService
+    from gatewayd.ports import ProtocolServer
+    from gatewayd.store.base import Store
+
+
+@dataclass(frozen=True)
+class SchedulerState:
+    """What `/api/about` says of the scheduler."""
+
+    state: str  # running, stopping, stopped
+    running: int  # transfers it launched that are still running
+    queued: int  # due transfers waiting for a free slot
 
 
 @dataclass
-class ApiContext:
-    """What every handler reaches: the running gateway and the API's own state."""
+class ApiDeps:
+    """The API's collaborators in the running gateway, given explicitly (the API never
+    reaches the gateway itself)."""
 
-    gateway: Gateway
+    store: Store
+    service: TransferService
+    clock: Clock
+    # The configuration in force now, and how to put a new one in force (rule changes).
+    config: Callable[[], LoadedConfig]
+    apply_config: Callable[[LoadedConfig], None]
+    # The protocol listeners running now, by server name.
+    listeners: Callable[[], Mapping[str, ProtocolServer]]
+    scheduler: Callable[[], SchedulerState]
+    # The Prometheus exposition of the gateway's metrics.
+    metrics: Callable[[], bytes]
+    # Password checks and hashes, off the event loop (shared with the protocol servers).
+    hashing: PasswordHashing
+
+
+@dataclass
+class ApiContext(ApiDeps):
+    """What every handler reaches: the collaborators and the API's own state."""
+
     auth: Authenticator
     started: datetime
     # Rule changes (validate, write, reload, swap) happen one at a time.
@@ -32,11 +64,11 @@ class ApiContext:
 
     @property
     def loaded(self) -> LoadedConfig:
-        return self.gateway.loaded
+        return self.config()
 
     @property
     def tz(self) -> tzinfo:
-        return self.gateway.loaded.tz
+        return self.config().tz
 
 
 CONTEXT = web.AppKey("gatewayd_api", ApiContext)
@@ -54,7 +86,7 @@ class Call:
         self, action: str, target: str, details: Mapping[str, Any] | None = None
     ) -> None:
         """Record a change made through the API (returns once committed)."""
-        await self.ctx.gateway.store.audit(self.principal.who, action, target, details)
+        await self.ctx.store.audit(self.principal.who, action, target, details)
 
 
 Handler = Callable[[Call], Awaitable[web.StreamResponse]]

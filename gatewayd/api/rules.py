@@ -230,7 +230,7 @@ async def _change(call: Call, path: Path, text: str | None) -> None:
                 *problems,
             ],
         ) from None
-    call.ctx.gateway.apply_config(loaded)
+    call.ctx.apply_config(loaded)
 
 
 async def _save(call: Call, url_name: str | None) -> tuple[RuleConfig, bool]:

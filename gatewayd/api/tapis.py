@@ -48,8 +48,8 @@ from gatewayd.api.errors import ApiError
 from gatewayd.api.routes import SCHEMAS, Call, Param, route
 from gatewayd.api.shapes import rfc3339
 from gatewayd.model import Status, Transfer
-from gatewayd.pipeline import localfiles
-from gatewayd.pipeline.service import NotFoundError, RequestError, StateError
+from gatewayd.pipeline.service import NotFoundError, StateError
+from gatewayd.requests import RequestError, TransferRequest
 from gatewayd.store.base import TapisTask, TransferFilter
 
 log = structlog.get_logger("gatewayd.api")
@@ -149,14 +149,15 @@ class _Element:
     destination: Location
     optional: bool
     raw: dict[str, Any]
-    requests: list[dict[str, Any]]
+    transfers: list[Transfer]
     estimated_bytes: int = 0
     error: str | None = None
 
 
 async def _expand(
-    call: Call, index: int, element: dict[str, Any], problems: list[str]
+    call: Call, task_id: str, index: int, element: dict[str, Any], problems: list[str]
 ) -> _Element | None:
+    """Parse one element and plan its children through the transfer service."""
     where = f"elements[{index}]"
     unknown = sorted(set(element) - {"sourceURI", "destinationURI", "optional"})
     problems += [f"{where}: unknown field {k!r}" for k in unknown]
@@ -176,64 +177,39 @@ async def _expand(
             f"{where}: one side must be tapis://local/<rule>/... and the other a partner"
         )
         return None
-    loaded = call.ctx.loaded
     sending = source.partner is None
     local, remote = (source, destination) if sending else (destination, source)
-    rule = loaded.config.rules.get(local.rule or "")
-    if rule is None:
-        problems.append(f"{where}: unknown rule {local.rule!r}")
-        return None
-    wanted = "send" if sending else "receive"
-    if rule.direction != wanted:
-        problems.append(f"{where}: rule {rule.name!r} is a {rule.direction} rule, not {wanted}")
-        return None
+    assert remote.partner is not None
     found = _Element(source, destination, bool(optional), element, [])
-    info = {"followID": "", "tapisElement": index}
-    if sending:
-        cap = loaded.config.api.tapis_max_files
-        listing = await localfiles.list_files(loaded.paths.rule_folder(rule), local.path, cap)
-        files = listing.files
-        if listing.skipped:
-            log.warning(
-                "symbolic links left out of a folder element",
-                element=source.uri(),
-                links=listing.skipped[:20],
+    info = {"followID": task_id, "tapisElement": index}
+    service = call.ctx.service
+    try:
+        if sending:
+            cap = call.ctx.loaded.config.api.tapis_max_files
+            plan = await service.plan_folder(
+                local.rule or "", local.path, remote.partner, remote.path, info, cap
             )
-        if listing.error:
-            found.error = f"{source.uri()}: {listing.error}"
-        elif len(files) > cap:
-            found.error = (
-                f"{source.uri()} holds more than {cap} files; transfer an archive "
-                "(tar, zip) of it instead"
+            if plan.skipped:
+                log.warning(
+                    "symbolic links left out of a folder element",
+                    element=source.uri(),
+                    links=plan.skipped[:20],
+                )
+            if plan.error is not None:
+                found.error = f"{source.uri()}: {plan.error}"
+            found.transfers, found.estimated_bytes = plan.transfers, plan.bytes
+        else:
+            request = TransferRequest(
+                rule=local.rule or "",
+                partner=remote.partner,
+                is_send=False,
+                file=remote.path,
+                output=posixpath.basename(local.path) or posixpath.basename(remote.path),
+                transfer_info=info,
             )
-        for rel, size in files if found.error is None else ():
-            found.requests.append(
-                {
-                    "rule": rule.name,
-                    "partner": remote.partner,
-                    "file": posixpath.join(local.path, rel) if rel else local.path,
-                    "output": posixpath.join(remote.path, rel) if rel else remote.path,
-                    "transferInfo": dict(info),
-                }
-            )
-            found.estimated_bytes += size
-    else:
-        found.requests.append(
-            {
-                "rule": rule.name,
-                "partner": remote.partner,
-                "file": remote.path,
-                "output": posixpath.basename(local.path) or posixpath.basename(remote.path),
-                "transferInfo": dict(info),
-            }
-        )
-    service = call.ctx.gateway.service
-    for request in found.requests:
-        try:
-            service.check(request)
-        except RequestError as exc:
-            problems += [f"{where}: {e.message}" for e in exc.errors]
-            break
+            found.transfers = [service.build(request)]
+    except RequestError as exc:
+        problems += [f"{where}: {e.message}" for e in exc.errors]
     return found
 
 
@@ -409,7 +385,7 @@ def task_json(view: _View, call: Call, *, summary: bool, details: bool) -> dict[
 
 
 async def _view(call: Call, task: TapisTask) -> _View:
-    rows, _ = await call.ctx.gateway.store.list_transfers(
+    rows, _ = await call.ctx.store.list_transfers(
         TransferFilter(follow_id=task.uuid, limit=MAX_CHILDREN_LISTED)
     )
     return _View(task, rows)
@@ -417,7 +393,7 @@ async def _view(call: Call, task: TapisTask) -> _View:
 
 async def _task(call: Call) -> TapisTask:
     wanted = call.request.match_info["id"]
-    task = await call.ctx.gateway.store.get_tapis_task(wanted)
+    task = await call.ctx.store.get_tapis_task(wanted)
     if task is None:
         raise TapisError(404, [f"no transfer task {wanted}"])
     return task
@@ -527,6 +503,7 @@ async def _create(call: Call) -> web.StreamResponse:
     if not isinstance(tag, str):
         problems.append("tag must be a string")
         tag = ""
+    task_id = str(uuidlib.uuid4())
     raw_elements = body.get("elements")
     if not isinstance(raw_elements, list) or not raw_elements:
         problems.append("elements must be a non-empty array")
@@ -536,18 +513,16 @@ async def _create(call: Call) -> web.StreamResponse:
         if not isinstance(raw, dict):
             problems.append(f"elements[{index}]: must be an object")
             continue
-        element = await _expand(call, index, raw, problems)
+        element = await _expand(call, task_id, index, raw, problems)
         if element is not None:
             elements.append(element)
     if problems:
         raise TapisError(400, problems)
 
-    gateway = call.ctx.gateway
-    task_id = str(uuidlib.uuid4())
     task = TapisTask(
         uuid=task_id,
         username=call.principal.user,
-        created=gateway.clock.now(),
+        created=call.ctx.clock.now(),
         tag=tag,
         elements=[
             {
@@ -555,21 +530,15 @@ async def _create(call: Call) -> web.StreamResponse:
                 "destinationURI": e.raw["destinationURI"],
                 "optional": e.optional,
                 "send": e.source.partner is None,
-                "files": len(e.requests),
+                "files": len(e.transfers),
                 "bytes": e.estimated_bytes,
                 "error": e.error,
             }
             for e in elements
         ],
     )
-    await gateway.store.insert_tapis_task(task)
-    for element in elements:
-        for request in element.requests:
-            request["transferInfo"]["followID"] = task_id
-            try:
-                await gateway.service.create(request)
-            except RequestError as exc:  # the configuration changed in between
-                raise TapisError(400, [e.message for e in exc.errors]) from None
+    # The task and all of its children in one commit: all of them, or nothing.
+    await call.ctx.service.insert_tapis_task(task, [t for e in elements for t in e.transfers])
     await call.audit("tapis.create", f"tapis/{task_id}", {"tag": tag, "elements": len(elements)})
     view = await _view(call, task)
     return envelope(task_json(view, call, summary=True, details=True), "Transfer task created")
@@ -604,7 +573,7 @@ async def tapis_list_tasks(call: Call) -> web.StreamResponse:
             numbers[name] = min(int(value), 2**31 - 1)
     if problems:
         return TapisError(400, problems).response()
-    tasks = await call.ctx.gateway.store.list_tapis_tasks(numbers["limit"], numbers["offset"])
+    tasks = await call.ctx.store.list_tapis_tasks(numbers["limit"], numbers["offset"])
     results = [
         task_json(await _view(call, task), call, summary=False, details=False) for task in tasks
     ]
@@ -666,13 +635,12 @@ async def tapis_cancel_task(call: Call) -> web.StreamResponse:
         task = await _task(call)
     except TapisError as exc:
         return exc.response()
-    gateway = call.ctx.gateway
-    await gateway.store.cancel_tapis_task(task.uuid, gateway.clock.now())
+    await call.ctx.store.cancel_tapis_task(task.uuid, call.ctx.clock.now())
     view = await _view(call, task)
     for t in view.children:
         if t.id is not None and not t.status.is_final:
             try:
-                await gateway.service.cancel(t.id)
+                await call.ctx.service.cancel(t.id)
             except (StateError, NotFoundError):
                 continue  # it ended meanwhile
     await call.audit("tapis.cancel", f"tapis/{task.uuid}")

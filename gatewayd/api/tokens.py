@@ -13,53 +13,20 @@ revoke its user's other tokens. Others' tokens need the `users` area besides.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from aiohttp import web
 
-from gatewayd.api.auth import AREAS, LETTERS
 from gatewayd.api.body import Query, read_object
 from gatewayd.api.errors import ApiError, Problem, bad_request, not_found
 from gatewayd.api.routes import Call, Param, route
 from gatewayd.api.shapes import token_json
+from gatewayd.requests import TokenRequest, parse
 
-DEFAULT_LIFETIME = 86400  # seconds
-MAX_LIFETIME = 366 * 86400
-TOKEN_FIELDS = ("expiresIn", "permissions", "comment", "manageTokens")
 _ERRORS: dict[int, tuple[str, str | None]] = {
     400: ("Bad request: every problem is listed", "Errors"),
     401: ("Not authenticated", "Errors"),
     403: ("Not allowed", "Errors"),
 }
-
-
-def _check_permissions(value: Any, problems: list[Problem]) -> dict[str, str] | None:
-    if not isinstance(value, dict):
-        problems.append(
-            Problem("'permissions' must be an object {area: letters}", "bad_value", "permissions")
-        )
-        return None
-    found: dict[str, str] = {}
-    for area, letters in value.items():
-        if area not in AREAS:
-            problems.append(
-                Problem(
-                    f"'permissions': unknown area '{area}' (known: {', '.join(AREAS)})",
-                    "bad_value",
-                    "permissions",
-                )
-            )
-        elif not isinstance(letters, str) or any(x not in LETTERS for x in letters):
-            problems.append(
-                Problem(
-                    f"'permissions.{area}' must be made of the letters r, w and d",
-                    "bad_value",
-                    "permissions",
-                )
-            )
-        else:
-            found[area] = letters
-    return found
 
 
 @route(
@@ -81,36 +48,10 @@ async def create_token(call: Call) -> web.StreamResponse:
             403,
             [Problem("tokens are issued to a user name and password, not to a token", "forbidden")],
         )
-    body = await read_object(call.request)
-    problems = [
-        Problem(f"unknown field '{k}'", "unknown_field", k) for k in body if k not in TOKEN_FIELDS
-    ]
-    lifetime = body.get("expiresIn", DEFAULT_LIFETIME)
-    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
-        problems.append(
-            Problem("'expiresIn' must be a number of seconds", "bad_value", "expiresIn")
-        )
-    elif not 0 < lifetime <= MAX_LIFETIME:
-        problems.append(
-            Problem(
-                f"'expiresIn' must be between 1 and {MAX_LIFETIME} seconds",
-                "bad_value",
-                "expiresIn",
-            )
-        )
-    permissions = None
-    if body.get("permissions") is not None:
-        permissions = _check_permissions(body["permissions"], problems)
-    comment = body.get("comment", "")
-    if not isinstance(comment, str) or len(comment) > 200:
-        problems.append(
-            Problem("'comment' must be a text of at most 200 characters", "bad_value", "comment")
-        )
-    manage = body.get("manageTokens", False)
-    if not isinstance(manage, bool):
-        problems.append(
-            Problem("'manageTokens' must be true or false", "bad_value", "manageTokens")
-        )
+    parsed = parse(TokenRequest, await read_object(call.request))
+    problems = [Problem(e.message, e.code, e.field or None) for e in parsed.errors]
+    request = parsed.request
+    permissions = request.permissions
     if permissions:
         beyond = [
             f"{area}:{letter}"
@@ -131,10 +72,12 @@ async def create_token(call: Call) -> web.StreamResponse:
         raise bad_request(*problems)
     token, record = await call.ctx.auth.issue(
         call.principal,
-        timedelta(seconds=float(lifetime)),
-        permissions,
-        comment,
-        manage_tokens=manage is True,
+        timedelta(seconds=float(request.expires_in)),
+        {area: letters for area, letters in permissions.items()}
+        if permissions is not None
+        else None,
+        request.comment,
+        manage_tokens=request.manage_tokens,
     )
     await call.audit(
         "token.create",
@@ -172,7 +115,7 @@ async def list_tokens(call: Call) -> web.StreamResponse:
         user = call.principal.user
     if user != call.principal.user:
         call.principal.require("users", "r")
-    tokens = await call.ctx.gateway.store.list_tokens(user)
+    tokens = await call.ctx.store.list_tokens(user)
     return web.json_response({"tokens": [token_json(t, call.ctx.tz) for t in tokens]})
 
 
@@ -193,13 +136,13 @@ async def list_tokens(call: Call) -> web.StreamResponse:
 async def revoke_token(call: Call) -> web.StreamResponse:
     call.principal.require_token_management()
     token_id = call.request.match_info["id"]
-    store = call.ctx.gateway.store
+    store = call.ctx.store
     record = await store.get_token(token_id)
     if record is None:
         raise not_found(f"no token '{token_id}'")
     if record.user != call.principal.user:
         call.principal.require("users", "d")
-    if not await store.revoke_token(token_id, call.ctx.gateway.clock.now()):
+    if not await store.revoke_token(token_id, call.ctx.clock.now()):
         raise not_found(f"token '{token_id}' is already revoked")
     await call.audit("token.revoke", f"token/{token_id}", {"user": record.user})
     return web.Response(status=204)

@@ -16,8 +16,8 @@ from gatewayd.api.errors import Problem, bad_request, conflict, not_found
 from gatewayd.api.routes import Call, Param, route
 from gatewayd.api.shapes import transfer_json
 from gatewayd.model import Status, Transfer
-from gatewayd.pipeline import preregister as prereg
-from gatewayd.pipeline.service import NotFoundError, RequestError, StateError
+from gatewayd.pipeline.service import NotFoundError, StateError
+from gatewayd.requests import RequestError
 from gatewayd.store.base import SORT_FIELDS, TransferFilter
 
 # API names of the sortable columns, and the store's names for them.
@@ -150,7 +150,7 @@ async def list_transfers(call: Call) -> web.StreamResponse:
         descending=descending,
     )
     query.check()
-    rows, total = await call.ctx.gateway.store.list_transfers(filt)
+    rows, total = await call.ctx.store.list_transfers(filt)
     return web.json_response(
         {
             "transfers": [transfer_json(t, call.ctx.tz) for t in rows],
@@ -177,7 +177,7 @@ async def list_transfers(call: Call) -> web.StreamResponse:
 async def create_transfer(call: Call) -> web.StreamResponse:
     body = await read_object(call.request)
     try:
-        t = await call.ctx.gateway.service.create(body)
+        t = await call.ctx.service.create(body)
     except RequestError as exc:
         raise bad_request(*_request_problems(exc)) from None
     await call.audit("transfer.create", f"transfer/{t.id}", body)
@@ -199,12 +199,10 @@ async def create_transfer(call: Call) -> web.StreamResponse:
 )
 async def preregister_transfer(call: Call) -> web.StreamResponse:
     body = await read_object(call.request)
-    gateway = call.ctx.gateway
     try:
-        t = await prereg.preregister(gateway.rt, body)
+        t = await call.ctx.service.preregister(body)
     except RequestError as exc:
         raise bad_request(*_request_problems(exc)) from None
-    gateway.expirer.wake()
     await call.audit("transfer.preregister", f"transfer/{t.id}", body)
     return _created(call, t)
 
@@ -223,14 +221,14 @@ async def preregister_transfer(call: Call) -> web.StreamResponse:
 )
 async def get_transfer(call: Call) -> web.StreamResponse:
     transfer_id = _parse_id(call)
-    t = await call.ctx.gateway.store.get_transfer(transfer_id)
+    t = await call.ctx.store.get_transfer(transfer_id)
     if t is None:
         raise not_found(f"no transfer {transfer_id}")
     return web.json_response(transfer_json(t, call.ctx.tz))
 
 
 async def _operate(call: Call, name: str) -> Transfer:
-    service = call.ctx.gateway.service
+    service = call.ctx.service
     operation = {
         "pause": service.pause,
         "resume": service.resume,
@@ -349,7 +347,7 @@ async def cancel_transfers(call: Call) -> web.StreamResponse:
             )
         )
     query.check()
-    store = call.ctx.gateway.store
+    store = call.ctx.store
     ids: list[int] = []
     offset = 0
     # Collect first: cancelled rows leave the filter as they change.
@@ -367,7 +365,7 @@ async def cancel_transfers(call: Call) -> web.StreamResponse:
     async def cancel(transfer_id: int) -> None:
         async with limit:
             try:
-                await call.ctx.gateway.service.cancel(transfer_id)
+                await call.ctx.service.cancel(transfer_id)
             except (StateError, NotFoundError):
                 return  # it ended meanwhile
             done.append(transfer_id)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.events import AliasEvent, CollectionStartEvent
+from yaml.error import Mark
+from yaml.events import AliasEvent, CollectionStartEvent, Event
 from yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode, SequenceNode
 
 from gatewayd.config.problems import Problem
@@ -156,6 +157,13 @@ class _Refused(yaml.MarkedYAMLError):
     """Valid YAML that the gateway does not take: aliases or nesting beyond the limits."""
 
 
+def _start(event: Event) -> Mark | None:
+    """Where `event` starts. The pure-Python loader makes `yaml.error.Mark`s (the stubs
+    also allow libyaml's, which only the C loader makes)."""
+    mark = event.start_mark
+    return mark if isinstance(mark, Mark) else None
+
+
 class _BoundedLoader(yaml.SafeLoader):
     """PyYAML's safe loader, with a budget for what aliases expand to and a limit on
     nesting, both enforced while composing (no value is built past them).
@@ -171,10 +179,12 @@ class _BoundedLoader(yaml.SafeLoader):
         self._alias_values = 0
         self._measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, height)
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
-        event = self.peek_event()
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        # types-PyYAML leaves Parser.peek_event unannotated; there is always an event here.
+        event: Event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, AliasEvent):
-            node: Node = super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
+            assert node is not None  # an alias is composed to its anchor's node
             self._count_alias(event, node)
             return node
         if not isinstance(event, CollectionStartEvent):
@@ -184,7 +194,7 @@ class _BoundedLoader(yaml.SafeLoader):
                 None,
                 None,
                 f"lists and mappings nested more than {MAX_DEPTH} levels deep",
-                event.start_mark,
+                _start(event),
             )
         self._depth += 1
         try:
@@ -206,14 +216,14 @@ class _BoundedLoader(yaml.SafeLoader):
                 None,
                 f"{anchor} expands to {values} values: this file's aliases would add more "
                 f"than {MAX_ALIAS_VALUES} in all, the limit (an alias bomb?)",
-                event.start_mark,
+                _start(event),
             )
         if self._depth + height > MAX_DEPTH:
             raise _Refused(
                 None,
                 None,
                 f"{anchor} nests lists and mappings more than {MAX_DEPTH} levels deep",
-                event.start_mark,
+                _start(event),
             )
 
     def _measure(self, node: Node, active: set[int]) -> tuple[int, int]:

@@ -139,7 +139,7 @@ class AuthThrottle:
         past_free = worst - policy.free_failures
         if past_free <= 0:
             return 0.0
-        return min(policy.base_delay * 2 ** (past_free - 1), policy.max_delay)
+        return min(policy.base_delay * 2.0 ** (past_free - 1), policy.max_delay)
 
     def success(self, remote: str, login: str) -> None:
         """A good login clears the account's count (not the address's: a valid login of

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import posixpath
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,12 +27,11 @@ from gatewayd.lifecycle import Event
 from gatewayd.model import Direction, ErrorCode, Status, Transfer
 from gatewayd.names import check_name
 from gatewayd.pipeline.engine import Runtime
-from gatewayd.pipeline.service import FieldError, RequestError
+from gatewayd.requests import FieldError, PreregisterRequest, RequestError, parse
 from gatewayd.store.base import Store, TransferFilter
 
 log = structlog.get_logger("gatewayd.pipeline")
 
-PREREGISTER_FIELDS = ("rule", "account", "file", "validFor", "expires", "transferInfo")
 DEFAULT_VALIDITY = 86400.0  # seconds
 EXPIRED_MESSAGE = "pre-registered transfer expired before its partner came"
 # Longest sleep of the expiry loop without a wake-up (a guard, as in the scheduler).
@@ -43,110 +43,87 @@ def account_folder(rt: Runtime, rule: RuleConfig, account: str) -> str:
     return str(folder if rule.shared_folder else folder / account)
 
 
-def build_preregistered(rt: Runtime, request: Any) -> Transfer:
-    """An AVAILABLE server transfer from `request` (the API's body), or RequestError
-    naming every problem."""
-    if not isinstance(request, dict):
-        raise RequestError([FieldError("", "bad_value", "the request must be a JSON object")])
-    errors = [
-        FieldError(k, "unknown_field", f"unknown field '{k}'")
-        for k in request
-        if k not in PREREGISTER_FIELDS
-    ]
-
-    def get(name: str, kinds: type | tuple[type, ...], required: bool = False) -> Any:
-        value = request.get(name)
-        if value is None:
-            if required:
-                errors.append(FieldError(name, "missing", f"missing field '{name}'"))
-            return None
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            errors.append(FieldError(name, "bad_value", f"'{name}' has the wrong type"))
-            return None
-        return value
-
+def build_preregistered(rt: Runtime, request: PreregisterRequest | Mapping[str, Any]) -> Transfer:
+    """An AVAILABLE server transfer from `request` (a PreregisterRequest, or the API's
+    body), or RequestError naming every problem."""
+    if isinstance(request, PreregisterRequest):
+        req, errors = request, []
+    else:
+        parsed = parse(PreregisterRequest, request)
+        req, errors = parsed.request, list(parsed.errors)
     config = rt.loaded.config
-    rule_name = get("rule", str, required=True)
-    account = get("account", str, required=True)
-    name = get("file", str, required=True)
-    valid_for = get("validFor", (int, float))
-    expires_text = get("expires", str)
-    info = get("transferInfo", dict)
-    rule = config.rules.get(rule_name) if rule_name is not None else None
-    if rule_name is not None and rule is None:
-        errors.append(FieldError("rule", "unknown_rule", f"unknown rule '{rule_name}'"))
-    if account is not None and account not in config.accounts:
-        errors.append(FieldError("account", "unknown_account", f"unknown account '{account}'"))
-    elif account is not None and rule is not None and not rule.allows_account(account):
+    rule = config.rules.get(req.rule) if req.rule is not None else None
+    if req.rule is not None and rule is None:
+        errors.append(FieldError("rule", "unknown_rule", f"unknown rule '{req.rule}'"))
+    if req.account is not None and req.account not in config.accounts:
+        errors.append(FieldError("account", "unknown_account", f"unknown account '{req.account}'"))
+    elif req.account is not None and rule is not None and not rule.allows_account(req.account):
         errors.append(
             FieldError(
-                "account", "not_allowed", f"rule '{rule.name}' does not allow account '{account}'"
+                "account",
+                "not_allowed",
+                f"rule '{rule.name}' does not allow account '{req.account}'",
             )
         )
-    if name is not None and (problem := check_name(name)):
+    if req.file is not None and (problem := check_name(req.file)):
         errors.append(FieldError("file", "bad_value", f"'file': {problem}"))
-    now = rt.clock.now()
-    expires = now + timedelta(seconds=DEFAULT_VALIDITY)
-    if valid_for is not None and expires_text is not None:
-        errors.append(FieldError("expires", "bad_value", "give 'validFor' or 'expires', not both"))
-    elif valid_for is not None:
-        if valid_for <= 0:
-            errors.append(FieldError("validFor", "bad_value", "'validFor' must be > 0 (seconds)"))
-        else:
-            try:
-                expires = now + timedelta(seconds=valid_for)
-            except OverflowError:
-                errors.append(FieldError("validFor", "bad_value", "'validFor' is too large"))
-    elif expires_text is not None:
-        try:
-            expires = datetime.fromisoformat(expires_text.replace("Z", "+00:00"))
-        except ValueError:
-            errors.append(
-                FieldError(
-                    "expires", "bad_value", f"'expires': {expires_text!r} is not an RFC 3339 date"
-                )
-            )
-        else:
-            if expires.tzinfo is None:
-                expires = expires.replace(tzinfo=rt.loaded.tz)
-            if expires <= now:
-                errors.append(FieldError("expires", "bad_value", "'expires' is in the past"))
+    expires = _expiry(rt, req, errors)
     if errors:
         raise RequestError(errors)
-    assert rule is not None and account is not None and name is not None
+    assert rule is not None
     is_send = rule.direction == Direction.SEND
     t = Transfer(
         rule=rule.name,
         is_server=True,
         is_send=is_send,
-        requester=account,
+        requester=req.account,
         requested="",  # whichever of our servers the partner uses
         protocol="",
-        account=account,
+        account=req.account,
         remote_id=uuid.uuid4().hex,
-        src_filename=name,
-        dest_filename=name,
-        local_filepath=posixpath.join(account_folder(rt, rule, account), name),
-        remote_filepath=posixpath.join(rule.path, name),
-        status=lifecycle.after(lifecycle.NEW, Event.PREREGISTER),
-        transfer_info=dict(info or {}),
+        src_filename=req.file,
+        dest_filename=req.file,
+        local_filepath=posixpath.join(account_folder(rt, rule, req.account), req.file),
+        remote_filepath=posixpath.join(rule.path, req.file),
+        transfer_info=dict(req.transfer_info),
         next_attempt=expires,
         pre_tasks=[x.spec() for x in rule.pre],
         post_tasks=[x.spec() for x in rule.post],
         error_tasks=[x.spec() for x in rule.error],
     )
+    lifecycle.apply(t, Event.PREREGISTER, new=True)
+    t.transfer_info.setdefault("followID", t.remote_id)
+    t.follow_id = str(t.transfer_info["followID"])
     if not is_send:
         t.tmp_filepath = str(rt.loaded.paths.rule_tmp_folder(rule) / f"{t.remote_id}.part")
     return t
 
 
-async def preregister(rt: Runtime, request: Any) -> Transfer:
+def _expiry(rt: Runtime, req: PreregisterRequest, errors: list[FieldError]) -> datetime:
+    now = rt.clock.now()
+    if req.valid_for is not None and req.expires is not None:
+        errors.append(FieldError("expires", "bad_value", "give 'validFor' or 'expires', not both"))
+        return now
+    if req.valid_for is not None:
+        try:
+            return now + timedelta(seconds=req.valid_for)
+        except OverflowError:
+            errors.append(FieldError("validFor", "bad_value", "'validFor' is too large"))
+            return now
+    if req.expires is not None:
+        expires = req.expires
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=rt.loaded.tz)
+        if expires <= now:
+            errors.append(FieldError("expires", "bad_value", "'expires' is in the past"))
+        return expires
+    return now + timedelta(seconds=DEFAULT_VALIDITY)
+
+
+async def preregister(rt: Runtime, request: PreregisterRequest | Mapping[str, Any]) -> Transfer:
     """Validate and insert an AVAILABLE server transfer; returns it once committed."""
     t = build_preregistered(rt, request)
     await rt.store.insert_transfer(t)
-    if not t.transfer_info.get("followID"):
-        t.transfer_info["followID"] = t.follow_id
-        await rt.store.save_transfer(t)
     return t
 
 

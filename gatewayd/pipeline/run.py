@@ -117,6 +117,11 @@ class Run:
         # DATA was committed by the row's insertion (a new server transfer without pre
         # tasks): entering it needs no commit of its own.
         self.inserted_at_data = False
+        # The run started past DATA (a restart): leftovers of the last run may remain.
+        self.resumed_after_data = False
+        # The task the row says is next when the run starts: it may have run already
+        # (a crash between its work and the commit of its end).
+        self.resumed_at = (transfer.step, transfer.task_number) if transfer.step in CHAINS else None
         self._last_save = time.monotonic()
         self._saved_progress = transfer.progress
         self._saving: asyncio.Task[None] | None = None
@@ -132,6 +137,7 @@ class Run:
             try:
                 t = self.transfer
                 start = STEPS.index(t.step) if t.step in STEPS else 0
+                self.resumed_after_data = start > STEPS.index(Step.DATA)
                 for step in STEPS[start:]:
                     await _STEP_WORK[step](self)
             except TransferError as exc:
@@ -163,7 +169,7 @@ class Run:
     async def _post_tasks(self) -> None:
         await self.enter(Step.POST_TASKS, commit=False)  # committed by complete_*
         t = self.transfer
-        if not t.is_send and t.tmp_filepath:
+        if self.resumed_after_data and not t.is_send and t.tmp_filepath:
             # A crash may have come between the commit of the placing and the removal
             # of the temp name: a second name of the placed file, never the only one.
             await asyncio.to_thread(drop_temp, self.beneath(t.tmp_filepath))
@@ -278,6 +284,8 @@ class Run:
             raise TaskError(f"task #{index} ({spec.type}): unknown task type")
         task_log = self.log.bind(task=spec.type, task_number=index)
         ctx.log = task_log
+        ctx.step, ctx.task_number = str(self.transfer.step), index
+        ctx.rerun = (self.transfer.step, index) == self.resumed_at
         ok: bool | None = None  # None: stopped from outside, neither success nor failure
         try:
             await cls(dict(spec.args)).run(ctx)

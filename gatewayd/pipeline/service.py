@@ -1,6 +1,7 @@
 """The transfer service: the one place that creates client transfers and changes their
-state on request. The admin API, the CLI (through the API) and the TRANSFER task all use
-it, so a request is validated the same way whoever makes it.
+state on request. The admin API (and the CLI through it), R66's /v2, Tapis's /v3 and the
+TRANSFER task all give it a `TransferRequest` (gatewayd.requests), so a request is
+checked the same way whoever makes it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import contextlib
 import os
 import posixpath
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +21,28 @@ from gatewayd.config.schema import RuleConfig
 from gatewayd.lifecycle import Event
 from gatewayd.model import Direction, Status, Step, Transfer
 from gatewayd.names import check_name
-from gatewayd.pipeline import localfiles
+from gatewayd.pipeline import localfiles, preregister
 from gatewayd.pipeline.engine import Engine, StopReason
+from gatewayd.requests import (
+    FieldError,
+    PreregisterRequest,
+    RequestError,
+    TransferRequest,
+    parse,
+)
 from gatewayd.safepath import Beneath
-
-CREATE_FIELDS = (
-    "rule", "partner", "account", "isSend", "file", "output", "start", "transferInfo",
-    "nbOfAttempts", "firstRetryDelay", "retryIncrementFactor",
-)  # fmt: skip
+from gatewayd.store.base import TapisTask
 
 
-@dataclass(frozen=True)
-class FieldError:
-    """One problem of a request: the field it is about, a stable code, a message."""
+@dataclass
+class FolderPlan:
+    """The transfers that would send a file or folder of a rule (see `plan_folder`)."""
 
-    field: str
-    code: str  # unknown_field, missing, bad_value, unknown_rule, unknown_partner, not_allowed
-    message: str
-
-
-class RequestError(Exception):
-    """A request with problems; nothing was changed."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        super().__init__("; ".join(e.message for e in errors))
-        self.errors = errors
+    transfers: list[Transfer] = field(default_factory=list)
+    bytes: int = 0
+    error: str | None = None
+    # Links found in the folder and left out.
+    skipped: list[str] = field(default_factory=list)
 
 
 class NotFoundError(Exception):
@@ -72,23 +69,42 @@ def _relative_parts(value: str, field: str, errors: list[FieldError]) -> list[st
 class TransferService:
     """Creates client transfers and pauses, resumes, cancels and retries transfers."""
 
-    def __init__(self, engine: Engine, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        wake: Callable[[], None] = lambda: None,
+        preregistered: Callable[[], None] = lambda: None,
+    ) -> None:
         self.engine = engine
         self.rt = engine.rt
+        # Told of new work: the scheduler (due transfers), the expiry of pre-registrations.
         self.wake = wake
+        self.preregistered = preregistered
+
+    async def preregister(self, request: PreregisterRequest | Mapping[str, Any]) -> Transfer:
+        """Validate and insert an AVAILABLE server transfer (see
+        gatewayd.pipeline.preregister); RequestError with every problem."""
+        t = await preregister.preregister(self.rt, request)
+        self.preregistered()
+        return t
 
     # ------------------------------------------------------------------ create
 
     async def create(
-        self, request: Any, *, parent: Transfer | None = None, trusted: bool = False
+        self,
+        request: TransferRequest | Mapping[str, Any],
+        *,
+        parent: Transfer | None = None,
+        trusted: bool = False,
     ) -> Transfer:
-        """Validate `request` (the API's create body) and insert a PLANNED transfer.
+        """Validate `request` (a TransferRequest, or the admin API's create body) and
+        insert a PLANNED transfer.
 
         `trusted` callers (the TRANSFER task, retries) may name an absolute local file;
-        requests from the API may only name files inside the rule's folder.
-        Raises RequestError listing every problem at once.
+        requests from outside may only name files inside the rule's folder, never
+        through a symbolic link. Raises RequestError listing every problem at once.
         """
-        t = self._build(request, parent=parent, trusted=trusted)
+        t = self.build(request, parent=parent, trusted=trusted)
         if t.is_send and not trusted:
             # A file that exists must be one the transfer may send: a link is refused
             # now (and again, atomically, when the file is opened). A missing one may
@@ -96,12 +112,60 @@ class TransferService:
             problem = await self.source_problem(t)
             if problem is not None and problem != "no such file":
                 raise RequestError([FieldError("file", "bad_value", f"'file': {problem}")])
-        await self.rt.store.insert_transfer(t)
-        if not t.transfer_info.get("followID"):
-            t.transfer_info["followID"] = t.follow_id
-            await self.rt.store.save_transfer(t)
-        self.wake()
+        await self.insert([t])
         return t
+
+    async def insert(self, transfers: list[Transfer]) -> None:
+        """Insert transfers made by `build`, all in one commit (all of them or none)."""
+        await self.rt.store.insert_transfers(transfers)
+        self.wake()
+
+    async def insert_tapis_task(self, task: TapisTask, children: list[Transfer]) -> None:
+        """Record a Tapis transfer task with its children, all in one commit."""
+        await self.rt.store.insert_tapis_task(task, children)
+        self.wake()
+
+    async def plan_folder(
+        self,
+        rule_name: str,
+        path: str,
+        partner: str,
+        remote_dir: str,
+        transfer_info: Mapping[str, Any],
+        cap: int,
+    ) -> FolderPlan:
+        """One PLANNED transfer (built, not inserted) per regular file of the file or
+        folder `path` of send rule `rule_name`, to `remote_dir` on `partner` with the
+        same relative names. Links are left out (never followed); more than `cap` files
+        is an error of the plan, as is a missing path. Raises RequestError for what the
+        configuration refuses (rule, partner)."""
+        rule = self.rt.loaded.config.rules.get(rule_name)
+        if rule is None:
+            raise RequestError([FieldError("rule", "unknown_rule", f"unknown rule '{rule_name}'")])
+        if rule.direction != Direction.SEND:
+            raise RequestError(
+                [FieldError("rule", "bad_value", f"rule '{rule_name}' is a {rule.direction} rule")]
+            )
+        listing = await localfiles.list_files(self.rt.loaded.paths.rule_folder(rule), path, cap)
+        if listing.error is not None:
+            return FolderPlan(error=listing.error, skipped=listing.skipped)
+        if len(listing.files) > cap:
+            return FolderPlan(
+                error=f"holds more than {cap} files; transfer an archive (tar, zip) of it instead",
+                skipped=listing.skipped,
+            )
+        plan = FolderPlan(skipped=listing.skipped)
+        for relative, size in listing.files:
+            request = TransferRequest(
+                rule=rule.name,
+                partner=partner,
+                file=posixpath.join(path, relative) if relative else path,
+                output=posixpath.join(remote_dir, relative) if relative else remote_dir,
+                transfer_info=dict(transfer_info),
+            )
+            plan.transfers.append(self.build(request))
+            plan.bytes += size
+        return plan
 
     async def source_problem(self, t: Transfer) -> str | None:
         """Why the local file of send `t` cannot be sent now ("no such file", a link,
@@ -110,135 +174,118 @@ class TransferService:
         root = self.rt.loaded.paths.rule_folder(rule) if rule else self.rt.loaded.paths.data_dir
         return await localfiles.send_problem(root, t.local_filepath)
 
-    def check(self, request: Any) -> Transfer:
-        """Validate `request` as `create` would (untrusted) and return the transfer it
-        would make, without inserting anything. Raises RequestError."""
-        return self._build(request, parent=None, trusted=False)
-
-    def _build(self, request: Any, *, parent: Transfer | None, trusted: bool) -> Transfer:
-        errors: list[FieldError] = []
-        if not isinstance(request, dict):
-            raise RequestError([FieldError("", "bad_value", "the request must be a JSON object")])
-        errors += [
-            FieldError(k, "unknown_field", f"unknown field '{k}'")
-            for k in request
-            if k not in CREATE_FIELDS
-        ]
+    def build(
+        self,
+        request: TransferRequest | Mapping[str, Any],
+        *,
+        parent: Transfer | None = None,
+        trusted: bool = False,
+    ) -> Transfer:
+        """The PLANNED transfer `request` makes, checked against the configuration,
+        without inserting anything. Raises RequestError with every problem."""
+        if isinstance(request, TransferRequest):
+            req, errors = request, []
+        else:
+            parsed = parse(TransferRequest, request)
+            req, errors = parsed.request, list(parsed.errors)
         config = self.rt.loaded.config
-        defaults = config.scheduler
-
-        def get(name: str, kinds: type | tuple[type, ...], required: bool = False) -> Any:
-            if name not in request or request[name] is None:
-                if required:
-                    errors.append(FieldError(name, "missing", f"missing field '{name}'"))
-                return None
-            value = request[name]
-            if not isinstance(value, kinds) or (
-                isinstance(value, bool)
-                and bool not in (kinds if isinstance(kinds, tuple) else (kinds,))
-            ):
-                errors.append(FieldError(name, "bad_value", f"'{name}' has the wrong type"))
-                return None
-            return value
-
-        rule_name = get("rule", str, required=True)
-        partner_name = get("partner", str, required=True)
-        login = get("account", str)
-        is_send = get("isSend", bool)
-        file = get("file", str, required=True)
-        output = get("output", str)
-        start_value = get("start", (str, datetime))
-        info = get("transferInfo", dict)
-        attempts = get("nbOfAttempts", int)
-        delay = get("firstRetryDelay", (int, float))
-        factor = get("retryIncrementFactor", (int, float))
-
-        rule: RuleConfig | None = None
-        if rule_name is not None:
-            rule = config.rules.get(rule_name)
-            if rule is None:
-                errors.append(FieldError("rule", "unknown_rule", f"unknown rule '{rule_name}'"))
-        partner = None
-        if partner_name is not None:
-            partner = config.partners.get(partner_name)
-            if partner is None:
-                errors.append(
-                    FieldError("partner", "unknown_partner", f"unknown partner '{partner_name}'")
-                )
-        if rule is not None and partner is not None and not rule.allows_partner(partner_name):
+        rule = config.rules.get(req.rule) if req.rule is not None else None
+        if req.rule is not None and rule is None:
+            errors.append(FieldError("rule", "unknown_rule", f"unknown rule '{req.rule}'"))
+        partner = config.partners.get(req.partner) if req.partner is not None else None
+        if req.partner is not None and partner is None:
+            errors.append(
+                FieldError("partner", "unknown_partner", f"unknown partner '{req.partner}'")
+            )
+        if rule is not None and partner is not None and not rule.allows_partner(req.partner):
             errors.append(
                 FieldError(
                     "partner",
                     "not_allowed",
-                    f"rule '{rule.name}' does not allow partner '{partner_name}'",
+                    f"rule '{rule.name}' does not allow partner '{req.partner}'",
                 )
             )
-        if rule is not None and is_send is not None and is_send != (rule.direction == "send"):
+        if (
+            rule is not None
+            and req.is_send is not None
+            and req.is_send != (rule.direction == Direction.SEND)
+        ):
             errors.append(
                 FieldError("isSend", "bad_value", f"rule '{rule.name}' is a {rule.direction} rule")
             )
-        if attempts is not None and attempts < 0:
-            errors.append(FieldError("nbOfAttempts", "bad_value", "'nbOfAttempts' must be >= 0"))
-        if delay is not None and delay < 0:
-            errors.append(
-                FieldError(
-                    "firstRetryDelay", "bad_value", "'firstRetryDelay' must be >= 0 (seconds)"
-                )
-            )
-        if factor is not None and factor < 1:
-            errors.append(
-                FieldError(
-                    "retryIncrementFactor", "bad_value", "'retryIncrementFactor' must be >= 1"
-                )
-            )
-        start = self._start(start_value, errors)
+        send = rule.direction == Direction.SEND if rule is not None else bool(req.is_send)
+        local_parts, remote_parts = self._paths(req, send, trusted, errors)
+        if errors:
+            raise RequestError(errors)
+        assert rule is not None and partner is not None
+        return self._transfer(req, rule, send, local_parts, remote_parts, parent)
 
-        send = rule.direction == Direction.SEND if rule is not None else bool(is_send)
+    @staticmethod
+    def _paths(
+        req: TransferRequest, send: bool, trusted: bool, errors: list[FieldError]
+    ) -> tuple[list[str], list[str]]:
+        """(local, remote) path parts of `file` and `output` (the local one relative to
+        the rule's folder, or absolute for trusted callers)."""
         local_parts: list[str] = []
         remote_parts: list[str] = []
-        if file is not None:
-            if send and trusted and os.path.isabs(file):
-                local_parts = [file]
+        if req.file is not None:
+            if send and trusted and os.path.isabs(req.file):
+                local_parts = [req.file]
             elif send:
-                local_parts = _relative_parts(file, "file", errors)
+                local_parts = _relative_parts(req.file, "file", errors)
             else:
-                remote_parts = _relative_parts(file, "file", errors)
-        if output is not None:
+                remote_parts = _relative_parts(req.file, "file", errors)
+        if req.output is not None:
             if send:
-                remote_parts = _relative_parts(output, "output", errors)
+                remote_parts = _relative_parts(req.output, "output", errors)
             else:
-                local_parts = _relative_parts(output, "output", errors)[-1:]
-        elif file is not None:
+                local_parts = _relative_parts(req.output, "output", errors)[-1:]
+        elif req.file is not None:
             name = (local_parts or remote_parts or [""])[-1]
             if send:
                 remote_parts = [posixpath.basename(name)] if name else []
             else:
                 local_parts = [name] if name else []
-        if errors:
-            raise RequestError(errors)
-        assert rule is not None and partner is not None and partner_name is not None
+        return local_parts, remote_parts
 
+    def _transfer(
+        self,
+        req: TransferRequest,
+        rule: RuleConfig,
+        send: bool,
+        local_parts: list[str],
+        remote_parts: list[str],
+        parent: Transfer | None,
+    ) -> Transfer:
+        config = self.rt.loaded.config
+        defaults = config.scheduler
+        partner = config.partners[req.partner]
         folder = self.rt.loaded.paths.rule_folder(rule)
-        local = (
-            Path(local_parts[0]) if os.path.isabs(local_parts[0]) else folder.joinpath(*local_parts)
-        )
+        first = local_parts[0]
+        local = Path(first) if os.path.isabs(first) else folder.joinpath(*local_parts)
         remote = "/".join(remote_parts)
-        transfer_info = dict(info or {})
+        transfer_info = dict(req.transfer_info)
         follow_id = (
             (parent.follow_id if parent else "")
             or str(transfer_info.get("followID") or "")
             or uuid.uuid4().hex
         )
         transfer_info["followID"] = follow_id
-        delay_s = defaults.first_retry_delay if delay is None else float(delay)
+        start = req.start or self.rt.clock.now()
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=self.rt.loaded.tz)
+        delay = (
+            defaults.first_retry_delay if req.first_retry_delay is None else req.first_retry_delay
+        )
+        factor = req.retry_increment_factor
         t = Transfer(
             rule=rule.name,
             is_server=False,
             is_send=send,
-            requester=login or partner.login or self.rt.local_host,
-            requested=partner_name,
+            requester=req.account or partner.login or self.rt.local_host,
+            requested=req.partner,
             protocol=partner.protocol,
-            partner=partner_name,
+            partner=req.partner,
             remote_id=uuid.uuid4().hex,
             follow_id=follow_id,
             parent_id=parent.id if parent else None,
@@ -247,10 +294,9 @@ class TransferService:
             local_filepath=str(local),
             remote_filepath=remote,
             start=start,
-            status=Status.PLANNED,
             transfer_info=transfer_info,
-            remaining_attempts=defaults.attempts if attempts is None else attempts,
-            next_retry_delay=round(delay_s),
+            remaining_attempts=defaults.attempts if req.attempts is None else req.attempts,
+            next_retry_delay=round(delay),
             retry_increment_factor=float(
                 defaults.retry_increment_factor if factor is None else factor
             ),
@@ -258,24 +304,10 @@ class TransferService:
             post_tasks=[x.spec() for x in rule.post],
             error_tasks=[x.spec() for x in rule.error],
         )
+        lifecycle.apply(t, Event.CREATE, new=True)
         if not send:
             t.tmp_filepath = str(self.rt.loaded.paths.rule_tmp_folder(rule) / f"{t.remote_id}.part")
         return t
-
-    def _start(self, value: Any, errors: list[FieldError]) -> datetime:
-        if value is None:
-            return self.rt.clock.now()
-        if isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                errors.append(
-                    FieldError("start", "bad_value", f"'start': {value!r} is not an RFC 3339 date")
-                )
-                return self.rt.clock.now()
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=self.rt.loaded.tz)
-        return value
 
     # ------------------------------------------------------------------ operations
 
@@ -343,12 +375,12 @@ class TransferService:
             Status.PAUSED,
         ):
             raise StateError(f"cannot retry a transfer that is {t.status}")
-        request: dict[str, Any] = {
-            "rule": t.rule,
-            "partner": t.partner,
-            "isSend": t.is_send,
-            "file": t.local_filepath if t.is_send else t.remote_filepath,
-            "output": t.remote_filepath if t.is_send else t.dest_filename,
-            "transferInfo": dict(t.transfer_info),
-        }
+        request = TransferRequest(
+            rule=t.rule,
+            partner=t.partner or "",
+            is_send=t.is_send,
+            file=t.local_filepath if t.is_send else t.remote_filepath,
+            output=t.remote_filepath if t.is_send else t.dest_filename,
+            transfer_info=dict(t.transfer_info),
+        )
         return await self.create(request, trusted=True)

@@ -1,16 +1,27 @@
-"""Database access. `open_store(config)` picks the backend the configuration names."""
+"""Database access. `make_store(config, path)` picks the backend the configuration names."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
-from gatewayd.config.schema import DatabaseConfig
 from gatewayd.store.base import SORT_FIELDS, Store, TransferFilter
 
-__all__ = ["SORT_FIELDS", "Store", "TransferFilter", "make_store"]
+__all__ = ["SORT_FIELDS", "DatabaseSettings", "Store", "TransferFilter", "make_store"]
 
 
-def make_store(config: DatabaseConfig, path: Path) -> Store:
+class DatabaseSettings(Protocol):
+    """What the store reads of the configuration's `database` section (a
+    `gatewayd.config.schema.DatabaseConfig`; the store imports nothing above it)."""
+
+    @property
+    def synchronous(self) -> str: ...
+
+    @property
+    def busy_timeout_ms(self) -> int: ...
+
+
+def make_store(config: DatabaseSettings, path: Path) -> Store:
     """A store for `config`; `path` is the database file, already resolved against home."""
     from gatewayd.store.sqlite import SqliteStore
 

@@ -96,6 +96,11 @@ class Store(ABC):
         when empty) on the object; returns it once committed."""
 
     @abstractmethod
+    async def insert_transfers(self, transfers: list[Transfer]) -> None:
+        """Persist new rows in one commit: all of them or none (ids set as by
+        `insert_transfer`, taken back when it fails)."""
+
+    @abstractmethod
     async def save_transfer(self, transfer: Transfer) -> None:
         """Persist the current state of an existing row; returns once committed.
 
@@ -155,8 +160,9 @@ class Store(ABC):
         """The earliest expiry of an AVAILABLE transfer (None: none is waiting)."""
 
     @abstractmethod
-    async def insert_tapis_task(self, task: TapisTask) -> None:
-        """Record a new Tapis transfer task (returns once committed)."""
+    async def insert_tapis_task(self, task: TapisTask, children: list[Transfer]) -> None:
+        """Record a new Tapis transfer task and its child transfers, in one commit:
+        the task with all of its children, or nothing."""
 
     @abstractmethod
     async def get_tapis_task(self, uuid: str) -> TapisTask | None: ...

@@ -212,32 +212,49 @@ class SqliteStore(Store):
         `updated` and, when empty, `remote_id` and `follow_id` (uuid4 hex). If the batch
         fails, the id is taken back (set to None) and the error raised.
         """
-        writer = self._live_writer()
-        if transfer.id is not None:
-            raise ValueError(f"transfer {transfer.id} is already inserted")
-        now = _now()
-        transfer.created = transfer.updated = now
-        if not transfer.remote_id:
-            transfer.remote_id = uuid.uuid4().hex
-        if not transfer.follow_id:
-            transfer.follow_id = uuid.uuid4().hex
-        new_id = self._last_id + 1
-        transfer.id = new_id
-        try:
-            row = encode_row(transfer)
-        except BaseException:
-            transfer.id = None
-            raise
-        self._last_id = new_id
-        try:
-            await asyncio.shield(writer.submit(_INSERT, row, key=new_id))
-        except asyncio.CancelledError:
-            raise  # the insert itself goes on
-        except Exception:
-            if transfer.id == new_id:
-                transfer.id = None
-            raise
+        await self.insert_transfers([transfer])
         return transfer
+
+    def _new_rows(self, transfers: list[Transfer]) -> list[tuple[Any, ...]]:
+        """Ids and rows for new transfers, every one encoded before any is written (a
+        bad value fails them all, and takes the ids back)."""
+        for t in transfers:
+            if t.id is not None:
+                raise ValueError(f"transfer {t.id} is already inserted")
+        now = _now()
+        rows: list[tuple[Any, ...]] = []
+        try:
+            for t in transfers:
+                t.created = t.updated = now
+                t.remote_id = t.remote_id or uuid.uuid4().hex
+                t.follow_id = t.follow_id or uuid.uuid4().hex
+                t.id = self._last_id + len(rows) + 1
+                rows.append(encode_row(t))
+        except BaseException:
+            for t in transfers:
+                t.id = None
+            raise
+        self._last_id += len(rows)
+        return rows
+
+    async def insert_transfers(self, transfers: list[Transfer]) -> None:
+        """Persist new rows in one commit: all of them, or (the batch failing) none,
+        with their ids taken back."""
+        writer = self._live_writer()
+        rows = self._new_rows(transfers)
+        # Submitted without a pause in between: they join the same batch, one commit.
+        futures = [
+            writer.submit(_INSERT, row, key=t.id) for t, row in zip(transfers, rows, strict=True)
+        ]
+        try:
+            for future in set(futures):
+                await asyncio.shield(future)
+        except asyncio.CancelledError:
+            raise  # the inserts themselves go on
+        except Exception:
+            for t in transfers:
+                t.id = None
+            raise
 
     async def save_transfer(self, transfer: Transfer) -> None:
         """Persist the current state of `transfer` (a snapshot taken now, so later
@@ -295,9 +312,22 @@ class SqliteStore(Store):
             )
         return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
 
-    async def insert_tapis_task(self, task: TapisTask) -> None:
+    async def insert_tapis_task(self, task: TapisTask, children: list[Transfer]) -> None:
         writer = self._live_writer()
+        rows = self._new_rows(children)
+        try:
+            await self._insert_task(writer, task, rows)
+        except BaseException:
+            for t in children:
+                t.id = None
+            raise
+
+    async def _insert_task(
+        self, writer: BatchWriter, task: TapisTask, rows: list[tuple[Any, ...]]
+    ) -> None:
         async with writer.transaction() as conn:
+            if rows:
+                await conn.executemany(_INSERT, rows)
             await conn.execute(
                 f"INSERT INTO tapis_tasks ({_TAPIS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 (

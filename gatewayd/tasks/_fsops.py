@@ -2,9 +2,12 @@
 
 Every new file is written under a temporary name in its destination folder, fsynced, then
 published under its final name, and the folder fsynced: a reader never sees half a file,
-and a crash leaves at worst a hidden `.<name>.<random>.tmp` file. Publishing refuses to
-replace an existing file unless asked to, without a window between the check and the
-rename (a hard link fails atomically when the name exists).
+and a crash leaves at worst a hidden `.<name>.<tag>.tmp` file. A task of a transfer gives
+the tag of its place in the transfer's chains (`TaskContext.temp_tag`): the rerun of that
+task after the crash uses the same name and removes the leftover before writing, so a
+crash leaves nothing behind once the transfer has gone on. Publishing refuses to replace
+an existing file unless asked to, without a window between the check and the rename (a
+hard link fails atomically when the name exists).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from gatewayd import safepath
+from gatewayd import crashpoints, safepath
 from gatewayd.errors import TaskError
 from gatewayd.fsutil import fsync_dir, rename_noreplace
 from gatewayd.model import ErrorCode
@@ -87,10 +90,21 @@ def make_dirs(path: str) -> None:
         raise TaskError(f"not a folder: {path}") from None
 
 
-def temp_name(dest: str) -> str:
-    """A fresh hidden name next to `dest`, short enough for any file system."""
+def temp_name(dest: str, tag: str | None = None) -> str:
+    """A hidden name next to `dest`, short enough for any file system: the same for the
+    same `tag` (a task's place in its transfer), else a fresh random one."""
     folder, name = os.path.split(dest)
-    return os.path.join(folder, f".{name[:200]}.{secrets.token_hex(6)}.tmp")
+    return os.path.join(folder, f".{name[:200]}.{tag or secrets.token_hex(6)}.tmp")
+
+
+def drop_leftover(path: str) -> None:
+    """Remove what an interrupted run left under the temporary name `path`.
+
+    Removed, not truncated and reused: whatever the name is now (a link planted by
+    someone with access to the folder, a second name of another file), unlinking it
+    changes no other file, and the new file is then created exclusively."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def publish(temp: str, dest: str, *, overwrite: bool) -> None:
@@ -121,17 +135,26 @@ def write_atomic(
     *,
     overwrite: bool,
     mode_from: str | None = None,
+    tag: str | None = None,
+    rerun: bool = False,
 ) -> None:
     """Create `dest` with what `write` writes into an open file, atomically.
 
     Missing parent folders are created. `mode_from` copies the permission bits of
-    another file (by default the new file gets the usual umask-based mode).
+    another file (by default the new file gets the usual umask-based mode). With `tag`
+    the temporary name is the tag's (see `temp_name`), and a leftover under it is
+    removed first. With `rerun` (the task may have run before), an existing `dest`
+    that holds exactly what would be written is taken as the task's own earlier output,
+    not as a conflict: a crash after publishing and before the row recorded the task
+    done does not fail its rerun.
     """
     make_dirs(os.path.dirname(dest) or ".")
-    if not overwrite and os.path.lexists(dest):
+    temp = temp_name(dest, tag)
+    if tag is not None:
+        drop_leftover(temp)  # even when the task then fails: nothing is left behind
+    if not overwrite and not rerun and os.path.lexists(dest):
         # Fail before doing the work; publish() checks again, atomically.
         raise ExistsError(dest)
-    temp = temp_name(dest)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     with _removed_on_error(temp):
         with os.fdopen(fd, "wb") as out:
@@ -140,10 +163,39 @@ def write_atomic(
             os.fsync(out.fileno())
         if mode_from is not None:
             shutil.copymode(mode_from, temp)
+        crashpoints.reached(crashpoints.TASK_OUTPUT)
+        if not overwrite and rerun and same_content(temp, dest):
+            os.unlink(temp)
+            return
         publish(temp, dest, overwrite=overwrite)
+    crashpoints.reached(crashpoints.TASK_PUBLISHED)
 
 
-def copy_atomic(src: str, dest: str, *, overwrite: bool, root: str | None = None) -> None:
+def same_content(path: str, other: str) -> bool:
+    """Whether the regular file `other` (not a link) holds exactly the bytes of `path`."""
+    try:
+        fd = os.open(other, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # missing, a link, unreadable: not the same
+        return False
+    with os.fdopen(fd, "rb") as theirs, open(path, "rb") as ours:
+        info = os.fstat(theirs.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size != os.fstat(ours.fileno()).st_size:
+            return False
+        while chunk := ours.read(CHUNK):
+            if theirs.read(len(chunk)) != chunk:
+                return False
+    return True
+
+
+def copy_atomic(
+    src: str,
+    dest: str,
+    *,
+    overwrite: bool,
+    root: str | None = None,
+    tag: str | None = None,
+    rerun: bool = False,
+) -> None:
     """Copy the content and permission bits of file `src` (reached from `root` through
     no link) to `dest`, atomically."""
 
@@ -151,10 +203,18 @@ def copy_atomic(src: str, dest: str, *, overwrite: bool, root: str | None = None
         with open_input(src, root) as source:
             shutil.copyfileobj(source, out, CHUNK)
 
-    write_atomic(dest, write, overwrite=overwrite, mode_from=src)
+    write_atomic(dest, write, overwrite=overwrite, mode_from=src, tag=tag, rerun=rerun)
 
 
-def move(src: str, dest: str, *, overwrite: bool, root: str | None = None) -> None:
+def move(
+    src: str,
+    dest: str,
+    *,
+    overwrite: bool,
+    root: str | None = None,
+    tag: str | None = None,
+    rerun: bool = False,
+) -> None:
     """Move file `src` to `dest` (any file system), creating missing folders."""
     make_dirs(os.path.dirname(dest) or ".")
     try:
@@ -164,13 +224,25 @@ def move(src: str, dest: str, *, overwrite: bool, root: str | None = None) -> No
             try:
                 os.link(src, dest, follow_symlinks=False)
             except FileExistsError:
-                raise ExistsError(dest) from None
+                # `dest` already a second name of `src`: a move cut between its link and
+                # its unlink (a crash) is finished, not refused.
+                if not _same_file(src, dest):
+                    raise ExistsError(dest) from None
             os.unlink(src)
     except OSError as error:
         if error.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
             raise
         # Another file system (or no hard links): copy, then remove the original.
-        copy_atomic(src, dest, overwrite=overwrite, root=root)
+        copy_atomic(src, dest, overwrite=overwrite, root=root, tag=tag, rerun=rerun)
         os.unlink(src)
     fsync_dir(os.path.dirname(dest) or ".")
     fsync_dir(os.path.dirname(src) or ".")
+
+
+def _same_file(path: str, other: str) -> bool:
+    """Whether two names (neither followed if a link) name the same file."""
+    try:
+        a, b = os.lstat(path), os.lstat(other)
+    except OSError:
+        return False
+    return stat.S_ISREG(a.st_mode) and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)

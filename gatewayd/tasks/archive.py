@@ -20,6 +20,7 @@ pointing at its file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import re
@@ -95,11 +96,14 @@ def _write_archive(
                 tar.add(path, name, recursive=False)
 
 
-def _make_archive(roots: list[str], output: str, overwrite: bool) -> int:
+def _make_archive(roots: list[str], output: str, overwrite: bool, tag: str | None) -> int:
     found = archive_format(output)
     if found is None:
         raise TaskError(f"unknown archive type for {output} (use one of {', '.join(EXTENSIONS)})")
     kind, compression = found
+    if tag is not None:
+        # Before listing: the leftover of a crashed run of this task is no entry.
+        _fsops.drop_leftover(_fsops.temp_name(output, tag))
     entries = _entries(roots, exclude={os.path.realpath(output)})
     names = [name for _, name in entries]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -109,6 +113,7 @@ def _make_archive(roots: list[str], output: str, overwrite: bool) -> int:
         output,
         lambda out: _write_archive(out, kind, compression, entries),
         overwrite=overwrite,
+        tag=tag,
     )
     return len(entries)
 
@@ -158,7 +163,9 @@ class Archive(ArgsTask):
         output = self.path(ctx, self.text(args, "outputPath"))
         overwrite = self.flag(args, "overwrite")
         try:
-            count = await asyncio.to_thread(self._archive, patterns, output, overwrite)
+            count = await asyncio.to_thread(
+                self._archive, patterns, output, overwrite, ctx.temp_tag
+            )
         except OSError as error:
             raise self.fail(_fsops.os_error_text(error)) from error
         except (tarfile.TarError, zipfile.BadZipFile, ValueError) as error:
@@ -168,7 +175,7 @@ class Archive(ArgsTask):
         ctx.log.info(f"ARCHIVE: {count} entries written to {output}")
 
     @staticmethod
-    def _archive(patterns: list[str], output: str, overwrite: bool) -> int:
+    def _archive(patterns: list[str], output: str, overwrite: bool, tag: str | None) -> int:
         roots: list[str] = []
         for pattern in patterns:
             if glob.escape(pattern) != pattern:
@@ -180,7 +187,7 @@ class Archive(ArgsTask):
                 roots.append(pattern)
             else:
                 raise TaskError(f"file not found: {pattern}")
-        return _make_archive(roots, output, overwrite)
+        return _make_archive(roots, output, overwrite, tag)
 
 
 # ------------------------------------------------------------------------------- EXTRACT
@@ -295,7 +302,19 @@ def _publish_tree(staging: str, output: str, overwrite: bool) -> int:
     return len(files)
 
 
-def _extract(archive: str, output: str, overwrite: bool, root: str) -> int:
+def _staging(output: str, tag: str | None) -> str:
+    """The hidden folder members are unpacked into: named after the task's place in its
+    transfer when it has one, so that a rerun after a crash first removes the leftover."""
+    if tag is None:
+        return tempfile.mkdtemp(prefix=".extract-", dir=output)
+    staging = os.path.join(output, f".extract-{tag}")
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(staging)
+    os.mkdir(staging, 0o700)
+    return staging
+
+
+def _extract(archive: str, output: str, overwrite: bool, root: str, tag: str | None) -> int:
     # Opened once, through no link: what is checked is what is read.
     with _fsops.open_input(archive, root) as data:
         found = archive_format(archive)
@@ -309,7 +328,7 @@ def _extract(archive: str, output: str, overwrite: bool, root: str) -> int:
                 found = ("tar", "")
         data.seek(0)
         _fsops.make_dirs(output)
-        staging = tempfile.mkdtemp(prefix=".extract-", dir=output)
+        staging = _staging(output, tag)
         try:
             if found[0] == "zip":
                 _extract_zip(data, staging)
@@ -348,7 +367,12 @@ class Extract(ArgsTask):
         output = self.path(ctx, self.text(args, "outputDir"))
         try:
             count = await asyncio.to_thread(
-                _extract, archive, output, self.flag(args, "overwrite"), ctx.rule_folder
+                _extract,
+                archive,
+                output,
+                self.flag(args, "overwrite"),
+                ctx.rule_folder,
+                ctx.temp_tag,
             )
         except OSError as error:
             raise self.fail(_fsops.os_error_text(error)) from error

@@ -8,6 +8,7 @@ the task's `args` and awaits `run(ctx)`. `run` raises `TaskError` to fail the tr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -17,13 +18,14 @@ from typing import Any, ClassVar, Protocol
 
 from gatewayd.errors import TransferError
 from gatewayd.model import Transfer
+from gatewayd.requests import TransferRequest
 
 
 class TransferCreator(Protocol):
     """What the TRANSFER task calls: the core's transfer service."""
 
-    async def __call__(self, request: dict[str, Any], *, parent: Transfer) -> Transfer:
-        """Create a client transfer from a request shaped like the API's create body."""
+    async def __call__(self, request: TransferRequest, *, parent: Transfer) -> Transfer:
+        """Create a client transfer (TaskError when the request is refused)."""
         ...
 
 
@@ -53,6 +55,25 @@ class TaskContext:
     log: Any = field(default_factory=lambda: logging.getLogger("gatewayd.tasks"))
     # Test hook: awaited before each task runs, may raise to inject a failure.
     before_task: Callable[[str, int], Awaitable[None]] | None = None
+    # The task's place in the transfer: the step of its chain and its index there (set
+    # by the driver before the task runs; -1: not a task of a chain).
+    step: str = ""
+    task_number: int = -1
+    # The run resumed at this task (after a crash, a pause, a shutdown): it may have run
+    # before, in part or in full, and its own output may be there already.
+    rerun: bool = False
+
+    @property
+    def temp_tag(self) -> str | None:
+        """A short name part that is the same each time this task of this transfer runs,
+        for the temporary files it writes: a rerun after a crash finds (and removes) the
+        leftover of the interrupted run instead of adding another. None outside a
+        transfer's chain (the names are then random)."""
+        t = self.transfer
+        if self.task_number < 0 or (t.id is None and not t.remote_id):
+            return None
+        place = f"{t.id}/{t.remote_id}/{self.step}/{self.task_number}"
+        return hashlib.sha256(place.encode()).hexdigest()[:12]
 
 
 class Task(ABC):

@@ -9,10 +9,13 @@ folder (`#HOMEPATH#`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import stat
 from typing import Any, ClassVar
 
 from gatewayd.errors import TaskError
+from gatewayd.fsutil import fsync_dir
 from gatewayd.model import ErrorCode
 from gatewayd.tasks import _fsops
 from gatewayd.tasks._args import ArgsTask, Kind
@@ -52,13 +55,21 @@ class _FileTask(ArgsTask):
 
     async def run(self, ctx: TaskContext) -> None:
         args = substitute_args(self.args, ctx)
+        if self.moves and ctx.rerun and await self._moved_already(ctx, args):
+            return
         source = await self._source(ctx)
         dest = self._destination(ctx, args, source)
         operation = _fsops.move if self.moves else _fsops.copy_atomic
         overwrite = self.flag(args, "overwrite")
         try:
             await asyncio.to_thread(
-                operation, source, dest, overwrite=overwrite, root=ctx.rule_folder
+                operation,
+                source,
+                dest,
+                overwrite=overwrite,
+                root=ctx.rule_folder,
+                tag=ctx.temp_tag,
+                rerun=ctx.rerun,
             )
         except OSError as error:
             raise self.fail(_fsops.os_error_text(error)) from error
@@ -67,6 +78,22 @@ class _FileTask(ArgsTask):
         if self.moves:
             follow(ctx, dest)
         ctx.log.info(f"{self.type_name}: {source} -> {dest}")
+
+    async def _moved_already(self, ctx: TaskContext, args: dict[str, Any]) -> bool:
+        """A rerun of a move that a crash cut after the file moved, before the row
+        followed it: the file is gone from where the row says and sits at the
+        destination with the size and SHA-256 the row records. Then the transfer only
+        follows it."""
+        t = ctx.transfer
+        source = t.local_filepath
+        if not source or not t.sha256:
+            return False
+        dest = self._destination(ctx, args, source)
+        if not await asyncio.to_thread(_moved, source, dest, t.filesize, t.sha256):
+            return False
+        follow(ctx, dest)
+        ctx.log.info(f"{self.type_name}: {source} -> {dest} (moved by the interrupted run)")
+        return True
 
 
 @register
@@ -124,11 +151,28 @@ class Delete(ArgsTask):
         ctx.log.info(f"DELETE: {path}")
 
 
+def _moved(source: str, dest: str, size: int, sha256: str) -> bool:
+    if os.path.lexists(source):
+        return False
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return False
+        while chunk := f.read(_fsops.CHUNK):
+            digest.update(chunk)
+            size -= len(chunk)
+    return size == 0 and digest.hexdigest() == sha256.lower()
+
+
 def _delete(path: str) -> None:
     if os.path.isdir(path):
         raise IsADirectoryError(21, "Is a directory", path)
     os.unlink(path)
-    _fsops.fsync_dir(os.path.dirname(path) or ".")
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 @register

@@ -45,7 +45,13 @@ class _InPlaceTask(ArgsTask):
 
         try:
             await asyncio.to_thread(
-                _fsops.write_atomic, dest, write, overwrite=overwrite, mode_from=source
+                _fsops.write_atomic,
+                dest,
+                write,
+                overwrite=overwrite,
+                mode_from=source,
+                tag=ctx.temp_tag,
+                rerun=ctx.rerun,
             )
             if dest == source:
                 ctx.transfer.filesize = (await asyncio.to_thread(os.stat, dest)).st_size

@@ -4,7 +4,7 @@ Arguments: `file`, exactly one of `to` (send to that partner) or `from` (receive
 it), `rule`, optionally `as` (the remote account), `info` (a mapping, the new transfer's
 transfer info) and `sync`. Markers are substituted in all of them.
 
-The request has the shape of the API's create body (`rule`, `partner`, `isSend`, `file`,
+The request is a `TransferRequest` (`rule`, `partner`, `is_send`, `file`,
 `transferInfo`, and `account` when `as` is given) and goes to `ctx.create_transfer` with
 this transfer as `parent`, so that the new transfer carries its `follow_id`.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from gatewayd.errors import TaskError, TaskWarning, TransferError
+from gatewayd.requests import TransferRequest
 from gatewayd.tasks._args import ArgsTask, Kind
 from gatewayd.tasks.base import TaskContext, register
 from gatewayd.tasks.markers import substitute_args
@@ -46,23 +47,24 @@ class TransferTask(ArgsTask):
             problems.append("exactly one of the arguments 'to' and 'from' is needed")
         return problems
 
-    def request(self, ctx: TaskContext) -> dict[str, Any]:
-        """The create request for the new transfer, markers substituted."""
+    def request(self, ctx: TaskContext) -> TransferRequest:
+        """The request for the new transfer, markers substituted."""
         problems = self.check_args(self.args)
         if problems:
             raise self.fail("; ".join(problems))
         args = substitute_args(self.args, ctx)
         is_send = "to" in args
-        request: dict[str, Any] = {
-            "rule": self.text(args, "rule"),
-            "partner": self.text(args, "to" if is_send else "from"),
-            "isSend": is_send,
-            "file": self.text(args, "file"),
-            "transferInfo": dict(args.get("info") or {}),
-        }
-        if "as" in args:
-            request["account"] = self.text(args, "as")
-        return request
+        info = args.get("info") or {}
+        if not isinstance(info, dict):
+            raise self.fail("the argument 'info' must be a mapping")
+        return TransferRequest(
+            rule=self.text(args, "rule"),
+            partner=self.text(args, "to" if is_send else "from"),
+            is_send=is_send,
+            file=self.text(args, "file"),
+            transfer_info=dict(info),
+            account=self.text(args, "as") if "as" in args else None,
+        )
 
     async def run(self, ctx: TaskContext) -> None:
         request = self.request(ctx)
@@ -73,10 +75,10 @@ class TransferTask(ArgsTask):
             created = await ctx.create_transfer(request, parent=ctx.transfer)
         except TransferError as error:
             raise TaskError(f"TRANSFER: cannot create the transfer: {error.message}") from None
-        direction = "to" if request["isSend"] else "from"
+        direction = "to" if request.is_send else "from"
         ctx.log.info(
-            f"TRANSFER: created transfer {created.id} of {request['file']!r} "
-            f"{direction} {request['partner']} with rule {request['rule']}"
+            f"TRANSFER: created transfer {created.id} of {request.file!r} "
+            f"{direction} {request.partner} with rule {request.rule}"
         )
         if sync:
             raise TaskWarning(

@@ -127,7 +127,7 @@ class HttpClient(ProtocolClient):
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransferError(
                 ErrorCode.TeConnectionReset,
-                f"{what}: connection to {self.name} lost: {exc or type(exc).__name__}",
+                f"{what}: connection to {self.name} lost: {str(exc) or type(exc).__name__}",
             ) from exc
 
     async def _failure(self, resp: aiohttp.ClientResponse, what: str) -> TransferError:

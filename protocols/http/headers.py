@@ -54,8 +54,8 @@ def parse_content_range(value: str) -> ContentRange:
     client sends to complete an upload whose every byte the server already holds."""
     empty = _EMPTY_END.fullmatch(value.strip())
     if empty is not None:
-        total = int(empty[1])
-        return ContentRange(total, total - 1, total)
+        size = int(empty[1])
+        return ContentRange(size, size - 1, size)
     match = _CONTENT_RANGE.fullmatch(value.strip())
     if match is None:
         raise HeaderError(f"Content-Range {value!r}: expected 'bytes START-END/TOTAL'")

@@ -402,7 +402,8 @@ class HttpServer(ProtocolServer):
             resp.force_close()
             return resp
         except (OSError, RuntimeError) as exc:  # the client went away
-            await _abort(handle, ErrorCode.TeConnectionReset, f"download cut: {exc or 'reset'}")
+            reason = str(exc) or "reset"
+            await _abort(handle, ErrorCode.TeConnectionReset, f"download cut: {reason}")
             resp.force_close()
             return resp
         try:
@@ -480,7 +481,7 @@ class HttpServer(ProtocolServer):
             await handle.abort(exc)
             raise Reply.of(exc, ids) from None
         except Exception as exc:  # the body could not be read: the client went away
-            message = f"upload cut: {exc or type(exc).__name__}"
+            message = f"upload cut: {str(exc) or type(exc).__name__}"
             await _abort(handle, ErrorCode.TeConnectionReset, message)
             raise Reply(400, message, ErrorCode.TeConnectionReset, ids) from None
         received = end - offset

@@ -44,6 +44,7 @@ def host_key_problem(path: Path) -> str | None:
 
 def check_server(name: str, config: ServerConfig, context: CheckContext) -> list[FieldProblem]:
     assert isinstance(config, SftpServerConfig)
+    named: list[tuple[tuple[str | int, ...], Path]]
     if config.host_keys:
         named = [(("host_keys", index), path) for index, path in enumerate(config.host_keys)]
     else:  # the generated ones, once they exist: reported on the server's entry

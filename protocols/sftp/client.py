@@ -344,7 +344,8 @@ class SftpClient(ProtocolClient):
             if can_sync:
                 await self._synced(asyncio.ensure_future(remote.fsync()))
         finally:
-            pending = [task for _, task in inflight] + ([sync[1]] if sync else [])
+            pending: list[asyncio.Task[Any]] = [task for _, task in inflight]
+            pending += [sync[1]] if sync else []
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

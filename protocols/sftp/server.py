@@ -37,8 +37,10 @@ from asyncssh import SFTPAttrs, SFTPName, SSHReader, SSHWriter
 
 # The SFTP request loop and the stream session of asyncssh are not in its public API;
 # _ChannelSession and _SftpHandler below adapt them (tests cover both changes).
+from asyncssh.connection import SSHConnection
+from asyncssh.constants import FXP_WRITE
 from asyncssh.packet import SSHPacket
-from asyncssh.sftp import FXP_WRITE, SFTPServerHandler
+from asyncssh.sftp import SFTPServerHandler
 from asyncssh.stream import SSHServerStreamSession
 
 from gatewayd.errors import TransferError
@@ -82,7 +84,7 @@ def sftp_error(exc: TransferError) -> asyncssh.SFTPError:
     return asyncssh.SFTPError(_STATUS.get(exc.code, asyncssh.FX_FAILURE), exc.message)
 
 
-def _remote(conn: asyncssh.SSHServerConnection) -> str:
+def _remote(conn: SSHConnection) -> str:
     peer = conn.get_extra_info("peername")
     return str(peer[0]) if peer else ""
 
@@ -219,6 +221,7 @@ class SftpServer(ProtocolServer):
         except Exception:  # never let a command take the connection down
             self.log.exception("exec failed", account=account, command=command)
             status = 1
+        assert isinstance(chan, asyncssh.SSHServerChannel)  # typed as any SSH channel
         chan.exit(status)
 
 
@@ -280,7 +283,8 @@ class _ChannelSession(SSHServerStreamSession[bytes]):
     No shell, no other subsystem."""
 
     def __init__(self, server: SftpServer) -> None:
-        super().__init__(server._exec, sftp_factory=lambda chan: None, sftp_version=3)
+        # No SFTP factory: session_started starts the SFTP handler itself.
+        super().__init__(server._exec)
         self.server = server
 
     def shell_requested(self) -> bool:
@@ -291,7 +295,7 @@ class _ChannelSession(SSHServerStreamSession[bytes]):
 
     def session_started(self) -> None:
         chan = self._chan
-        assert chan is not None
+        assert isinstance(chan, asyncssh.SSHServerChannel)  # typed as any SSH channel
         if chan.get_subsystem() != "sftp":
             super().session_started()  # an exec command: runs SftpServer._exec
             return
@@ -339,7 +343,9 @@ class _SftpHandler(SFTPServerHandler):
             raise asyncssh.SFTPInvalidHandle("Invalid file handle")
         return await self.session.write(file_obj, offset, data)
 
-    _packet_handlers = {**SFTPServerHandler._packet_handlers, FXP_WRITE: _process_write}
+    # asyncssh types its table for handlers of any SFTPServerHandler; this one is only
+    # ever called on its own class.
+    _packet_handlers = {**SFTPServerHandler._packet_handlers, FXP_WRITE: _process_write}  # type: ignore[dict-item]
 
 
 def _mtime(entry: Entry, default: float) -> int:
@@ -374,7 +380,9 @@ class SftpSession(asyncssh.SFTPServer):
         self.ctx = server.ctx
         self.account = str(chan.get_extra_info("gatewayd_account"))
         self.chan = chan
-        self.conn = chan.get_connection()
+        conn = chan.get_connection()
+        assert isinstance(conn, asyncssh.SSHServerConnection)  # typed as any connection
+        self.conn = conn
         self.remote = _remote(self.conn)
         self.started = time.time()
         self.exited = asyncio.Event()
