@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import multiprocessing
 import os
+import select
 import signal
 import threading
 import time
@@ -223,15 +224,47 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_start(nice: int) -> None:
+def _worker_start(nice: int, daemon: int) -> None:
     """In each hashing process: the daemon alone decides when its workers end (a Ctrl-C
     or a SIGTERM sent to its whole process group must not break the pool in the middle
     of a graceful stop), and hashing yields the CPU to the daemon's own process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _end_with(daemon)
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
+
+
+def _end_with(daemon: int) -> None:
+    """A daemon killed with SIGKILL runs no cleanup, and a pool's workers do not notice
+    (the forkserver hands each of them the pipe that would have told it): they would
+    live on, holding the daemon's output and the journal's stream open. A thread of
+    each worker waits for the daemon's end and ends the worker with it."""
+
+    def wait() -> None:
+        try:
+            fd = os.pidfd_open(daemon)
+        except ProcessLookupError:
+            os._exit(0)
+        except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): poll
+            while _alive(daemon):
+                time.sleep(1.0)
+            os._exit(0)
+        select.select([fd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=wait, name="end-with-daemon", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _process_context() -> Any:
@@ -317,7 +350,7 @@ class PasswordHashing:
             self.workers,
             mp_context=_process_context(),
             initializer=_worker_start,
-            initargs=(self.nice,),
+            initargs=(self.nice, os.getpid()),
         )
 
     def _threads(self) -> concurrent.futures.ThreadPoolExecutor:

@@ -247,3 +247,36 @@ def _hash_password_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def _written(env: GatewayEnv) -> Path:
     env.write()
     return env.config_file
+
+
+def _session(sid: int) -> set[int]:
+    """The processes of session `sid` (the daemon was started as its leader)."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+async def test_workers_end_with_a_killed_daemon(tmp_path: Path) -> None:
+    """kill -9 of the daemon runs none of its cleanup; its hashing workers must still
+    end (left over, they would hold its output and the journal's stream open)."""
+    from tests.crash_support import start_daemon
+
+    environment = GatewayEnv(tmp_path)
+    environment.extra["passwords"] = {"workers": 2}
+    environment.write()
+    daemon = await start_daemon(environment.config_file)
+    await daemon.wait_for("gatewayd ready")
+    helpers = _session(daemon.proc.pid) - {daemon.proc.pid}
+    assert len(helpers) >= 2, f"no hashing workers seen: {helpers}"
+    daemon.proc.kill()  # the daemon alone, not its process group
+    await daemon.finish(timeout=15)
+    deadline = time.monotonic() + 15
+    while (left := _session(daemon.proc.pid)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not left, f"processes left by the killed daemon: {left}"
