@@ -45,6 +45,7 @@ from gatewayd.config import (
     ensure_folders,
     load_config,
 )
+from gatewayd.config.demo import save_demo_checks
 from gatewayd.config.schema import Config
 from gatewayd.logs import configure_logging
 from gatewayd.systemd import Notifier
@@ -87,6 +88,8 @@ def run_daemon(config_path: Path) -> int:
     lock = DaemonLock(loaded.paths.lock_file)
     try:
         ensure_folders(loaded)
+        # The demo checks made before the state folder existed, for the next start.
+        save_demo_checks(loaded.paths.state_dir)
         lock.acquire()
     except LockHeld as exc:
         print(f"gatewayd: {exc}", file=sys.stderr)

@@ -569,3 +569,34 @@ def test_import_order_does_not_matter(first: str) -> None:
         [sys.executable, "-c", code], cwd=CHECKOUT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_demo_checks_are_remembered_across_starts(tmp_path: Path) -> None:
+    """Each account's hash is checked against the demo passwords once, not at every
+    start: with hundreds of accounts the checks took minutes (past systemd's start
+    timeout). The saved answers tell nothing of the passwords."""
+    from gatewayd.config import demo
+    from gatewayd.passwords import verification_count
+
+    demo._ANSWERS.clear()  # what other tests of this process checked
+    demo._read_from.clear()
+    root = copy_configs("good", tmp_path)
+    loaded = load_config(root / "etc" / "gatewayd.yaml")
+    ensure_folders(loaded)  # as serve does, before it saves what it checked
+    demo.save_demo_checks(loaded.paths.state_dir)
+    saved = loaded.paths.state_dir / "demo-checks.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert HASH_OPS not in saved.read_text()
+
+    demo._ANSWERS.clear()  # a new process: nothing remembered in memory
+    demo._read_from.clear()
+    before = verification_count()
+    again = load_config(root / "etc" / "gatewayd.yaml")
+    assert verification_count() == before, "every answer came from the saved file"
+    assert demo_secrets_in_use(again) == demo_secrets_in_use(loaded)
+
+    saved.write_text("not json")  # damaged: the checks are made again
+    demo._ANSWERS.clear()
+    demo._read_from.clear()
+    load_config(root / "etc" / "gatewayd.yaml")
+    assert verification_count() > before

@@ -142,7 +142,7 @@ def load_config(path: Path | str) -> LoadedConfig:
             "source": paths.config_file,
         }
     )
-    warnings, demo = demo_secret_warnings(config, source)
+    warnings, demo = demo_secret_warnings(config, source, paths.state_dir)
     warnings = sort_problems(warnings)
     return LoadedConfig(
         config=config,
