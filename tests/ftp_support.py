@@ -122,7 +122,7 @@ async def lftp(port: int, script: str, *, tls: bool = False, ca: Path | None = N
     try:
         env = {"HOME": home}
         proc = await asyncio.create_subprocess_exec(
-            "lftp", "-n", "-c", commands,
+            "lftp", "-c", commands,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env={**environ_without_proxy(), **env},
         )  # fmt: skip
