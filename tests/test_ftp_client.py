@@ -21,7 +21,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 async def vsftpd(tmp_path: Path) -> Any:
-    if os.geteuid() != 0 or shutil.which("vsftpd") is None and not Path("/usr/sbin/vsftpd").exists():
+    installed = shutil.which("vsftpd") is not None or Path("/usr/sbin/vsftpd").exists()
+    if os.geteuid() != 0 or not installed:
         pytest.skip("vsftpd (scripts/test installs it) and root (for its system user) needed")
     certs = make_cert(tmp_path / "vs-certs", "vsftpd")
     peer = Vsftpd(tmp_path / "vsftpd", f"gwf{secrets.token_hex(3)}", certs, rate=600_000)
