@@ -98,13 +98,18 @@ def test_check_config_loads_the_certificates(
             key_file: {not_a_key}
         partners:
           p:
-            {{protocol: ftp, address: a, login: me, password: x, tls: explicit, ca_file: {pair.key}}}
+            protocol: ftp
+            address: a
+            login: me
+            password: x
+            tls: explicit
+            ca_file: {pair.key}
         """,
         capsys,
     )
     assert status != 0
     assert any(":7:" in line and "private key" in line for line in lines), lines
-    assert any(":10:" in line and "no PEM certificate" in line for line in lines), lines
+    assert any(":15:" in line and "no PEM certificate" in line for line in lines), lines
 
 
 def test_commands_replies_and_listings() -> None:
