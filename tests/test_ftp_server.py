@@ -108,6 +108,9 @@ async def test_ftplib_commands_and_refusals(tmp_path: Path) -> None:
                 for label, call in {
                     "traversal": lambda: ftp.retrbinary("RETR ../../etc/passwd", lambda b: None),
                     "etc": lambda: ftp.cwd("/etc"),
+                    "stor_up": lambda: ftp.storbinary("STOR /inbox/../../escape.bin", nothing),
+                    "stor_dotdot": lambda: ftp.storbinary("STOR ../../../escape.bin", nothing),
+                    "stor_abs": lambda: ftp.storbinary(f"STOR {tmp_path}/escape.bin", nothing),
                     "wrong_direction_up": lambda: ftp.storbinary("STOR /outbox/x", nothing),
                     "wrong_direction_down": lambda: ftp.retrbinary("RETR /inbox/x", lambda b: None),
                     "mkd": lambda: ftp.mkd("/new"),
@@ -154,7 +157,18 @@ async def test_ftplib_commands_and_refusals(tmp_path: Path) -> None:
     assert str(found["type_a"]).startswith("200") and found["pwd_root"] == "/"
     refusals = found["refusals"]
     assert isinstance(refusals, dict)
-    for label in ("traversal", "etc", "wrong_direction_up", "wrong_direction_down", "mkd", "dele"):
+    assert not list(tmp_path.rglob("escape.bin*")), "a traversal wrote outside the rules"
+    for label in (
+        "traversal",
+        "etc",
+        "stor_up",
+        "stor_dotdot",
+        "stor_abs",
+        "wrong_direction_up",
+        "wrong_direction_down",
+        "mkd",
+        "dele",
+    ):
         assert refusals[label].startswith("550"), (label, refusals[label])
     assert refusals["rest_beyond"].startswith("554")
     assert found["rest_1000"] == content[1000:]

@@ -81,8 +81,9 @@ class FtpServerConfig(ServerConfig):
     # Plain FTP has no end-of-file mark: an upload's data connection ending counts as
     # its clean end only if the control connection is still open this many seconds
     # later (a killed client drops both at once). FTPS uses TLS close_notify instead.
-    # 0: no wait (a killed client may then complete a truncated file).
-    eof_grace: Annotated[float, Field(ge=0, le=10)] = 0.2
+    # 0: no wait (a killed client whose control connection is not seen closed yet may
+    # then complete a truncated file).
+    eof_grace: Annotated[float, Field(ge=0, le=10)] = 0.1
     # Wrong passwords on one connection before it is closed (the shared throttle slows
     # and bans across connections).
     max_login_failures: Annotated[int, Field(ge=1)] = 3

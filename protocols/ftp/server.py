@@ -55,6 +55,7 @@ from protocols.ftp.wire import MAX_LINE, Command, LineError, parse_command, quot
 log = structlog.get_logger("gatewayd.ftp")
 
 CHUNK = 256 * 1024  # bytes read from a download's file at a time
+_TCP_ESTABLISHED = 1  # tcpi_state of Linux's TCP_INFO (CLOSE_WAIT once a FIN came)
 _ANONYMOUS = ("anonymous", "ftp")
 
 
@@ -994,15 +995,30 @@ class FtpSession:
 
     async def _control_stays(self) -> bool:
         """Plain FTP's end of upload: the control connection must outlive the data
-        connection by the grace time (a killed client closes both at once)."""
-        if self.control_gone.is_set() or self.abort_requested:
+        connection by the grace time (a killed client closes both at once: its control
+        connection, opened first, usually closes first)."""
+        if not self._control_open():
             return False
         grace = self.config.eof_grace
         if grace <= 0:
             return True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.control_gone.wait(), grace)
-        return not self.control_gone.is_set() and not self.abort_requested
+        return self._control_open()
+
+    def _control_open(self) -> bool:
+        """Whether the control connection is still open both ways: no end of it read,
+        and (where the kernel tells) no FIN or reset from the client received yet."""
+        if self.control_gone.is_set() or self.abort_requested:
+            return False
+        sock = self.control.writer.get_extra_info("socket")
+        if sock is None or not hasattr(socket, "TCP_INFO"):
+            return True
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        except OSError:
+            return True
+        return info[0] == _TCP_ESTABLISHED
 
     # ------------------------------------------------------------------ downloads
 
