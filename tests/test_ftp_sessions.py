@@ -16,7 +16,7 @@ import pytest
 from gatewayd.model import Status
 from gatewayd.store.base import TransferFilter
 from tests.ftp_support import ftp_gateway, ftp_port, ftplib_client, make_cert
-from tests.gateway_env import GatewayEnv
+from tests.gateway_env import GatewayEnv, exec_task
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -235,3 +235,36 @@ async def test_shutdown_mid_upload_interrupts_it(tmp_path: Path) -> None:
     finally:
         await env.stop()
     assert held == row.progress > 0
+
+
+async def test_a_stop_lets_a_completing_upload_answer_and_refuses_new_commands(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM's steps over FTP: an upload whose data had all arrived (its post task
+    still running) finishes and gets its 226; another session's next command is 421."""
+    env = ftp_gateway(tmp_path / "gw")
+    started = tmp_path / "post-started"
+    env.rules["inbox"]["post"] = [exec_task(f"touch {started}; sleep 1")]
+    await env.start()
+    try:
+        port = ftp_port(env)
+        uploader = await asyncio.to_thread(ftplib_client, port)
+        idle = await asyncio.to_thread(ftplib_client, port)
+        data = io.BytesIO(b"c" * 200_000)
+        storing = asyncio.ensure_future(
+            asyncio.to_thread(uploader.storbinary, "STOR /inbox/c.bin", data)
+        )
+        async with asyncio.timeout(20):
+            while not started.exists():
+                await asyncio.sleep(0.02)
+        stopped = await env.gw.stop(10.0)
+        reply = await storing
+        with pytest.raises((ftplib.error_temp, EOFError, OSError)) as refused:
+            await asyncio.to_thread(idle.pwd)
+        rows = await _rows(env)
+    finally:
+        await env.stop()
+    assert str(reply).startswith("226 transfer complete"), reply
+    assert not isinstance(refused.value, ftplib.error_perm)
+    assert stopped.clean, stopped
+    assert [(r.status, r.progress) for r in rows] == [(Status.DONE, 200_000)]

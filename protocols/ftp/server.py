@@ -68,6 +68,8 @@ class FtpServer(ProtocolServer):
         self.sessions: set[FtpSession] = set()
         self.log = log.bind(server=name)
         self._prepared = False
+        # False once a stop began: new logins and transfers are refused (421).
+        self.accepting = True
 
     @property
     def bound_port(self) -> int:
@@ -101,16 +103,22 @@ class FtpServer(ProtocolServer):
         )
 
     async def stop_accepting(self) -> None:
-        """Stop listening; the sessions open go on."""
+        """Stop listening; an open session's next command other than QUIT is answered
+        421 and ends it. Transfers under way go on."""
+        self.accepting = False
         if self._listener is not None:
             self._listener.close()
             self._listener = None
 
-    async def stop(self) -> None:
-        """Stop listening, then end every session: transfers under way are aborted
-        (INTERRUPTED, as it is our shutdown), the clients told 421."""
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop listening; uploads whose data has all arrived get up to `grace` seconds
+        to complete and write their 226; then every session ends: transfers still under
+        way are aborted (INTERRUPTED, as it is our shutdown), the clients told 421."""
         await self.stop_accepting()
         sessions = list(self.sessions)
+        completing = [s.transfer for s in sessions if s.completing and s.transfer is not None]
+        if completing:
+            await asyncio.wait(completing, timeout=grace)
         for session in sessions:
             session.shut_down()
         for session in sessions:
@@ -167,6 +175,8 @@ class FtpSession:
         self.transferred = 0
         self.abort_requested = False
         self.stopping = False
+        # An upload's data has all arrived: it is completing (a stop lets it finish).
+        self.completing = False
         self.control_gone = asyncio.Event()
         self.ended = asyncio.Event()
         self.started = datetime.now(UTC)
@@ -279,6 +289,9 @@ class FtpSession:
             return False
         if verb == "QUIT":
             await self.send(221, "goodbye")
+            return False
+        if not self.server.accepting:
+            await self.send(421, "the server is shutting down")
             return False
         handler = self._handlers().get(verb)
         if handler is None:
@@ -798,11 +811,13 @@ class FtpSession:
     def _start(self, work: Awaitable[None]) -> None:
         self.abort_requested = False
         self.transferred = 0
+        self.completing = False
 
         async def run() -> None:
             try:
                 await work
             finally:
+                self.completing = False
                 channel, self.channel = self.channel, None
                 await close_quietly(channel)
 
@@ -936,6 +951,10 @@ class FtpSession:
                 async with asyncio.timeout(self.config.data_timeout):
                     data = await channel.read()
                 if not data:
+                    # The partner's end: the upload completes once the checks below
+                    # pass, and a stop of the gateway lets it (see FtpServer.stop).
+                    self.completing = True
+                    handle.closing()
                     break
                 if writing is not None:
                     await writing
@@ -1018,7 +1037,7 @@ class FtpSession:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
         except OSError:
             return True
-        return info[0] == _TCP_ESTABLISHED
+        return bool(info[0] == _TCP_ESTABLISHED)
 
     # ------------------------------------------------------------------ downloads
 
