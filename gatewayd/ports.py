@@ -238,6 +238,8 @@ class RemoteStat:
     size: int
     is_dir: bool = False
     mtime: datetime | None = None
+    # The entry's name, in listings (`ProtocolClient.list`).
+    name: str = ""
 
 
 class DataSource(Protocol):
