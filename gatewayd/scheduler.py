@@ -338,10 +338,9 @@ class Scheduler:
                 break
             offset += len(page)
         # Server transfers that only their partner can continue wait for it.
-        interrupted = [t for t in interrupted if await self._goes_alone(t)]
-        for transfer in interrupted:
-            apply(transfer, Event.RESUME)
-            transfer.next_attempt = None
-            await self._store.save_transfer(transfer)
-        if interrupted:
-            self._log.info("interrupted transfers planned to resume", count=len(interrupted))
+        alone = [t.id for t in interrupted if t.id is not None and await self._goes_alone(t)]
+        # One bulk change, not read-then-save: a row another node starting at the same
+        # time resumed (and may already run) is left to it.
+        resumed = await self._store.plan_interrupted(alone)
+        if resumed:
+            self._log.info("interrupted transfers planned to resume", count=len(resumed))

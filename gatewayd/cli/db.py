@@ -21,7 +21,11 @@ def add(commands: Commands) -> None:
     """`db copy`."""
     from gatewayd.cli.daemon_commands import add_config_option
 
-    db = commands.add_parser("db", help="work on the database (copy to PostgreSQL)")
+    db = commands.add_parser(
+        "db",
+        help="work on the database (copy to PostgreSQL)",
+        epilog=epilog(Exit.OK, Exit.USAGE, OK="help shown", USAGE="no action given"),
+    )
     actions = db.add_subparsers(title="actions", metavar="ACTION")
     copy = actions.add_parser(
         "copy",

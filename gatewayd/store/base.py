@@ -158,6 +158,12 @@ class Store(ABC):
         """
 
     @abstractmethod
+    async def plan_interrupted(self, ids: list[int]) -> list[Transfer]:
+        """The INTERRUPTED rows among `ids` become PLANNED (the lifecycle's RESUME), their
+        next attempt cleared, in one commit; returns the rows changed. A row that is no
+        longer INTERRUPTED (another node resumed it, and may run it) is left as it is."""
+
+    @abstractmethod
     async def count_due(self, now: datetime) -> int:
         """How many transfers are due at `now` (PLANNED, as `due_transfers` finds them)."""
 

@@ -73,6 +73,7 @@ _LOCK_PARTNERS = (
     "FROM (SELECT p FROM unnest($2::text[]) AS p ORDER BY p) AS sorted"
 )
 _CLAIM_ROUNDS = 16
+_ID_CHUNK = 500
 # Tries of a claim that met a deadlock: partner locks taken in a later round of the
 # claim are out of order with another node's.
 _CLAIM_TRIES = 5
@@ -364,6 +365,17 @@ class PostgresStore(Store):
             _Q.interrupt_owned, CRASHED.value, encode_time(_now()), self.node
         )
         return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
+
+    async def plan_interrupted(self, ids: list[int]) -> list[Transfer]:
+        changed: list[Transfer] = []
+        async with self._transaction() as conn:
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start : start + _ID_CHUNK]
+                rows = await conn.fetch(
+                    _Q.plan_interrupted(len(chunk)), encode_time(_now()), *chunk
+                )
+                changed += [decode_row(row) for row in rows]
+        return sorted(changed, key=lambda t: t.id or 0)
 
     async def claim_due(
         self,

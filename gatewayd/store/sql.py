@@ -36,6 +36,8 @@ LAUNCHABLE = lifecycle.sources(Event.LAUNCH)
 LAUNCHED = lifecycle.after(Status.PLANNED, Event.LAUNCH)
 CRASHED_FROM = lifecycle.sources(Event.CRASH)
 CRASHED = lifecycle.after(Status.RUNNING, Event.CRASH)
+RESUMED_FROM = Status.INTERRUPTED
+RESUMED = lifecycle.after(RESUMED_FROM, Event.RESUME)
 EXPIRED = lifecycle.after(Status.AVAILABLE, Event.EXPIRE)
 
 COLS = ", ".join(COLUMNS)
@@ -125,6 +127,14 @@ class Statements:
         )
         self.revoke_token = q(
             "UPDATE api_tokens SET revoked = ? WHERE id = ? AND revoked IS NULL RETURNING id"
+        )
+
+    def plan_interrupted(self, ids: int) -> str:
+        """`ids` rows PLANNED if INTERRUPTED (parameters: updated, the ids)."""
+        return self.dialect.sql(
+            f"UPDATE transfers SET status = '{RESUMED.value}', next_attempt = NULL, "
+            f"updated = ? WHERE id IN ({placeholders(ids)}) "
+            f"AND status = '{RESUMED_FROM.value}' RETURNING {COLS}"
         )
 
     # -- claims ------------------------------------------------------------------------

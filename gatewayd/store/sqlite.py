@@ -53,6 +53,8 @@ _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 _SYNCHRONOUS = ("NORMAL", "FULL")
 # Rounds of one claim, at most: each leaves out the partners found full in the last.
 _CLAIM_ROUNDS = 16
+# Ids per statement of a bulk change (SQLite's parameters are limited).
+_ID_CHUNK = 500
 
 
 def _now() -> datetime:
@@ -271,6 +273,18 @@ class SqliteStore(Store):
             # One daemon owns the file: every RUNNING row was ours.
             rows = await conn.execute_fetchall(_Q.interrupt_all, (CRASHED.value, now))
         return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
+
+    async def plan_interrupted(self, ids: list[int]) -> list[Transfer]:
+        writer = self._live_writer()
+        changed: list[Transfer] = []
+        async with writer.transaction() as conn:
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start : start + _ID_CHUNK]
+                rows = await conn.execute_fetchall(
+                    _Q.plan_interrupted(len(chunk)), (encode_time(_now()), *chunk)
+                )
+                changed += [decode_row(row) for row in rows]
+        return sorted(changed, key=lambda t: t.id or 0)
 
     async def claim_due(
         self,
