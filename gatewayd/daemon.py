@@ -11,7 +11,12 @@ INTERRUPTED; start the gateway (every server prepared, its keys and certificates
 loaded, before any listens); tell systemd READY (`gatewayd.systemd`, when started by
 it) and start its watchdog pings.
 
-SIGTERM/SIGINT stop it (STOPPING); SIGHUP re-reads the configuration and the rules in a
+SIGTERM/SIGINT stop it (STOPPING): nothing new is accepted, uploads in the middle of
+their data are interrupted with their bytes kept, those completing finish and their
+partners get the answer, then sessions close (`Gateway.stop`, bounded by
+`daemon.shutdown_timeout`). The last line says `gatewayd stopped clean=...`: clean (exit
+status 0) only when no transfer was left running, in the engine or in the database.
+SIGHUP re-reads the configuration and the rules in a
 thread and hands a valid one to the gateway (RELOADING, then READY again), keeping the
 old one when the new one is invalid.
 """
@@ -57,8 +62,9 @@ __all__ = [
 ]
 
 # Added to `daemon.shutdown_timeout` before the daemon gives up waiting for the gateway:
-# the gateway's own deadline is "about" the timeout, this bounds it for certain.
-_STOP_GRACE = 2.0
+# the gateway's own deadline is "about" the timeout (answers still being written and
+# sessions closing get a moment after it), this bounds it for certain.
+_STOP_GRACE = 5.0
 
 log = structlog.get_logger("gatewayd.daemon")
 
@@ -225,17 +231,26 @@ def _database_name(loaded: LoadedConfig) -> str:
 
 
 async def _stop_gateway(gateway: Gateway, seconds: float) -> bool:
-    """Stop the gateway within `seconds` (plus a grace); False if it failed or overran."""
+    """Stop the gateway within `seconds` (plus a grace); True only when it stopped in
+    time and left nothing running (no run in the engine, no RUNNING row)."""
     try:
         async with asyncio.timeout(seconds + _STOP_GRACE):
-            await gateway.stop(timeout=seconds)
+            stopped = await gateway.stop(timeout=seconds)
     except TimeoutError:
         log.error("gateway did not stop in time", timeout=seconds)
         return False
     except Exception:
         log.exception("gateway failed to stop cleanly")
         return False
-    return True
+    if not stopped.clean:
+        log.error(
+            "transfers left running at the stop: they are interrupted at the next start",
+            runs=stopped.runs_left,
+            rows=stopped.running_rows,
+            transfer_ids=",".join(map(str, stopped.running_ids)),
+        )
+    log.info("gateway stopped", seconds=round(stopped.seconds, 3))
+    return stopped.clean
 
 
 # ------------------------------------------------------------------------------- reload
@@ -268,6 +283,7 @@ def _restart_only(old: LoadedConfig, new: LoadedConfig) -> tuple[list[str], list
                 b.api.model_dump(include=set(listener)),
             ),
             ("daemon.event_loop", a.daemon.event_loop, b.daemon.event_loop),
+            ("passwords", a.passwords, b.passwords),
         )
         if before != after
     ]

@@ -8,8 +8,11 @@ clock and pipeline hooks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
@@ -22,7 +25,8 @@ from gatewayd.config.paths import absolute
 from gatewayd.config.schema import ServerConfig
 from gatewayd.errors import TaskError
 from gatewayd.metrics import GatewayMetrics, LiveState
-from gatewayd.model import Transfer
+from gatewayd.model import Status, Transfer
+from gatewayd.passwords import Argon2Parameters, PasswordHashing
 from gatewayd.pipeline.auth_throttle import AuthThrottle
 from gatewayd.pipeline.clients import ClientPool
 from gatewayd.pipeline.engine import Engine, Hooks, Runtime
@@ -34,7 +38,7 @@ from gatewayd.pipeline.service import TransferService
 from gatewayd.pipeline.tree import VirtualTree
 from gatewayd.requests import RequestError, TransferRequest
 from gatewayd.scheduler import Scheduler
-from gatewayd.store.base import Store
+from gatewayd.store.base import Store, TransferFilter
 
 if TYPE_CHECKING:
     from gatewayd.api import ApiServer
@@ -46,6 +50,22 @@ log = structlog.get_logger("gatewayd")
 class StartError(Exception):
     """The gateway cannot start: the message names the server (or the API) and the
     file or address at fault."""
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """How a stop ended: clean when no run was left going and no row of ours is left
+    RUNNING (`running_rows` is -1 when the store could not tell)."""
+
+    seconds: float
+    runs_left: int = 0
+    running_rows: int = 0
+    # Some of the rows left RUNNING, for the log.
+    running_ids: list[int] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return self.runs_left == 0 and self.running_rows == 0
 
 
 class Gateway:
@@ -74,6 +94,15 @@ class Gateway:
             )
         )
         store.observe_commits(self.metrics.db_write.observe)
+        # Password hashes run in worker processes of their own (started by start()),
+        # never on the event loop or on the threads that write files.
+        passwords = loaded.config.passwords
+        self.hashing = PasswordHashing(
+            workers=passwords.workers,
+            max_queue=passwords.max_queue,
+            params=Argon2Parameters(**passwords.argon2.model_dump()),
+            nice=passwords.nice,
+        )
         self.clients = ClientPool(loaded)
         self.rt = Runtime(
             loaded,
@@ -102,7 +131,11 @@ class Gateway:
         )
         # One of each for every server: login failures and an account's transfers add
         # up whatever the protocol.
-        self.logins = Logins(lambda: self.config.accounts, on_failure=self.metrics.login_failed)
+        self.logins = Logins(
+            lambda: self.config.accounts,
+            on_failure=self.metrics.login_failed,
+            hashing=self.hashing,
+        )
         self.limits = TransferLimits()
         self.tree = VirtualTree(self.engine)
 
@@ -161,6 +194,7 @@ class Gateway:
                 raise StartError(f"server '{name}': {exc}") from exc
             prepared.append((name, server_config, server))
         api_tls = await self._prepare_api_tls()
+        await self.hashing.start()
         await self.scheduler.start()
         for name, server_config, server in prepared:
             try:
@@ -210,6 +244,7 @@ class Gateway:
             listeners=lambda: self.servers,
             scheduler=scheduler,
             metrics=self.metrics.render,
+            hashing=self.hashing,
         )
 
     async def _prepare_api_tls(self) -> ssl.SSLContext | None:
@@ -244,22 +279,81 @@ class Gateway:
             partner_limits=_partner_limits(loaded),
         )
 
-    async def stop(self, timeout: float) -> None:
-        """Stop accepting work, interrupt running transfers with their state saved
-        (status INTERRUPTED), and return within about `timeout` seconds."""
+    async def stop(self, timeout: float) -> Stopped:
+        """Stop within about `timeout` seconds, so that no partner loses an answer:
+
+        1. nothing new is taken: the engine refuses new transfers, every server stops
+           accepting connections, logins and requests (open sessions stay), the API,
+           the expirer and the scheduler stop;
+        2. the engine stops: uploads in the middle of their data end INTERRUPTED at once
+           (durable bytes kept), transfers a partner waits for (its close arrived) run
+           to their end within what is left of the timeout;
+        3. each server waits (within what is left) until the answers of those
+           completions are written to their partners, then closes its sessions.
+
+        Returns how it ended: clean only when no run is left and no row is RUNNING.
+        """
+        loop = asyncio.get_running_loop()
+        began = time.monotonic()
+        deadline = loop.time() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
         self.engine.shutting_down = True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                if self.api is not None:
-                    with contextlib.suppress(Exception):
-                        await self.api.stop()
-                await self.expirer.stop()
-                await self.scheduler.stop()
-                for server in self.servers.values():
-                    with contextlib.suppress(Exception):
-                        await server.stop()
-        await self.engine.stop_all(max(1.0, timeout / 2))
+        servers = list(self.servers.items())
+        await _all(left(), [("stop accepting", n, s.stop_accepting) for n, s in servers])
+        if self.api is not None:
+            await _all(left(), [("stop", "api", self.api.stop)])
+        await _all(left(), [("stop", "expirer", self.expirer.stop)])
+        await _all(left(), [("stop", "scheduler", self.scheduler.stop)])
+
+        await self.engine.stop_all(left())
+
+        # A completion that ended at the deadline still gets a moment for its answer.
+        grace = max(left(), 0.2)
+        await _all(
+            grace + 1.0,
+            [("stop", n, functools.partial(s.stop, grace)) for n, s in servers],
+        )
+        # The scheduler's runners record how their runs ended (another attempt...).
+        await _all(max(left(), 0.5), [("finish", "scheduler", self.scheduler.wait_idle)])
         await self.clients.close_all()
+        await self.hashing.close()
+        return await self._stopped(began)
+
+    async def _stopped(self, began: float) -> Stopped:
+        """What the stop left: runs still going, and rows of ours still RUNNING (with
+        one node, every RUNNING row is ours)."""
+        runs_left = len([r for r in self.engine.active.values() if not r.done.is_set()])
+        try:
+            rows, total = await self.store.list_transfers(
+                TransferFilter(statuses=(Status.RUNNING,), limit=20)
+            )
+        except Exception:
+            log.exception("cannot tell which transfers are left running")
+            return Stopped(time.monotonic() - began, runs_left, -1)
+        ids = [t.id for t in rows if t.id is not None]
+        return Stopped(time.monotonic() - began, runs_left, total, ids)
+
+
+async def _all(timeout: float, steps: list[tuple[str, str, Callable[[], Awaitable[None]]]]) -> None:
+    """Run the `(what, whose, step)` steps at once, bounded by `timeout`: a step that
+    fails or overruns is logged, and the stop goes on."""
+    if not steps:
+        return
+    tasks = {asyncio.ensure_future(step()): (what, whose) for what, whose, step in steps}
+    done, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.0))
+    for task in pending:
+        what, whose = tasks[task]
+        log.warning("stop step overran its time", step=what, of=whose, timeout=round(timeout, 2))
+        task.cancel()
+    for task in done:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            what, whose = tasks[task]
+            log.error("stop step failed", step=what, of=whose, error=repr(error))
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
 
 
 def _partner_limits(loaded: LoadedConfig) -> dict[str, int]:

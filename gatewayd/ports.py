@@ -76,6 +76,12 @@ class TransferHandle(ABC):
     @abstractmethod
     async def abort(self, error: TransferError) -> None: ...
 
+    def closing(self) -> None:
+        """The partner's clean end has arrived, `close()` follows once the bytes still
+        queued are written: a stop of the gateway lets this transfer finish (within its
+        timeout) instead of interrupting it. Default: nothing."""
+        return None
+
     async def sync(self) -> None:
         """Make the bytes written so far durable (SFTP's fsync@openssh.com)."""
         return None
@@ -175,6 +181,20 @@ class ProtocolServer(ABC):
     The gateway calls `prepare()` on every server before any `start()`: a server that
     cannot start (a key file gone, a certificate that does not load) is found before
     anything listens.
+
+    A stop (the daemon's SIGTERM) has two phases, so that no partner loses the answer
+    to an upload that completes during it:
+
+    1. `stop_accepting()`: no new connection, login, session or request is taken (a
+       request arriving on an open connection is refused with the protocol's "come back
+       later"); sessions already open stay open. The core refuses new transfers from
+       then on (TeShuttingDown). The gateway then stops the engine: uploads in the
+       middle of their data end INTERRUPTED at once (durable bytes kept), while those
+       whose partner already closed them (completing) run to their end.
+    2. `stop(grace)`: wait, at most `grace` seconds, until every request still being
+       handled has written its answer (the result of a completion above), then close
+       every session and return once they are closed. Transfers a session still has
+       open are interrupted, never completed.
     """
 
     async def prepare(self) -> None:
@@ -186,9 +206,17 @@ class ProtocolServer(ABC):
     async def start(self) -> None:
         """Listen (after `prepare()`); return once connections are accepted."""
 
+    async def stop_accepting(self) -> None:
+        """Phase 1 of a stop: take no new connection, login, session or request; keep the
+        open sessions. Default: nothing (the server does it all in `stop()`)."""
+        return None
+
     @abstractmethod
-    async def stop(self) -> None:
-        """Stop accepting; close sessions (their open transfers are aborted or interrupted)."""
+    async def stop(self, grace: float = 0.0) -> None:
+        """Phase 2 of a stop (or the whole of it when `stop_accepting()` was not called):
+        stop accepting, wait at most `grace` seconds for the answers of requests being
+        handled to be written, then close every session (their open transfers are
+        aborted, or interrupted during a shutdown)."""
 
     @property
     @abstractmethod

@@ -38,7 +38,7 @@ class ApiTestServer(ProtocolServer):
     async def start(self) -> None:
         self.started = True
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
         self.started = False
 
     @property

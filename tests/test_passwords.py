@@ -11,7 +11,7 @@ from argon2 import PasswordHasher
 from gatewayd import passwords
 from gatewayd.passwords import (
     CredentialCache,
-    averify_password,
+    PasswordHashing,
     hash_password,
     needs_rehash,
     verify_password,
@@ -130,23 +130,26 @@ def test_cache_holds_no_secret() -> None:
     assert all(b"s3cret" not in key and len(key) == 32 for key in keys)
 
 
-async def test_averify_runs_in_a_thread_and_uses_the_cache(
+async def test_checks_run_on_threads_of_their_own_and_use_the_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[int] = []
-    real = passwords.verify_password
+    calls: list[str] = []
+    real = passwords._check
 
-    def counting(hashed: str, password: str) -> bool:
-        calls.append(threading.get_ident())
+    def recording(hashed: str, password: str) -> bool:
+        calls.append(threading.current_thread().name)
         return real(hashed, password)
 
-    monkeypatch.setattr(passwords, "verify_password", counting)
+    monkeypatch.setattr(passwords, "_check", recording)
+    hashing = PasswordHashing(workers=2)  # not started: threads of its own
     cache = CredentialCache()
     hashed = CHEAP.hash("pw")
-    assert await averify_password(hashed, "pw", cache)
-    assert await averify_password(hashed, "pw", cache)
-    assert not await averify_password(hashed, "bad", cache)
-    assert not await averify_password(hashed, "bad", cache)
-    assert await averify_password(hashed, "pw")  # no cache: always hashed
+    assert await hashing.verify(hashed, "pw", cache)
+    assert await hashing.verify(hashed, "pw", cache)
+    assert not await hashing.verify(hashed, "bad", cache)
+    assert not await hashing.verify(hashed, "bad", cache)
+    assert await hashing.verify(hashed, "pw")  # no cache: always hashed
     assert len(calls) == 4  # the second good one came from the cache
-    assert threading.get_ident() not in calls  # never on the event loop's thread
+    # Never on the event loop's thread, nor on the default executor's (file I/O).
+    assert all(name.startswith("gatewayd-hashing") for name in calls), calls
+    await hashing.close()

@@ -122,6 +122,7 @@ class ApiServer:
             deps.store,
             deps.config().paths.state_dir,
             deps.clock.now,
+            hashing=deps.hashing,
         )
         started: datetime = deps.clock.now()
         context = ApiContext(**vars(deps), auth=self.auth, started=started)

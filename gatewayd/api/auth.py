@@ -7,7 +7,9 @@ permissions apply at every use, so removing a user or a right also disarms its t
 Managing tokens (listing, revoking) is a right of password logins, and of tokens issued
 with it explicitly (`manageTokens`).
 Verified passwords are cached (`CredentialCache`) so that a client sending the same
-credential on every request does not cost a full argon2 hash each time.
+credential on every request does not cost a full argon2 hash each time. Hashes are
+computed by the gateway's `PasswordHashing` (its worker processes); when its queue is
+full, a login is answered 503 with a Retry-After, without any hashing.
 
 Failed logins are throttled (`AuthThrottle`, an instance of the API's own: admin users
 are not partners' accounts): answers to failures slow down per user and per address,
@@ -36,7 +38,7 @@ from aiohttp import web
 from gatewayd.api.errors import ApiError, Problem
 from gatewayd.api.refusals import CALLER, ReportBound
 from gatewayd.config.schema import ApiConfig
-from gatewayd.passwords import CredentialCache, averify_password, hash_password
+from gatewayd.passwords import CredentialCache, HashingBusy, PasswordHashing
 from gatewayd.pipeline.auth_throttle import AuthThrottle, ThrottlePolicy
 from gatewayd.store.base import ApiToken, Store
 
@@ -180,13 +182,16 @@ class Authenticator:
         key: bytes,
         now: Callable[[], datetime],
         cache: CredentialCache | None = None,
+        hashing: PasswordHashing | None = None,
     ) -> None:
         self._config = api_config
         self._store = store
         self._key = key
         self._now = now
         self.cache = cache or CredentialCache(ttl=60.0)
-        self._hashing = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
+        self.hashing = hashing or PasswordHashing()
+        # The API's share of the hashing workers: admin logins never take them all.
+        self._hash_slots = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
         self._decoy: str | None = None
         self.throttle = AuthThrottle(THROTTLE)
         # A banned address may knock thousands of times a second: one line a minute.
@@ -268,14 +273,22 @@ class Authenticator:
 
     async def _basic(self, request: web.Request, login: str, password: str) -> Principal:
         user = self._config().users.get(login)
-        hashed = user.password if user is not None else await self._decoy_hash()
-        if self.cache.hit(hashed, password):
-            ok = True
-        else:
-            async with self._hashing:
-                # Requests queued for a slot while their address got banned stop here.
-                self._refuse_if_banned(request, login)
-                ok = await averify_password(hashed, password, self.cache)
+        try:
+            hashed = user.password if user is not None else await self._decoy_hash()
+            if self.cache.hit(hashed, password):
+                ok = True
+            else:
+                async with self._hash_slots:
+                    # Requests queued for a slot while their address got banned stop here.
+                    self._refuse_if_banned(request, login)
+                    ok = await self.hashing.verify(hashed, password, self.cache)
+        except HashingBusy as busy:
+            retry = max(1, math.ceil(busy.retry_after))
+            raise ApiError(
+                503,
+                [Problem(f"too many logins waiting: try again in {retry} s", "busy")],
+                headers={"Retry-After": str(retry)},
+            ) from None
         if user is None or not ok:
             raise await self._failed(request, "bad user name or password", login=login)
         self.throttle.success(request.remote or "", login)
@@ -286,7 +299,7 @@ class Authenticator:
     async def _decoy_hash(self) -> str:
         # An unknown user costs a hash too, so that timing does not tell which exist.
         if self._decoy is None:
-            self._decoy = await asyncio.to_thread(hash_password, secrets.token_hex(16))
+            self._decoy = await self.hashing.hash(secrets.token_hex(16))
         return self._decoy
 
     async def _bearer(self, request: web.Request, token: str) -> Principal:
@@ -376,6 +389,7 @@ async def open_authenticator(
     store: Store,
     state_dir: Path,
     now: Callable[[], datetime],
+    hashing: PasswordHashing | None = None,
 ) -> Authenticator:
     key = await asyncio.to_thread(load_signing_key, state_dir)
-    return Authenticator(api_config, store, key, now)
+    return Authenticator(api_config, store, key, now, hashing=hashing)

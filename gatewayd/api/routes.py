@@ -18,6 +18,7 @@ from gatewayd.api.auth import Authenticator, Principal
 if TYPE_CHECKING:
     from gatewayd.clock import Clock
     from gatewayd.config import LoadedConfig
+    from gatewayd.passwords import PasswordHashing
     from gatewayd.pipeline.service import TransferService
     from gatewayd.ports import ProtocolServer
     from gatewayd.store.base import Store
@@ -48,6 +49,8 @@ class ApiDeps:
     scheduler: Callable[[], SchedulerState]
     # The Prometheus exposition of the gateway's metrics.
     metrics: Callable[[], bytes]
+    # Password checks and hashes, off the event loop (shared with the protocol servers).
+    hashing: PasswordHashing
 
 
 @dataclass

@@ -14,6 +14,7 @@ from gatewayd.cli.exits import CliError, Exit, epilog
 
 if TYPE_CHECKING:
     from gatewayd.cli.api_command import Commands
+    from gatewayd.passwords import Argon2Parameters
 
 __all__ = [
     "CHECKOUT_CONFIG",
@@ -151,20 +152,55 @@ def _add_hash_password(commands: Commands) -> None:
         help="print the argon2id hash of a password, for the configuration",
         description="Reads the password from a prompt (asked twice) or, with --stdin, from "
         "one line of standard input; never from the command line, where other users and "
-        "the shell history would see it.",
+        "the shell history would see it. The argon2id parameters are those of "
+        "`passwords.argon2` in the configuration (only that section is read), or the "
+        "built-in ones (t=3, m=65536 KiB, p=4) when there is no configuration file.",
         epilog=epilog(
-            Exit.OK, Exit.ERROR, Exit.USAGE, ERROR="empty password, or the two answers differ"
+            Exit.OK,
+            Exit.ERROR,
+            Exit.USAGE,
+            ERROR="empty password, the two answers differ, or passwords.argon2 is invalid",
         ),
     )
     parser.add_argument(
         "--stdin", action="store_true", help="read one line of standard input, no prompt"
     )
+    _add_config_option(parser)
     parser.set_defaults(handler=_hash_password)
+
+
+def _argon2_parameters(args: argparse.Namespace) -> Argon2Parameters:
+    """`passwords.argon2` of the configuration file (-c FILE, else the default one if
+    there is one), else the built-in parameters. Only that section is validated: a file
+    that is not valid yet elsewhere (an account still waiting for this very hash) still
+    gives its parameters."""
+    from gatewayd.config.messages import validate
+    from gatewayd.config.schema import Argon2Config
+    from gatewayd.config.yamlsource import read_yaml
+    from gatewayd.passwords import Argon2Parameters
+
+    path: Path | None = args.config
+    if path is None:
+        try:
+            path = default_config_path()
+        except CliError:
+            return Argon2Parameters()
+    source = read_yaml(path)
+    if source.problems:
+        raise CliError(Exit.ERROR, str(source.problems[0]))
+    section = source.data.get("passwords") if isinstance(source.data, dict) else None
+    if not isinstance(section, dict) or section.get("argon2") is None:
+        return Argon2Parameters()
+    found, problems = validate(Argon2Config, source, ("passwords", "argon2"))
+    if found is None:
+        raise CliError(Exit.ERROR, "; ".join(str(p) for p in problems))
+    return Argon2Parameters(**found.model_dump())
 
 
 def _hash_password(args: argparse.Namespace) -> int:
     from gatewayd.passwords import hash_password
 
+    params = _argon2_parameters(args)
     if args.stdin:
         password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     else:
@@ -173,7 +209,7 @@ def _hash_password(args: argparse.Namespace) -> int:
             raise CliError(Exit.ERROR, "the passwords differ")
     if not password:
         raise CliError(Exit.ERROR, "empty password refused")
-    print(hash_password(password))
+    print(hash_password(password, params))
     return Exit.OK
 
 

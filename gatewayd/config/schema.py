@@ -198,6 +198,41 @@ class DaemonConfig(Strict):
         return value
 
 
+class Argon2Config(Strict):
+    """The argon2id parameters of new hashes (`gatewayd hash-password`, and the decoys
+    that unknown logins are checked against). A hash is always verified with its own
+    parameters, written in it: changing these never breaks an existing password."""
+
+    time_cost: Annotated[int, Field(ge=1, le=100)] = 3  # passes over the memory
+    memory_cost: Annotated[int, Field(ge=8, le=4 * 1024 * 1024)] = 65536  # KiB
+    parallelism: Annotated[int, Field(ge=1, le=64)] = 4  # lanes
+
+    @model_validator(mode="after")
+    def _enough_memory(self) -> Argon2Config:
+        if self.memory_cost < 8 * self.parallelism:
+            raise ValueError(
+                f"memory_cost must be at least 8 KiB per lane ({8 * self.parallelism} for "
+                f"parallelism {self.parallelism})"
+            )
+        return self
+
+
+class PasswordsConfig(Strict):
+    """Where password hashes are computed: processes of their own, never the event loop
+    nor the threads that write files."""
+
+    # Processes that check passwords; 0 = one per core.
+    workers: Annotated[int, Field(ge=0, le=256)] = 0
+    # Checks waiting for a free worker; a login beyond them is refused at once as busy
+    # (SFTP: authentication fails; HTTP API: 503 with Retry-After) without any hashing.
+    max_queue: Annotated[int, Field(ge=1, le=100_000)] = 500
+    # Priority of those processes (Unix nice, 0-19): 10 lets transfers go first when
+    # every core is busy; 0 gives logins an equal share (faster logins on a machine
+    # shared with other work, slower transfers during a login rush).
+    nice: Annotated[int, Field(ge=0, le=19)] = 10
+    argon2: Argon2Config = Argon2Config()
+
+
 class ListenConfig(Strict):
     address: str = "127.0.0.1"
     port: Port = 0
@@ -309,6 +344,7 @@ class Config(Strict):
     logging: LoggingConfig = LoggingConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     api: ApiConfig = ApiConfig()
+    passwords: PasswordsConfig = PasswordsConfig()
     # Validated by the loader, with their protocol's model and `FileName` names.
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     partners: dict[str, PartnerConfig] = Field(default_factory=dict)

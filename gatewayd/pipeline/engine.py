@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from gatewayd import lifecycle
 from gatewayd.clock import Clock
 from gatewayd.errors import TransferError
-from gatewayd.lifecycle import needs_partner
+from gatewayd.lifecycle import Event, needs_partner
 from gatewayd.model import ErrorCode, Status, Step, Transfer
 from gatewayd.pipeline.data import ClientData, Partnerless
 from gatewayd.pipeline.files import find_placed
@@ -124,6 +125,14 @@ class Engine:
             if fresh is None or fresh.status != Status.RUNNING:
                 return
             transfer = fresh
+            if self.shutting_down:
+                # Launched just as the gateway stops: interrupted, resumed at the next
+                # start, never left RUNNING nor failed.
+                lifecycle.apply(transfer, Event.SHUTDOWN)
+                transfer.error_code = ErrorCode.TeShuttingDown
+                transfer.error_msg = "gateway shutting down"
+                await self.rt.store.save_transfer(transfer)
+                return
         transfer.error_code, transfer.error_msg = ErrorCode.TeOk, ""
         transfer.error_step = Step.NONE
         transfer.start = transfer.start or self.rt.clock.now()

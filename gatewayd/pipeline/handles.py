@@ -89,6 +89,10 @@ class UploadHandle(ServerHandle):
         if receiving is not None:
             await receiving.checkpoint(wait=True)
 
+    def closing(self) -> None:
+        if not self.closed and self.run.stop_reason is None:
+            self.run.completing = True  # a shutdown lets it finish: its partner waits
+
     async def close(self, expected_sha256: str | None = None) -> None:
         self._check_open()
         self.closed = True

@@ -11,6 +11,7 @@ maps onto its own answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import os
 import posixpath
@@ -130,12 +131,44 @@ class CoreServerContext:
         size: int = -1,
         transfer_info: Mapping[str, object] | None = None,
     ) -> TransferHandle:
+        opening = asyncio.ensure_future(
+            self._open_transfer(
+                account, path, direction, offset, truncate, remote, size, transfer_info
+            )
+        )
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The caller gave up (a stop cut its request) while the row was being
+            # written: the open goes to its end, then the transfer is ended, so that its
+            # row never stays RUNNING without a run.
+            with contextlib.suppress(BaseException):
+                handle = await opening
+                await handle.abort(
+                    TransferError(ErrorCode.TeConnectionReset, "the request ended before any data")
+                )
+            raise
+
+    async def _open_transfer(
+        self,
+        account: str,
+        path: str,
+        direction: Direction,
+        offset: int,
+        truncate: bool,
+        remote: str,
+        size: int,
+        transfer_info: Mapping[str, object] | None,
+    ) -> TransferHandle:
         target = self.tree.resolve(account, path)
         if target is None or target.name is None:
             raise TransferError(ErrorCode.TeForbidden, f"{path}: not a file of a rule folder")
         if target.rule.direction != direction:
             verb = "upload to" if direction == Direction.RECEIVE else "download from"
             raise TransferError(ErrorCode.TeForbidden, f"cannot {verb} {target.rule.path}")
+        if self.engine.shutting_down:
+            # Before any row is written: a refused open must leave nothing RUNNING.
+            raise TransferError(ErrorCode.TeShuttingDown, "the gateway is shutting down")
         info = dict(transfer_info or {})
         slots: list[Slot] = []
         try:
@@ -281,6 +314,8 @@ class CoreServerContext:
         except BaseException:
             for slot in slots:
                 slot.release()
+            if self.engine.shutting_down:
+                await self._interrupted(t)
             raise
         run.slots += slots
         run.inserted_at_data = inserted_at_data
@@ -291,3 +326,11 @@ class CoreServerContext:
         handle: ServerHandle = DownloadHandle(run, data) if t.is_send else UploadHandle(run, data)
         data.handle = handle
         return handle
+
+    async def _interrupted(self, t: Transfer) -> None:
+        """The stop began while this row was being committed RUNNING: record it as
+        interrupted by the shutdown (its partner resumes it later), not left RUNNING."""
+        lifecycle.apply(t, Event.SHUTDOWN)
+        t.error_code, t.error_msg = ErrorCode.TeShuttingDown, "gateway shutting down"
+        t.stop = self.rt.clock.now()
+        await self.rt.store.save_transfer(t)

@@ -38,6 +38,9 @@ from protocols.http.errors import error_body, status_for
 log = structlog.get_logger("gatewayd.http")
 
 CHUNK = 1 << 20  # bytes per read of a download
+# Connections the kernel queues before they are accepted (aiohttp's default, 128, drops
+# the SYNs of a rush of partners, which retry only seconds later).
+LISTEN_BACKLOG = 1024
 
 
 class Reply(Exception):
@@ -110,7 +113,13 @@ class HttpServer(ProtocolServer):
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._port = 0
+        # Requests in progress, until their answer is written (aiohttp runs each in a
+        # task of its own, which writes the response after the handler returns).
         self._requests: set[asyncio.Task[Any]] = set()
+        # Those whose answer ends a transfer (an upload's close, the rename of a
+        # temporary name): a stop waits for them, and cuts the others.
+        self._answering: set[asyncio.Task[Any]] = set()
+        self.stopping = False
         self.log = log.bind(server=name)
 
     @property
@@ -142,7 +151,11 @@ class HttpServer(ProtocolServer):
         )
         await runner.setup()
         site = web.TCPSite(
-            runner, self.config.address, self.config.port, ssl_context=self._ssl_context
+            runner,
+            self.config.address,
+            self.config.port,
+            ssl_context=self._ssl_context,
+            backlog=LISTEN_BACKLOG,
         )
         try:
             await site.start()
@@ -152,18 +165,32 @@ class HttpServer(ProtocolServer):
         self._runner, self._site = runner, site
         self._port = runner.addresses[0][1]
 
-    async def stop(self) -> None:
-        """Stop listening, then end the requests under way: their transfers are
-        aborted (INTERRUPTED when the gateway is shutting down)."""
+    async def stop_accepting(self) -> None:
+        """Stop listening; a new request on an open connection is answered 503 (with
+        `Connection: close`). Requests under way go on."""
+        self.stopping = True
+        if self._site is not None:
+            site, self._site = self._site, None
+            await site.stop()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """End the requests under way, then close every connection. Once the engine
+        has stopped, only answers that end a transfer (an upload's close, a rename)
+        are worth waiting for: those get up to `grace` seconds to be written; the
+        others (a body still coming or a download still going for a transfer already
+        INTERRUPTED, a login, a listing) are cut at once."""
         if self._runner is None:
             return
+        await self.stop_accepting()
         runner, self._runner = self._runner, None
-        if self._site is not None:
-            await self._site.stop()
+        for task in list(self._requests - self._answering):
+            task.cancel()
+        if self._requests:
+            await asyncio.wait(list(self._requests), timeout=grace)
         for task in list(self._requests):
             task.cancel()
         if self._requests:
-            await asyncio.wait(list(self._requests), timeout=10)
+            await asyncio.wait(list(self._requests), timeout=1.0)
         await runner.cleanup()
 
     # ------------------------------------------------------------------ dispatch
@@ -172,7 +199,12 @@ class HttpServer(ProtocolServer):
         task = asyncio.current_task()
         if task is not None:
             self._requests.add(task)
+            task.add_done_callback(self._request_over)
         try:
+            if self.stopping:
+                raise Reply(
+                    503, "the server is stopping", ErrorCode.TeShuttingDown, {"Retry-After": "5"}
+                )
             handler = self._handlers().get(request.method)
             if handler is None:
                 allow = ", ".join(self._handlers())
@@ -189,9 +221,16 @@ class HttpServer(ProtocolServer):
                     error=reply.message,
                 )
             return reply.response()
-        finally:
-            if task is not None:
-                self._requests.discard(task)
+
+    def _request_over(self, task: asyncio.Task[Any]) -> None:
+        self._requests.discard(task)
+        self._answering.discard(task)
+
+    def _answers_a_completion(self) -> None:
+        """The current request's answer ends a transfer: a stop lets it be written."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._answering.add(task)
 
     def _handlers(self) -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
         return {
@@ -461,6 +500,7 @@ class HttpServer(ProtocolServer):
                 content_type="application/json",
                 headers={**ids, h.UPLOAD_OFFSET: str(end), h.UPLOAD_COMPLETE: "?0"},
             )
+        self._answers_a_completion()
         try:
             await handle.close(expected_sha256=sha256)
         except TransferError as exc:
@@ -516,6 +556,7 @@ class HttpServer(ProtocolServer):
                 502, f"the destination {split.netloc} is another server", ErrorCode.TeForbidden
             )
         target = unquote(split.path)
+        self._answers_a_completion()
         try:
             await self.ctx.rename(account, path, target)
         except TransferError as exc:

@@ -62,6 +62,10 @@ _FOLLOW_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # waits until the backlog is down to LOW.
 _PENDING_HIGH = 16 << 20
 _PENDING_LOW = 4 << 20
+# Connections the kernel queues before they are accepted. asyncio's default (100) is
+# overrun by a rush of partners connecting at once: the others' SYNs are dropped and
+# retried after 1, 3, 7, 15, 31 s, which pushes their logins towards the login timeout.
+_LISTEN_BACKLOG = 1024
 # Downloads read ahead in blocks of this size, at most this many blocks ahead.
 _READ_BLOCK = 1 << 20
 _READ_AHEAD = 4
@@ -95,6 +99,12 @@ class SftpServer(ProtocolServer):
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self.sessions: set[SftpSession] = set()
         self.log = log.bind(server=name)
+        # Stopping: no new connection, login or session (phase 1 of a stop).
+        self.stopping = False
+        # Closing: each connection closes as soon as none of its requests is being
+        # handled (phase 2), so that every answer already computed reaches its partner.
+        self._closing = False
+        self._closed: set[asyncssh.SSHServerConnection] = set()
 
     @property
     def bound_port(self) -> int:
@@ -131,22 +141,74 @@ class SftpServer(ProtocolServer):
             login_timeout=self.config.login_timeout,
             keepalive_interval=self.config.keepalive_interval,
             reuse_address=True,
+            backlog=_LISTEN_BACKLOG,
             encoding=None,
             server_version=GATEWAYD_SSH_VERSION,
         )
 
-    async def stop(self) -> None:
+    async def stop_accepting(self) -> None:
+        """No new connection, login or SFTP session; connections still logging in are
+        closed (their password checks, queued or not, are dropped). Logged-in sessions
+        stay: an upload completing in one of them is still answered."""
+        self.stopping = True
         if self._listener is not None:
             self._listener.close()
-            await self._listener.wait_closed()
         for conn in list(self.connections):
+            if conn.get_extra_info("gatewayd_account") is None:
+                self._close(conn)
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """End each connection as soon as none of its SFTP requests is being handled
+        (the answer of each one, a completed upload's OK among them, is written first),
+        at the latest after `grace` seconds; return once the sessions have ended."""
+        await self.stop_accepting()
+        self._closing = True
+        for conn in list(self.connections):
+            self._close_if_idle(conn)
+        pending = [asyncio.ensure_future(c.wait_closed()) for c in list(self.connections)]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        left = [c for c in self.connections if not c.is_closed()]
+        if left:
+            busy = sum(1 for c in left if any(s.busy for s in self.sessions if s.conn is c))
+            self.log.info("closing the connections left", count=len(left), busy=busy)
+        for conn in left:
             conn.close()
+        if pending:
+            await asyncio.wait(pending)
         # Each session's files are aborted (the engine says INTERRUPTED when it is our
         # shutdown) before its exit: wait for that, bounded by the caller's timeout.
-        for conn in list(self.connections):
-            await conn.wait_closed()
         while self.sessions:
             await next(iter(self.sessions)).exited.wait()
+        if self._listener is not None:
+            await self._listener.wait_closed()
+
+    def _close(self, conn: asyncssh.SSHServerConnection) -> None:
+        if conn not in self._closed:
+            self._closed.add(conn)
+            conn.close()
+
+    def _close_if_idle(self, conn: asyncssh.SSHServerConnection) -> None:
+        """While closing: end `conn` unless one of its SFTP sessions is handling a
+        request (that session calls this again once its answer is written).
+
+        A connection with SFTP sessions is ended by closing their channels: what was
+        written goes first, then the channel's close, and the partner (OpenSSH exits
+        when its session closes) ends the connection. Closing the connection from here
+        would reset it while the partner's last packets (a window adjust) are unread,
+        and a reset can make the partner's kernel drop the answer it had not read yet.
+        """
+        if not self._closing or conn in self._closed:
+            return
+        sessions = [s for s in self.sessions if s.conn is conn]
+        if any(s.busy for s in sessions):
+            return
+        if not sessions:
+            self._close(conn)
+            return
+        self._closed.add(conn)
+        for session in sessions:
+            session.chan.close()
 
     async def _exec(
         self, stdin: SSHReader[bytes], stdout: SSHWriter[bytes], stderr: SSHWriter[bytes]
@@ -181,6 +243,7 @@ class _SSHServer(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
             self.server.connections.discard(self.conn)
+            self.server._closed.discard(self.conn)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -203,7 +266,9 @@ class _SSHServer(asyncssh.SSHServer):
         account = await self.ctx.authenticate(username, public_key=public, remote=self.remote)
         return self._accept(account)
 
-    def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes] | bool:
+        if self.server.stopping:
+            return False  # the server is stopping: no new session (the client is told)
         return _ChannelSession(self.server)
 
     def _accept(self, account: str | None) -> bool:
@@ -259,6 +324,16 @@ class _SftpHandler(SFTPServerHandler):
         self.session.ending = True
         await super()._cleanup(exc)
 
+    async def _process_packet(self, pkttype: int, pktid: int, packet: SSHPacket) -> None:
+        # Requests of a session are handled one at a time; a stop closes the connection
+        # only between two of them, once the answer of the last one is written.
+        self.session.busy = True
+        try:
+            await super()._process_packet(pkttype, pktid, packet)
+        finally:
+            self.session.busy = False
+            self.session.server._close_if_idle(self.session.conn)
+
     async def _process_write(self, packet: SSHPacket) -> int:
         handle = packet.get_string()
         offset = packet.get_uint64()
@@ -304,9 +379,15 @@ class SftpSession(asyncssh.SFTPServer):
         self.server = server
         self.ctx = server.ctx
         self.account = str(chan.get_extra_info("gatewayd_account"))
-        self.remote = _remote(chan.get_connection())
+        self.chan = chan
+        conn = chan.get_connection()
+        assert isinstance(conn, asyncssh.SSHServerConnection)  # typed as any connection
+        self.conn = conn
+        self.remote = _remote(self.conn)
         self.started = time.time()
         self.exited = asyncio.Event()
+        # A request of this session is being handled (see _SftpHandler).
+        self.busy = False
         self.files: set[_File] = set()
         self.transfer_info: dict[str, Any] = {}
         follow_id = self.env.get(FOLLOW_ID_ENV)
@@ -632,6 +713,8 @@ class _Upload(_File):
         if self.closed:
             return
         self.closed = True
+        if not dropped and self.handle is not None and self._refused is None:
+            self.handle.closing()  # the partner waits: a stop lets this upload finish
         await self._flush()
         if dropped:
             await self._abort(
