@@ -165,7 +165,7 @@ def _add_hash_password(commands: Commands) -> None:
     parser.add_argument(
         "--stdin", action="store_true", help="read one line of standard input, no prompt"
     )
-    _add_config_option(parser)
+    add_config_option(parser)
     parser.set_defaults(handler=_hash_password)
 
 
