@@ -145,8 +145,11 @@ async def _serve_with(
     notifier: Notifier,
 ) -> int:
     # Deferred: the gateway pulls in the whole core, which a refused start never needs.
+    from asyncpg import PostgresError
+
     from gatewayd.gateway import Gateway, StartError
     from gatewayd.store import make_store
+    from gatewayd.store.migrate import SchemaError
 
     def request_stop(sig: signal.Signals) -> None:
         if stopping.is_set():
@@ -166,11 +169,22 @@ async def _serve_with(
     loop.add_signal_handler(signal.SIGHUP, request_reload)
 
     config = loaded.config
-    store = make_store(config.database, loaded.paths.database)
     try:
+        store = make_store(
+            config.database,
+            loaded.paths.database,
+            node=config.daemon.node_name(),
+            home=loaded.paths.home,
+        )
         await store.open()
+    except SchemaError as exc:  # one line says which database and why (e.g. too new)
+        log.error(f"cannot open the database: {exc}")
+        return 1
+    except (OSError, ValueError, PostgresError) as exc:  # unreachable, refused, ...
+        log.error(f"cannot open the database {_database_name(loaded)}: {exc}")
+        return 1
     except Exception:
-        log.exception("cannot open the database", path=str(loaded.paths.database))
+        log.exception("cannot open the database", database=_database_name(loaded))
         return 1
     try:
         interrupted = await store.interrupt_running()
@@ -205,6 +219,18 @@ async def _serve_with(
         await store.close()
     log.info("gatewayd stopped", clean=clean)
     return 0 if clean else 1
+
+
+def _database_name(loaded: LoadedConfig) -> str:
+    """The database, as messages name it (never with a password)."""
+    database = loaded.config.database
+    if database.backend == "sqlite":
+        return str(loaded.paths.database)
+    from gatewayd.store.postgres import describe_dsn
+
+    if database.dsn is not None:
+        return describe_dsn(database.dsn)
+    return f"postgresql://{database.host or 'localhost'}/{database.dbname}"
 
 
 async def _stop_gateway(gateway: Gateway, seconds: float) -> bool:
@@ -244,6 +270,7 @@ def _restart_only(old: LoadedConfig, new: LoadedConfig) -> tuple[list[str], list
             ("database", a.database, b.database),
             ("state folder", old.paths.state_dir, new.paths.state_dir),
             ("database file", old.paths.database, new.paths.database),
+            ("daemon.node", a.daemon.node_name(), b.daemon.node_name()),
         )
         if before != after
     ]

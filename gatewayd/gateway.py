@@ -123,6 +123,7 @@ class Gateway:
             partner_limits=_partner_limits(loaded),
             clock=self.clock,
             goes_alone=self.engine.goes_alone,
+            node=loaded.config.daemon.node_name(),
         )
         self.expirer = Expirer(store, self.clock)
         self.service = TransferService(

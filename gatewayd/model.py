@@ -159,6 +159,8 @@ class Transfer:
     sha256: str = ""
     created: datetime | None = None
     updated: datetime | None = None
+    # The node that runs (or last ran) it; the store sets it when the row becomes RUNNING.
+    owner: str | None = None
 
     def copy(self) -> Transfer:
         """A snapshot that later mutations of this object do not change."""

@@ -3,10 +3,12 @@
 Due transfers are PLANNED ones: client transfers, and server transfers that the gateway
 finishes without their partner after a restart (their data complete).
 
-The scheduler owns when a client transfer runs, never how: it claims a due PLANNED row
-(status RUNNING, committed before anything else happens, so a row is never launched
-twice), hands it to the runner (the pipeline), and when the runner is done reads the row
-back to decide what comes next. A transfer that ended in ERROR with attempts left is
+The scheduler owns when a client transfer runs, never how: it has the store claim due
+PLANNED rows (`Store.claim_due`: RUNNING and owned by this node, committed in one
+transaction before anything else happens, so that a row is launched once even when
+several nodes share the database, and a partner's limit holds across them), hands each
+to the runner (the pipeline), and when the runner is done reads the row back to decide
+what comes next. A transfer that ended in ERROR with attempts left is
 planned again with exponential backoff, keeping its step, task and progress: the next
 run resumes it.
 
@@ -17,7 +19,6 @@ transfer was created or resumed, a runner finished, limits changed), with a safe
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -35,8 +36,8 @@ Runner = Callable[[Transfer], Awaitable[None]]
 SAFETY_CAP = 60.0
 # After an unexpected failure of the loop itself (e.g. the database is unavailable).
 LOOP_ERROR_BACKOFF = 5.0
-# How many due rows one look at the store reads at first, and at most. The look reads
-# more only when partner limits skip rows while global slots are free.
+# How many due rows a claim reads at a time (it reads on past full partners), and how
+# many upcoming rows a look reads to find the next due time.
 SCAN_BATCH = 256
 SCAN_MAX = 4096
 # Rows read per page when resuming interrupted transfers at start-up.
@@ -67,8 +68,9 @@ def due_time(transfer: Transfer) -> datetime | None:
 
 class Scheduler:
     """Launches due client transfers through `runner`, at most `max_transfers` at once
-    and at most the partner's limit (`partner_limits[partner]`, else `max_per_partner`)
-    per partner."""
+    on this node and at most the partner's limit (`partner_limits[partner]`, else
+    `max_per_partner`) per partner, counted across every node of the database. `node`
+    names this node: the owner of the rows it claims."""
 
     def __init__(
         self,
@@ -81,8 +83,10 @@ class Scheduler:
         clock: Clock,
         goes_alone: Callable[[Transfer], Awaitable[bool]] | None = None,
         log: Logger | None = None,
+        node: str = "local",
     ) -> None:
         self._store = store
+        self._node = node
         self._runner = runner
         # Whether an interrupted transfer can resume without its partner (the engine
         # knows); by default only client transfers can.
@@ -94,7 +98,6 @@ class Scheduler:
         self._partner_limits: dict[str, int] = dict(partner_limits or {})
         # transfer id -> partner of every runner in progress (claimed rows included).
         self._running: dict[int, str] = {}
-        self._per_partner: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         # Futures of callers waiting for a state change (wait_idle, wait_settled).
@@ -118,8 +121,8 @@ class Scheduler:
         return self._loop_task is not None and not self._loop_task.done()
 
     def queue_depth(self) -> int:
-        """Due transfers not launched for lack of a slot, as of the loop's last look
-        (a lower bound when more than the scan limit are due)."""
+        """Due transfers not launched (for lack of a slot, here or at their partner), as
+        of the loop's last look."""
         return self._queue_depth
 
     def set_limits(
@@ -227,67 +230,36 @@ class Scheduler:
         return min(later, default=None)
 
     async def _launch_due(self, now: datetime) -> int:
-        """Launch the due rows that fit; returns how many due rows were held back."""
-        seen: set[int] = set()
-        blocked = 0
-        limit = SCAN_BATCH
-        while True:
-            due = await self._store.due_transfers(now, limit)
-            for transfer in due:
-                if transfer.id is None or transfer.id in seen:
-                    continue
-                seen.add(transfer.id)
-                if self._stopping:
-                    return blocked
-                if transfer.id in self._running:
-                    continue
-                if not self._has_slot(transfer):
-                    blocked += 1
-                    continue
-                await self._claim_and_launch(transfer.id)
-            if len(due) < limit or limit >= SCAN_MAX or len(self._running) >= self._max_transfers:
-                break
-            # Partner limits held rows back while slots are free: rows further down the
-            # list, for other partners, may fit.
-            limit *= 2
+        """Claim and launch the due rows that fit; returns how many due rows are left."""
+        free = self._max_transfers - len(self._running)
+        if free > 0 and not self._stopping:
+            claimed = await self._store.claim_due(
+                now,
+                SCAN_BATCH,
+                self._node,
+                free,
+                self._partner_limits,
+                self._max_per_partner,
+            )
+            # Claimed rows are RUNNING and ours: launch them all, even when a stop came
+            # meanwhile (the engine's stop interrupts them with their state saved).
+            for transfer in claimed:
+                self._launch(transfer)
+        blocked = await self._store.count_due(now)
         self._queue_depth = blocked
         return blocked
 
-    def _partner_limit(self, partner: str) -> int:
-        return self._partner_limits.get(partner, self._max_per_partner)
-
-    def _has_slot(self, transfer: Transfer) -> bool:
-        partner = transfer.partner or ""
-        return len(self._running) < self._max_transfers and self._per_partner[
-            partner
-        ] < self._partner_limit(partner)
-
-    async def _claim_and_launch(self, transfer_id: int) -> None:
-        # Read the row again: the API may have paused or cancelled it since the listing.
-        transfer = await self._store.get_transfer(transfer_id)
-        if transfer is None or transfer.status != Status.PLANNED:
-            return
-        partner = transfer.partner or ""
+    def _launch(self, transfer: Transfer) -> None:
+        assert transfer.id is not None
+        transfer_id, partner = transfer.id, transfer.partner or ""
         self._running[transfer_id] = partner
-        self._per_partner[partner] += 1
-        apply(transfer, Event.LAUNCH)
-        try:
-            await self._store.save_transfer(transfer)
-        except BaseException:
-            self._release(transfer_id)
-            raise
         self._log.info("transfer launched", transfer_id=transfer_id, partner=partner)
         task = asyncio.create_task(self._run(transfer), name=f"transfer-{transfer_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _release(self, transfer_id: int) -> None:
-        partner = self._running.pop(transfer_id, None)
-        if partner is None:
-            return
-        self._per_partner[partner] -= 1
-        if self._per_partner[partner] <= 0:
-            del self._per_partner[partner]
+        self._running.pop(transfer_id, None)
 
     # ------------------------------------------------------------------ after a run
 
@@ -366,10 +338,9 @@ class Scheduler:
                 break
             offset += len(page)
         # Server transfers that only their partner can continue wait for it.
-        interrupted = [t for t in interrupted if await self._goes_alone(t)]
-        for transfer in interrupted:
-            apply(transfer, Event.RESUME)
-            transfer.next_attempt = None
-            await self._store.save_transfer(transfer)
-        if interrupted:
-            self._log.info("interrupted transfers planned to resume", count=len(interrupted))
+        alone = [t.id for t in interrupted if t.id is not None and await self._goes_alone(t)]
+        # One bulk change, not read-then-save: a row another node starting at the same
+        # time resumed (and may already run) is left to it.
+        resumed = await self._store.plan_interrupted(alone)
+        if resumed:
+            self._log.info("interrupted transfers planned to resume", count=len(resumed))

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from tests.daemon_proc import daemon_env
+from tests.pg_support import pg_database, pg_server  # noqa: F401  (fixtures)
+from tests.store_backends import backend  # noqa: F401  (a fixture)
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 

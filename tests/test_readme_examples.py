@@ -61,6 +61,9 @@ SKIPPED = {
     "scripts/run": "the test starts the demo as it does (gatewayd serve -c etc/gatewayd.yaml "
     "from the checkout), on free ports and in a copy of etc/ and rules/",
     "scripts/test": "it runs the whole suite, this test included",
+    "gatewayd db copy -c /etc/gatewayd/gatewayd.yaml --to "
+    "postgresql://gatewayd@db.example.org/gatewayd": "it needs a PostgreSQL server and a "
+    "stopped gateway: tests/test_db_copy.py runs it against the tests' private server",
 }
 
 

@@ -1,21 +1,21 @@
-"""The scheduler against a real SQLite store, with a manual clock: no real sleeps."""
+"""The scheduler against a real store of either backend, with a manual clock: no real
+sleeps."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gatewayd import scheduler as scheduler_module
 from gatewayd.clock import ManualClock, SystemClock
-from gatewayd.config.schema import DatabaseConfig
 from gatewayd.model import ErrorCode, Status, Step, Transfer
 from gatewayd.scheduler import Scheduler
-from gatewayd.store import Store, make_store
+from gatewayd.store import Store
+from tests.store_backends import Backend
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 WAIT = 5.0  # bound on every wait for something the scheduler does at once
@@ -34,8 +34,9 @@ async def bounded(awaitable: Awaitable[Any], what: str) -> Any:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    st = make_store(DatabaseConfig(), tmp_path / "gatewayd.db")
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    """Either backend: the claims are the store's (parametrized, every test runs twice)."""
+    st = backend.make()
     await st.open()
     yield st
     await st.close()

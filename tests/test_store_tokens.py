@@ -1,5 +1,5 @@
 """Store methods of the admin API and of pre-registered transfers: API tokens (insert,
-get, list, revoke) and the expiry of AVAILABLE transfers, on a real SQLite file."""
+get, list, revoke) and the expiry of AVAILABLE transfers, on both backends."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ import aiosqlite
 import pytest
 
 from gatewayd.model import ErrorCode, Status, Step, Transfer
-from gatewayd.store.base import ApiToken
+from gatewayd.store.base import ApiToken, Store
 from gatewayd.store.codec import encode_time
 from gatewayd.store.migrate import apply_migrations, load_migrations
 from gatewayd.store.sqlite import SqliteStore
+from tests.store_backends import Backend
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    async with SqliteStore(tmp_path / "gatewayd.db") as s:
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    async with backend.make() as s:
         yield s
 
 
@@ -36,7 +37,7 @@ def token(token_id: str, user: str = "admin", minutes: int = 60, **kw: object) -
     )
 
 
-async def test_tokens_round_trip_list_and_revoke(store: SqliteStore) -> None:
+async def test_tokens_round_trip_list_and_revoke(store: Store) -> None:
     first = token("a", permissions={"transfers": "rw"}, comment="nightly")
     await store.insert_token(first)
     await store.insert_token(token("bb", user="ops"))
@@ -62,7 +63,7 @@ async def test_token_management_is_stored_and_off_for_older_tokens(tmp_path: Pat
     async with aiosqlite.connect(path) as conn:
         assert await apply_migrations(conn, load_migrations()[:4]) == 4
         await conn.execute(
-            "INSERT INTO api_tokens (id, user, permissions, comment, created, expires) "
+            'INSERT INTO api_tokens (id, "user", permissions, comment, created, expires) '
             "VALUES ('old', 'admin', '{}', '', ?, ?)",
             (encode_time(T0), encode_time(T0 + timedelta(days=1))),
         )
@@ -93,7 +94,7 @@ def available(expires: datetime | None, **kw: object) -> Transfer:
     return t
 
 
-async def test_expire_available(store: SqliteStore) -> None:
+async def test_expire_available(store: Store) -> None:
     assert await store.next_expiry() is None
     soon = await store.insert_transfer(available(T0 + timedelta(minutes=1)))
     later = await store.insert_transfer(available(T0 + timedelta(minutes=10)))

@@ -2,6 +2,7 @@
 gatewayd`).
 
 - `daemon_commands`: `serve`, `check-config`, `hash-password`, on this machine's files;
+- `db`: `db copy` (an SQLite database into PostgreSQL), on this machine's files too;
 - one module per group of API commands, all clients of the admin API: `transfers`,
   `rules`, `inventory` (partners, servers), `tokens`, `status`; `api_command` is how they
   are declared, `api_client` how they reach the API, `output` how they print;
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from gatewayd import __version__
-from gatewayd.cli import daemon_commands, inventory, rules, status, tokens, transfers
+from gatewayd.cli import daemon_commands, db, inventory, rules, status, tokens, transfers
 from gatewayd.cli.exits import CliError, Exit, epilog
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ Handler = Callable[[argparse.Namespace], int]
 # Each adds its commands to the parser, in the order `gatewayd --help` lists them.
 COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     daemon_commands.add,
+    db.add,
     transfers.add,
     rules.add,
     inventory.add_partner,

@@ -16,7 +16,15 @@ if TYPE_CHECKING:
     from gatewayd.cli.api_command import Commands
     from gatewayd.passwords import Argon2Parameters
 
-__all__ = ["CHECKOUT_CONFIG", "CONFIG_ENV", "SYSTEM_CONFIG", "add", "default_config_path"]
+__all__ = [
+    "CHECKOUT_CONFIG",
+    "CONFIG_ENV",
+    "SYSTEM_CONFIG",
+    "add",
+    "add_config_option",
+    "config_path",
+    "default_config_path",
+]
 
 CONFIG_ENV = "GATEWAYD_CONFIG"
 SYSTEM_CONFIG = Path("/etc/gatewayd/gatewayd.yaml")
@@ -39,12 +47,14 @@ def default_config_path() -> Path:
     )
 
 
-def _config_path(args: argparse.Namespace) -> Path:
+def config_path(args: argparse.Namespace) -> Path:
+    """The file `-c` names, else the default (`default_config_path`)."""
     path: Path | None = args.config
     return path if path is not None else default_config_path()
 
 
-def _add_config_option(parser: argparse.ArgumentParser) -> None:
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """`-c/--config FILE`, as every command on this machine's files takes it."""
     parser.add_argument(
         "-c",
         "--config",
@@ -70,14 +80,14 @@ def _add_serve(commands: Commands) -> None:
             ERROR="invalid configuration, refused start, or unclean stop",
         ),
     )
-    _add_config_option(parser)
+    add_config_option(parser)
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from gatewayd.daemon import run_daemon
 
-    return run_daemon(_config_path(args))
+    return run_daemon(config_path(args))
 
 
 # ------------------------------------------------------------------------ check-config
@@ -95,14 +105,14 @@ def _add_check_config(commands: Commands) -> None:
             ERROR="invalid configuration (every problem on stderr)",
         ),
     )
-    _add_config_option(parser)
+    add_config_option(parser)
     parser.set_defaults(handler=_check_config)
 
 
 def _check_config(args: argparse.Namespace) -> int:
     from gatewayd.config import ConfigError, load_config
 
-    path = _config_path(args)
+    path = config_path(args)
     try:
         loaded = load_config(path)
     except ConfigError as exc:
@@ -155,7 +165,7 @@ def _add_hash_password(commands: Commands) -> None:
     parser.add_argument(
         "--stdin", action="store_true", help="read one line of standard input, no prompt"
     )
-    _add_config_option(parser)
+    add_config_option(parser)
     parser.set_defaults(handler=_hash_password)
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 # from it) so that either package may be imported first.
 from gatewayd import ports as protocol_registry
 from gatewayd.config.demo import demo_secret_warnings
-from gatewayd.config.files import cert_and_key_problem
+from gatewayd.config.files import cert_and_key_problem, certificates_problem
 from gatewayd.config.messages import describe_value, field_name, validate
 from gatewayd.config.paths import Paths, absolute, create_folders, folder_problem
 from gatewayd.config.problems import ConfigError, Problem, sort_problems
@@ -260,6 +260,11 @@ def _file_problems(
             if found is not None:
                 which = "tls_cert" if found.path == cert else "tls_key"
                 problems.append(source.problem(("api", which), found.message))
+    database = config.database if config is not None else None
+    if database is not None and database.ssl_root_cert is not None:
+        found = certificates_problem(absolute(database.ssl_root_cert, paths.home))
+        if found is not None:
+            problems.append(source.problem(("database", "ssl_root_cert"), found.message))
     context = protocol_registry.CheckContext(paths.home, paths.state_dir)
     serving: dict[str, protocol_registry.ProtocolSpec] = {}
     for name, server in servers.items():

@@ -11,6 +11,7 @@ protocol registers (see `gatewayd.ports`), which subclasses the matching base he
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -60,12 +61,86 @@ Names = Annotated[tuple[str, ...], StrictMode(False)]
 LaxDirection = Annotated[Direction, StrictMode(False)]
 
 
+_POSTGRESQL_ONLY = (
+    "dsn",
+    "host",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "pool_size",
+    "sslmode",
+    "ssl_root_cert",
+    "connect_timeout",
+)
+_DSN_PARTS = ("host", "port", "user", "password", "dbname")
+
+
 class DatabaseConfig(Strict):
-    backend: Literal["sqlite"] = "sqlite"
+    """`database`: SQLite (the embedded default: one file, one daemon) or PostgreSQL (a
+    server that several nodes may share). Fields are checked in this order: each check
+    sees the fields above it."""
+
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    # SQLite: the file, relative to home.
     path: LaxPath = Path("var/gatewayd.db")
     # NORMAL survives a process crash under WAL; FULL also survives a power loss.
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     busy_timeout_ms: Annotated[int, Field(ge=0)] = 5000
+    # PostgreSQL: a DSN (postgresql://user@host:5432/dbname?sslmode=verify-full), or its
+    # parts. A DSN may hold a password: it is kept out of reprs and messages like one.
+    dsn: str | None = Field(default=None, repr=False)
+    host: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    user: str | None = None
+    password: Secret | None = Field(default=None, repr=False)
+    dbname: str | None = None
+    # Connections of this node to the server (the writer holds one while it commits).
+    pool_size: Annotated[int, Field(ge=2, le=1000)] = 10
+    # TLS to the server, as libpq's sslmode; verify-ca and verify-full check the server's
+    # certificate against `ssl_root_cert` (a PEM CA file, relative to home).
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        None
+    )
+    ssl_root_cert: LaxPath | None = None
+    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("path", "synchronous", "busy_timeout_ms")
+    @classmethod
+    def _sqlite_only(cls, value: object, info: ValidationInfo) -> object:
+        if info.data.get("backend") == "postgresql":
+            raise ValueError("is a setting of backend: sqlite (this one is postgresql)")
+        return value
+
+    @field_validator(*_POSTGRESQL_ONLY)
+    @classmethod
+    def _postgresql_only(cls, value: object, info: ValidationInfo) -> object:
+        if info.data.get("backend") == "sqlite":
+            raise ValueError("is a setting of backend: postgresql (this one is sqlite)")
+        if info.field_name in _DSN_PARTS and info.data.get("dsn") is not None:
+            raise ValueError(f"give either dsn or {'/'.join(_DSN_PARTS)}, not both")
+        return value
+
+    @field_validator("dsn")
+    @classmethod
+    def _postgresql_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            # The value is not echoed: it may hold a password.
+            raise ValueError("must be a postgresql:// URL (postgresql://user@host:5432/dbname)")
+        return value
+
+    @field_validator("ssl_root_cert")
+    @classmethod
+    def _verified_mode(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("sslmode") not in ("verify-ca", "verify-full"):
+            raise ValueError("is used with sslmode: verify-ca or verify-full only")
+        return value
+
+    @model_validator(mode="after")
+    def _reachable(self) -> DatabaseConfig:
+        if self.backend == "postgresql" and self.dsn is None and self.dbname is None:
+            raise ValueError("backend postgresql needs a dsn, or a dbname (with host, ...)")
+        return self
 
 
 class LoggingConfig(Strict):
@@ -101,6 +176,13 @@ class DaemonConfig(Strict):
     # writes are not limited to 16 KiB blocks) but takes HTTPS uploads somewhat slower;
     # `auto` = uvloop when installed.
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    # This node's name: the owner recorded on the transfers it runs. Default: the host
+    # name; required with a PostgreSQL database, which several nodes may share.
+    node: FileName | None = None
+
+    def node_name(self) -> str:
+        """`node`, else the host name."""
+        return self.node or socket.gethostname()
 
     @field_validator("timezone")
     @classmethod
@@ -271,6 +353,17 @@ class Config(Strict):
     rules: dict[str, RuleConfig] = Field(default_factory=dict, exclude=True)
     # Absolute path of the file this came from; relative paths resolve against home.
     source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("database")
+    @classmethod
+    def _named_node(cls, value: DatabaseConfig, info: ValidationInfo) -> DatabaseConfig:
+        daemon = info.data.get("daemon")
+        if value.backend == "postgresql" and daemon is not None and daemon.node is None:
+            raise ValueError(
+                "backend postgresql needs daemon.node: the name of this node, unique "
+                "among the nodes that share the database"
+            )
+        return value
 
 
 class TaskConfig(Strict):

@@ -105,7 +105,9 @@ class Store(ABC):
         """Persist the current state of an existing row; returns once committed.
 
         Saves issued while a commit is in flight are batched into the next one, and
-        several saves of the same row coalesce into one write of its latest state.
+        several saves of the same row coalesce into one write of its latest state. A
+        RUNNING row is recorded as owned by this store's node (as is a new row inserted
+        RUNNING): the node that runs it.
         """
 
     @abstractmethod
@@ -124,8 +126,46 @@ class Store(ABC):
 
     @abstractmethod
     async def interrupt_running(self) -> list[Transfer]:
-        """At start-up: every RUNNING row becomes INTERRUPTED (they were ours, and we
-        died: the lifecycle's CRASH). Returns the rows changed."""
+        """At start-up: the RUNNING rows of this node become INTERRUPTED (they were
+        ours, and we died: the lifecycle's CRASH). Returns the rows changed. A database
+        of one node (SQLite) takes every RUNNING row; a shared one (PostgreSQL) those
+        this node owns and those nobody owns."""
+
+    @abstractmethod
+    async def claim_due(
+        self,
+        now: datetime,
+        limit: int,
+        node: str,
+        max_running: int,
+        partner_limits: Mapping[str, int],
+        default_partner_limit: int,
+    ) -> list[Transfer]:
+        """Atomically take due transfers (as `due_transfers` finds them) for `node`:
+        each becomes RUNNING (the lifecycle's LAUNCH) owned by `node`, in one
+        transaction, and is returned (oldest first). A row is claimed once, whatever
+        the nodes claiming at the same time: PostgreSQL locks the rows it looks at
+        (`FOR UPDATE SKIP LOCKED`), rows another claim holds are left to it.
+
+        At most `max_running` rows are taken: the node's free slots (the node counts
+        its own runs: its RUNNING rows also include server transfers that partners
+        opened, which take no slot). A row with a partner is taken only while that
+        partner's RUNNING rows, counted across every node, stay below its limit
+        (`partner_limits[partner]`, else `default_partner_limit`); rows without a
+        partner (server transfers the gateway finishes alone) take a slot only. Due rows
+        are read `limit` at a time, oldest first; rows of full partners are skipped, so
+        that a later row of another partner is not held back by them.
+        """
+
+    @abstractmethod
+    async def plan_interrupted(self, ids: list[int]) -> list[Transfer]:
+        """The INTERRUPTED rows among `ids` become PLANNED (the lifecycle's RESUME), their
+        next attempt cleared, in one commit; returns the rows changed. A row that is no
+        longer INTERRUPTED (another node resumed it, and may run it) is left as it is."""
+
+    @abstractmethod
+    async def count_due(self, now: datetime) -> int:
+        """How many transfers are due at `now` (PLANNED, as `due_transfers` finds them)."""
 
     @abstractmethod
     async def due_transfers(self, now: datetime, limit: int) -> list[Transfer]:

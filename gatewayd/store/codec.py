@@ -1,4 +1,5 @@
-"""Conversion between `Transfer` objects and SQLite row tuples.
+"""Conversion between `Transfer` objects and row tuples (both backends store the same
+values: text, integers, reals).
 
 Every value is checked and converted when a row is encoded, in the caller's task: a bad
 value (a naive datetime, a lone surrogate in a file name, a non-JSON transfer info) then
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -170,6 +171,7 @@ _FIELDS: dict[str, tuple[Encoder, Decoder]] = {
     "sha256": _PLAIN_TEXT,
     "created": (_opt_time, _opt_decode_time),
     "updated": (_opt_time, _opt_decode_time),
+    "owner": (_opt_text, _same),
 }
 
 _DATACLASS_FIELDS = tuple(f.name for f in dataclasses.fields(Transfer))
@@ -206,7 +208,7 @@ def encode_update(transfer: Transfer) -> tuple[Any, ...]:
     return (*values, transfer.id)
 
 
-def decode_row(row: Sequence[Any]) -> Transfer:
+def decode_row(row: Iterable[Any]) -> Transfer:
     """A `Transfer` from a row selected as `COLUMNS`."""
     return Transfer(
         **{name: decode(value) for name, decode, value in zip(COLUMNS, _DECODERS, row, strict=True)}
@@ -231,7 +233,7 @@ def encode_audit(
     )
 
 
-def decode_audit(row: Sequence[Any]) -> dict[str, Any]:
+def decode_audit(row: Iterable[Any]) -> dict[str, Any]:
     """An audit entry selected as `AUDIT_COLUMNS`."""
     entry = dict(zip(AUDIT_COLUMNS, row, strict=True))
     entry["at"] = decode_time(entry["at"])

@@ -12,9 +12,8 @@ join a batch like any save, and the caller knows its id before the commit.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -22,58 +21,40 @@ from typing import Any, Self
 
 import aiosqlite
 
-from gatewayd import lifecycle
-from gatewayd.lifecycle import Event
 from gatewayd.model import ErrorCode, Status, Step, Transfer
-from gatewayd.store.base import SORT_FIELDS, ApiToken, Store, TapisTask, TransferFilter
+from gatewayd.store.base import ApiToken, Store, TapisTask, TransferFilter
+from gatewayd.store.claims import Candidate, Limits, choose
 from gatewayd.store.codec import (
-    AUDIT_COLUMNS,
-    COLUMNS,
-    UPDATE_COLUMNS,
     decode_audit,
     decode_row,
     decode_time,
     encode_audit,
-    encode_json,
     encode_row,
     encode_time,
     encode_update,
 )
+from gatewayd.store.dialect import SQLITE
 from gatewayd.store.migrate import apply_migrations, current_version, load_migrations
+from gatewayd.store.sql import (
+    CRASHED,
+    EXPIRED,
+    Statements,
+    decode_tapis,
+    decode_token,
+    encode_tapis,
+    encode_token,
+)
 from gatewayd.store.writer import BatchWriter
 
-
-def _in(statuses: Iterable[Status]) -> str:
-    """An SQL list of status values (constants of the code, never input)."""
-    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
-
-
-_COLS = ", ".join(COLUMNS)
-_SELECT = f"SELECT {_COLS} FROM transfers"
-_INSERT = f"INSERT INTO transfers ({_COLS}) VALUES ({', '.join('?' for _ in COLUMNS)})"
-_UPDATE = f"UPDATE transfers SET {', '.join(f'{c} = ?' for c in UPDATE_COLUMNS)} WHERE id = ?"
-_INSERT_AUDIT = (
-    f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS[1:])}) "
-    f"VALUES ({', '.join('?' for _ in AUDIT_COLUMNS[1:])})"
-)
+_Q = Statements(SQLITE)
 # Within a batch, inserts go before the updates that may follow them.
-_STATEMENTS = (_INSERT, _UPDATE, _INSERT_AUDIT)
-
-# The statuses the lifecycle's table gives these queries (gatewayd.lifecycle).
-_LAUNCHABLE = _in(lifecycle.sources(Event.LAUNCH))
-_CRASHED_FROM = lifecycle.sources(Event.CRASH)
-_CRASHED = lifecycle.after(Status.RUNNING, Event.CRASH)
-_EXPIRED = lifecycle.after(Status.AVAILABLE, Event.EXPIRE)
-# A planned transfer without a start time is due from its creation.
-_DUE_AT = "coalesce(start, created)"
-_PLANNED = f"status IN {_LAUNCHABLE}"
-_UNFINISHED = f"status NOT IN {_in(lifecycle.FINAL)}"
+_STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 
 _SYNCHRONOUS = ("NORMAL", "FULL")
-
-_AVAILABLE = f"status IN {_in(lifecycle.sources(Event.EXPIRE))} AND next_attempt IS NOT NULL"
-_TOKEN_COLUMNS = "id, user, permissions, comment, created, expires, revoked, manage_tokens"
-_TAPIS_COLUMNS = "uuid, tag, username, created, elements, cancelled"
+# Rounds of one claim, at most: each leaves out the partners found full in the last.
+_CLAIM_ROUNDS = 16
+# Ids per statement of a bulk change (SQLite's parameters are limited).
+_ID_CHUNK = 500
 
 
 def _now() -> datetime:
@@ -89,13 +70,21 @@ class SqliteStore(Store):
     """
 
     def __init__(
-        self, path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000
+        self,
+        path: Path,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 5000,
+        node: str | None = None,
     ) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}")
         if busy_timeout_ms < 0:
             raise ValueError("busy_timeout_ms must not be negative")
         self.path = Path(path)
+        # Recorded as the owner of the rows that become RUNNING here (None: not recorded
+        # by saves; a claim names its node itself).
+        self.node = node
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._write_conn: aiosqlite.Connection | None = None
@@ -229,6 +218,8 @@ class SqliteStore(Store):
                 t.remote_id = t.remote_id or uuid.uuid4().hex
                 t.follow_id = t.follow_id or uuid.uuid4().hex
                 t.id = self._last_id + len(rows) + 1
+                if t.status == Status.RUNNING and self.node is not None:
+                    t.owner = self.node
                 rows.append(encode_row(t))
         except BaseException:
             for t in transfers:
@@ -244,7 +235,7 @@ class SqliteStore(Store):
         rows = self._new_rows(transfers)
         # Submitted without a pause in between: they join the same batch, one commit.
         futures = [
-            writer.submit(_INSERT, row, key=t.id) for t, row in zip(transfers, rows, strict=True)
+            writer.submit(_Q.insert, row, key=t.id) for t, row in zip(transfers, rows, strict=True)
         ]
         try:
             for future in set(futures):
@@ -268,8 +259,10 @@ class SqliteStore(Store):
         if transfer.id is not None and transfer.id > self._last_id:
             raise ValueError(f"transfer {transfer.id} was not inserted by this store")
         transfer.updated = _now()
+        if transfer.status == Status.RUNNING and self.node is not None:
+            transfer.owner = self.node
         row = encode_update(transfer)
-        await asyncio.shield(writer.submit(_UPDATE, row, key=transfer.id))
+        await asyncio.shield(writer.submit(_Q.update, row, key=transfer.id))
 
     async def interrupt_running(self) -> list[Transfer]:
         """Call at start-up, before any transfer runs: a RUNNING row saved after this
@@ -277,12 +270,75 @@ class SqliteStore(Store):
         writer = self._live_writer()
         now = encode_time(_now())
         async with writer.transaction() as conn:
-            rows = await conn.execute_fetchall(
-                "UPDATE transfers SET status = ?, updated = ? "
-                f"WHERE status IN {_in(_CRASHED_FROM)} RETURNING {_COLS}",
-                (_CRASHED.value, now),
-            )
+            # One daemon owns the file: every RUNNING row was ours.
+            rows = await conn.execute_fetchall(_Q.interrupt_all, (CRASHED.value, now))
         return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
+
+    async def plan_interrupted(self, ids: list[int]) -> list[Transfer]:
+        writer = self._live_writer()
+        changed: list[Transfer] = []
+        async with writer.transaction() as conn:
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start : start + _ID_CHUNK]
+                rows = await conn.execute_fetchall(
+                    _Q.plan_interrupted(len(chunk)), (encode_time(_now()), *chunk)
+                )
+                changed += [decode_row(row) for row in rows]
+        return sorted(changed, key=lambda t: t.id or 0)
+
+    async def claim_due(
+        self,
+        now: datetime,
+        limit: int,
+        node: str,
+        max_running: int,
+        partner_limits: Mapping[str, int],
+        default_partner_limit: int,
+    ) -> list[Transfer]:
+        """In one transaction of the writer's connection: one daemon owns the file, so
+        nothing else claims at the same time."""
+        writer = self._live_writer()
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        limits = Limits(max_running, dict(partner_limits), default_partner_limit)
+        at = encode_time(now)
+        claimed: list[Transfer] = []
+        if max_running <= 0:
+            return claimed
+        async with writer.transaction() as conn:
+            running: dict[str, int] = {}
+            full: set[str] = set()
+            for _ in range(_CLAIM_ROUNDS):
+                skipped = sorted(full)
+                found = [
+                    Candidate(row[0], row[1])
+                    for row in await conn.execute_fetchall(
+                        _Q.claim_candidates(len(skipped), lock=False),
+                        (at, at, *skipped, limit),
+                    )
+                ]
+                partners = sorted({c.partner for c in found if c.partner} - running.keys())
+                running.update(dict.fromkeys(partners, 0))
+                if partners:
+                    counted = await conn.execute_fetchall(
+                        _Q.running_per_partner(len(partners)), partners
+                    )
+                    running.update({partner: int(n) for partner, n in counted})
+                left = Limits(
+                    limits.slots - len(claimed), limits.partner_limits, default_partner_limit
+                )
+                chosen, now_full = choose(found, running, left)
+                if chosen:
+                    rows = await conn.execute_fetchall(
+                        _Q.launch(len(chosen)), (node, encode_time(_now()), *chosen)
+                    )
+                    order = {transfer_id: i for i, transfer_id in enumerate(chosen)}
+                    claimed += sorted((decode_row(r) for r in rows), key=lambda t: order[t.id or 0])
+                progress = bool(chosen) or bool(now_full - full)
+                full |= now_full
+                if len(found) < limit or len(claimed) >= limits.slots or not progress:
+                    break
+        return claimed
 
     async def audit(
         self, who: str, action: str, target: str, details: Mapping[str, Any] | None = None
@@ -290,18 +346,16 @@ class SqliteStore(Store):
         """Record an admin action; returns once committed (it joins the current batch)."""
         writer = self._live_writer()
         row = encode_audit(_now(), who, action, target, dict(details or {}))
-        await asyncio.shield(writer.submit(_INSERT_AUDIT, row))
+        await asyncio.shield(writer.submit(_Q.insert_audit, row))
 
     async def expire_available(self, now: datetime, message: str) -> list[Transfer]:
         writer = self._live_writer()
         at = encode_time(now)
         async with writer.transaction() as conn:
             rows = await conn.execute_fetchall(
-                "UPDATE transfers SET status = ?, error_code = ?, error_msg = ?, "
-                f"error_step = ?, stop = ?, updated = ? WHERE {_AVAILABLE} "
-                f"AND next_attempt <= ? RETURNING {_COLS}",
+                _Q.expire,
                 (
-                    _EXPIRED.value,
+                    EXPIRED.value,
                     ErrorCode.TeExpired.value,
                     message,
                     Step.NONE.value,
@@ -327,70 +381,35 @@ class SqliteStore(Store):
     ) -> None:
         async with writer.transaction() as conn:
             if rows:
-                await conn.executemany(_INSERT, rows)
-            await conn.execute(
-                f"INSERT INTO tapis_tasks ({_TAPIS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    task.uuid,
-                    task.tag,
-                    task.username,
-                    encode_time(task.created),
-                    encode_json(task.elements),
-                    None if task.cancelled is None else encode_time(task.cancelled),
-                ),
-            )
+                await conn.executemany(_Q.insert, rows)
+            await conn.execute(_Q.insert_tapis, encode_tapis(task))
 
     async def get_tapis_task(self, uuid: str) -> TapisTask | None:
-        rows = list(
-            await self._reader().execute_fetchall(
-                f"SELECT {_TAPIS_COLUMNS} FROM tapis_tasks WHERE uuid = ?", (uuid,)
-            )
-        )
-        return _decode_tapis(rows[0]) if rows else None
+        rows = list(await self._reader().execute_fetchall(_Q.get_tapis, (uuid,)))
+        return decode_tapis(rows[0]) if rows else None
 
     async def list_tapis_tasks(self, limit: int, offset: int) -> list[TapisTask]:
-        rows = await self._reader().execute_fetchall(
-            f"SELECT {_TAPIS_COLUMNS} FROM tapis_tasks ORDER BY seq DESC LIMIT ? OFFSET ?",
-            (limit, offset),
-        )
-        return [_decode_tapis(row) for row in rows]
+        rows = await self._reader().execute_fetchall(_Q.list_tapis, (limit, offset))
+        return [decode_tapis(row) for row in rows]
 
     async def cancel_tapis_task(self, uuid: str, at: datetime) -> None:
         writer = self._live_writer()
         async with writer.transaction() as conn:
-            await conn.execute(
-                "UPDATE tapis_tasks SET cancelled = coalesce(cancelled, ?) WHERE uuid = ?",
-                (encode_time(at), uuid),
-            )
+            await conn.execute(_Q.cancel_tapis, (encode_time(at), uuid))
 
     async def insert_token(self, token: ApiToken) -> None:
         writer = self._live_writer()
-        row = (
-            token.id,
-            token.user,
-            encode_json(dict(token.permissions)),
-            token.comment,
-            encode_time(token.created),
-            encode_time(token.expires),
-            None if token.revoked is None else encode_time(token.revoked),
-            int(token.manage_tokens),
-        )
+        row = encode_token(token)
         try:
             async with writer.transaction() as conn:
-                await conn.execute(
-                    f"INSERT INTO api_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
+                await conn.execute(_Q.insert_token, row)
         except aiosqlite.IntegrityError as exc:
             raise ValueError(f"token id {token.id!r} is taken") from exc
 
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
         writer = self._live_writer()
         async with writer.transaction() as conn:
-            rows = await conn.execute_fetchall(
-                "UPDATE api_tokens SET revoked = ? WHERE id = ? AND revoked IS NULL RETURNING id",
-                (encode_time(at), token_id),
-            )
+            rows = await conn.execute_fetchall(_Q.revoke_token, (encode_time(at), token_id))
         return bool(list(rows))
 
     # -- reads -----------------------------------------------------------------------
@@ -400,150 +419,64 @@ class SqliteStore(Store):
         return [decode_row(row) for row in rows]
 
     async def get_transfer(self, transfer_id: int) -> Transfer | None:
-        found = await self._fetch(f"{_SELECT} WHERE id = ?", (transfer_id,))
+        found = await self._fetch(_Q.get_transfer, (transfer_id,))
         return found[0] if found else None
 
     async def list_transfers(self, filt: TransferFilter) -> tuple[list[Transfer], int]:
-        if filt.sort not in SORT_FIELDS:
-            raise ValueError(f"cannot sort on {filt.sort!r}; allowed: {', '.join(SORT_FIELDS)}")
-        where, params = _where(filt)
-        direction = "DESC" if filt.descending else "ASC"
-        order = f"id {direction}"
-        if filt.sort != "id":
-            order = f"{filt.sort} {direction}, {order}"
-        # The count rides along as an uncorrelated sub-query (evaluated once): page and
-        # total come from the same snapshot in one round trip.
+        page, count, params = _Q.list_transfers(filt)
         rows = list(
             await self._reader().execute_fetchall(
-                f"SELECT {_COLS}, (SELECT count(*) FROM transfers{where}) "
-                f"FROM transfers{where} ORDER BY {order} LIMIT ? OFFSET ?",
-                (*params, *params, filt.limit, filt.offset),
+                page, (*params, *params, SQLITE.limit(filt.limit), filt.offset)
             )
         )
         if rows:
             return [decode_row(row[:-1]) for row in rows], int(rows[0][-1])
         # An empty page (e.g. an offset past the end) still reports the total.
-        counted = list(
-            await self._reader().execute_fetchall(f"SELECT count(*) FROM transfers{where}", params)
-        )
+        counted = list(await self._reader().execute_fetchall(count, params))
         return [], int(counted[0][0])
 
     async def find_unfinished_upload(
         self, account: str, rule: str, filename: str
     ) -> Transfer | None:
-        found = await self._fetch(
-            f"{_SELECT} WHERE account = ? AND rule = ? AND dest_filename = ? "
-            f"AND is_server = 1 AND is_send = 0 AND {_UNFINISHED} ORDER BY id DESC LIMIT 1",
-            (account, rule, filename),
-        )
+        found = await self._fetch(_Q.find_unfinished_upload, (account, rule, filename))
         return found[0] if found else None
 
     async def due_transfers(self, now: datetime, limit: int) -> list[Transfer]:
         """PLANNED transfers whose start (or, without one, creation) and next attempt
         have passed, by start time then id. The bounds are inclusive."""
         at = encode_time(now)
-        return await self._fetch(
-            f"{_SELECT} WHERE {_PLANNED} AND {_DUE_AT} <= ? "
-            "AND (next_attempt IS NULL OR next_attempt <= ?) "
-            f"ORDER BY {_DUE_AT}, id LIMIT ?",
-            (at, at, limit),
-        )
+        return await self._fetch(_Q.due, (at, at, limit))
+
+    async def count_due(self, now: datetime) -> int:
+        at = encode_time(now)
+        rows = list(await self._reader().execute_fetchall(_Q.count_due, (at, at)))
+        return int(rows[0][0])
 
     async def next_due_time(self) -> datetime | None:
         """The earliest time at which a PLANNED transfer is due: the later of its
         start (or creation) and its next attempt. It may be in the past."""
-        rows = list(
-            await self._reader().execute_fetchall(
-                f"SELECT min(max({_DUE_AT}, coalesce(next_attempt, ''))) "
-                f"FROM transfers WHERE {_PLANNED}"
-            )
-        )
+        rows = list(await self._reader().execute_fetchall(_Q.next_due_time))
         value = rows[0][0]
         return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
 
     async def list_audit(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """Audit entries, newest first: dicts with `id`, `at` (aware UTC datetime),
         `who`, `action`, `target` and `details` (a dict)."""
-        rows = await self._reader().execute_fetchall(
-            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit ORDER BY id DESC LIMIT ? OFFSET ?",
-            (limit, offset),
-        )
+        rows = await self._reader().execute_fetchall(_Q.list_audit, (limit, offset))
         return [decode_audit(row) for row in rows]
 
     async def next_expiry(self) -> datetime | None:
-        rows = list(
-            await self._reader().execute_fetchall(
-                f"SELECT min(next_attempt) FROM transfers WHERE {_AVAILABLE}"
-            )
-        )
+        rows = list(await self._reader().execute_fetchall(_Q.next_expiry))
         value = rows[0][0]
         return None if value is None else decode_time(value)
 
     async def get_token(self, token_id: str) -> ApiToken | None:
-        rows = list(
-            await self._reader().execute_fetchall(
-                f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id = ?", (token_id,)
-            )
-        )
-        return _decode_token(rows[0]) if rows else None
+        rows = list(await self._reader().execute_fetchall(_Q.get_token, (token_id,)))
+        return decode_token(rows[0]) if rows else None
 
     async def list_tokens(self, user: str | None = None) -> list[ApiToken]:
-        where, params = ("", ()) if user is None else (" WHERE user = ?", (user,))
-        rows = await self._reader().execute_fetchall(
-            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens{where} ORDER BY created DESC, id",
-            params,
-        )
-        return [_decode_token(row) for row in rows]
-
-
-def _where(filt: TransferFilter) -> tuple[str, tuple[Any, ...]]:
-    """The WHERE clause (with a leading space, or empty) and its parameters."""
-    terms: list[str] = []
-    params: list[Any] = []
-    if filt.statuses:
-        terms.append(f"status IN ({', '.join('?' for _ in filt.statuses)})")
-        params.extend(Status(s).value for s in filt.statuses)
-    for column in ("rule", "partner", "account", "follow_id", "parent_id"):
-        value = getattr(filt, column)
-        if value is not None:
-            terms.append(f"{column} = ?")
-            params.append(value)
-    if filt.is_server is not None:
-        terms.append("is_server = ?")
-        params.append(int(filt.is_server))
-    if filt.start_after is not None:
-        terms.append("start >= ?")
-        params.append(encode_time(filt.start_after))
-    if filt.stop_before is not None:
-        terms.append("stop <= ?")
-        params.append(encode_time(filt.stop_before))
-    if filt.filename is not None:
-        terms.append("(src_filename = ? OR dest_filename = ?)")
-        params.extend((filt.filename, filt.filename))
-    return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(params)
-
-
-def _decode_tapis(row: Any) -> TapisTask:
-    uuid, tag, username, created, elements, cancelled = row
-    return TapisTask(
-        uuid=uuid,
-        tag=tag,
-        username=username,
-        created=decode_time(created),
-        elements=json.loads(elements),
-        cancelled=None if cancelled is None else decode_time(cancelled),
-    )
-
-
-def _decode_token(row: Any) -> ApiToken:
-    token_id, user, permissions, comment, created, expires, revoked, manage_tokens = row
-    return ApiToken(
-        id=token_id,
-        user=user,
-        permissions=json.loads(permissions),
-        comment=comment,
-        created=decode_time(created),
-        expires=decode_time(expires),
-        revoked=None if revoked is None else decode_time(revoked),
-        manage_tokens=bool(manage_tokens),
-    )
+        if user is None:
+            rows = await self._reader().execute_fetchall(_Q.list_tokens)
+        else:
+            rows = await self._reader().execute_fetchall(_Q.list_user_tokens, (user,))
+        return [decode_token(row) for row in rows]

@@ -2,7 +2,8 @@
 -- its id (the JWT's `jti`), so that it can be listed and revoked.
 CREATE TABLE api_tokens (
     id TEXT PRIMARY KEY,
-    user TEXT NOT NULL,
+    -- Quoted: a reserved word of PostgreSQL (its bare `user` is the session's role).
+    "user" TEXT NOT NULL,
     -- The permissions the token was limited to, as a JSON object {area: "rwd"}; the
     -- user's own permissions still apply on top.
     permissions TEXT NOT NULL DEFAULT '{}',
@@ -12,5 +13,5 @@ CREATE TABLE api_tokens (
     revoked TEXT
 ) STRICT;
 
-CREATE INDEX api_tokens_user ON api_tokens (user);
+CREATE INDEX api_tokens_user ON api_tokens ("user");
 

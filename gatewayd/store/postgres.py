@@ -1,0 +1,551 @@
+"""The PostgreSQL store: asyncpg with a pool, shared by several nodes.
+
+The same tables and values as the SQLite store (`gatewayd.store.dialect` says how the
+statements differ). What changes with several nodes writing:
+
+- transfer ids come from the database's sequence (taken before the insert, so that the
+  caller knows them at once and an insert joins a batch like any save);
+- the migrations run once under an advisory lock (`gatewayd.store.migrate`);
+- a claim (`claim_due`) locks the due rows it looks at with `FOR UPDATE SKIP LOCKED` and
+  counts each partner's RUNNING rows under a transaction advisory lock of that partner,
+  so that two nodes never take the same row nor, between them, more than a partner's
+  limit;
+- at start-up a node interrupts only the RUNNING rows it owns.
+
+Writes of rows go through a `PgWriter` (batched, in order); the other writes are
+transactions of their own on a pooled connection. Reads see what is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from gatewayd.model import ErrorCode, Status, Step, Transfer
+from gatewayd.store.base import ApiToken, Store, TapisTask, TransferFilter
+from gatewayd.store.claims import Candidate, Limits, choose
+from gatewayd.store.codec import (
+    COLUMNS,
+    decode_audit,
+    decode_row,
+    decode_time,
+    encode_audit,
+    encode_row,
+    encode_time,
+    encode_update,
+)
+from gatewayd.store.dialect import POSTGRESQL
+from gatewayd.store.migrate import load_migrations, pg_apply_migrations, pg_current_version
+from gatewayd.store.pg_writer import PgWriter
+from gatewayd.store.sql import (
+    CRASHED,
+    EXPIRED,
+    Statements,
+    decode_tapis,
+    decode_token,
+    encode_tapis,
+    encode_token,
+)
+
+if TYPE_CHECKING:
+    from gatewayd.store.migrate import PgConnection
+
+_Q = Statements(POSTGRESQL)
+_STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
+_ID = COLUMNS.index("id")
+_NEXT_IDS = "SELECT nextval(pg_get_serial_sequence('transfers', 'id')) FROM generate_series(1, $1)"
+# The transaction advisory locks of partners: (this key, hashtext(partner)); apart from
+# the migration lock's key.
+_PARTNER_LOCK = 0x67617466
+_LOCK_PARTNERS = (
+    "SELECT pg_advisory_xact_lock($1, hashtext(p)) "
+    "FROM (SELECT p FROM unnest($2::text[]) AS p ORDER BY p) AS sorted"
+)
+_CLAIM_ROUNDS = 16
+_ID_CHUNK = 500
+# Tries of a claim that met a deadlock: partner locks taken in a later round of the
+# claim are out of order with another node's.
+_CLAIM_TRIES = 5
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Ids:
+    """Transfer ids from the database's sequence. Requests made in the same event-loop
+    turn (gathered inserts) share one query, so that the inserts that follow still join
+    one batch of the writer; ids stay dense and in the order they were asked for."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[int, asyncio.Future[list[int]]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def take(self, pool: asyncpg.Pool, count: int) -> list[int]:
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        # A caller cancelled meanwhile never reads a failure: not worth a warning.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._waiting.append((count, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._fetch(pool), name="gatewayd-store-ids")
+        return await asyncio.shield(future)
+
+    async def _fetch(self, pool: asyncpg.Pool) -> None:
+        try:
+            while self._waiting:
+                await asyncio.sleep(0)  # let the rest of this turn's requests queue
+                waiting, self._waiting = self._waiting, []
+                try:
+                    rows = await pool.fetch(_NEXT_IDS, sum(n for n, _ in waiting))
+                except Exception as exc:
+                    for _, future in waiting:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                ids = [int(r[0]) for r in rows]
+                for n, future in waiting:
+                    taken, ids = ids[:n], ids[n:]
+                    if not future.done():
+                        future.set_result(taken)
+        finally:
+            self._task = None
+
+
+def describe_dsn(dsn: str) -> str:
+    """`dsn` without its password, for messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """Where the database is and how to reach it. `password` is a secret: kept out of
+    `repr` and of every message (`describe()`)."""
+
+    dsn: str | None = None
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    dbname: str | None = None
+    sslmode: str | None = None
+    ssl_root_cert: Path | None = None
+    pool_size: int = 10
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.sslmode is not None and self.sslmode not in SSL_MODES:
+            raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}")
+        if self.pool_size < 2:
+            # The writer holds one connection while it writes; claims and reads need more.
+            raise ValueError("pool_size must be at least 2")
+
+    def describe(self) -> str:
+        """The database, as messages name it: never with its password."""
+        if self.dsn is not None:
+            return describe_dsn(self.dsn)
+        host = self.host or "localhost"
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"postgresql://{user}{host}{port}/{self.dbname or ''}"
+
+    def ssl_context(self) -> ssl.SSLContext | str | None:
+        """What asyncpg's `ssl` takes: a context verifying against the CA file, or the
+        mode itself (None: the DSN's, else asyncpg's default). Reads the CA file: call
+        it off the event loop."""
+        if self.ssl_root_cert is None:
+            return self.sslmode
+        context = ssl.create_default_context(cafile=str(self.ssl_root_cert))
+        if self.sslmode != "verify-full":
+            context.check_hostname = False  # verify-ca: the chain, not the name
+        return context
+
+    def connect_args(self, ssl_arg: ssl.SSLContext | str | None) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "dsn": self.dsn,
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "database": self.dbname,
+            "timeout": self.connect_timeout,
+        }
+        if ssl_arg is not None:
+            args["ssl"] = ssl_arg
+        return {k: v for k, v in args.items() if v is not None}
+
+
+class PostgresStore(Store):
+    """`Store` on a PostgreSQL database that several nodes may share; `node` names this
+    one (the owner of the rows it runs)."""
+
+    def __init__(self, target: PgTarget, *, node: str) -> None:
+        if not node:
+            raise ValueError("a PostgreSQL store needs its node's name")
+        self.target = target
+        self.node = node
+        self._pool: asyncpg.Pool | None = None
+        self._writer: PgWriter | None = None
+        self._closed = False
+        self._on_commit: Callable[[float], None] | None = None
+        self._ids = _Ids()
+        # Inserts between their id and their submission to the writer: close waits.
+        self._inserting = 0
+        self._inserted = asyncio.Event()
+        self._inserted.set()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.target.describe()!r}, node={self.node!r})"
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, migrate (once across nodes: under the migration lock), open the
+        pool and start the writer. Raises `SchemaTooNewError` for a database written by
+        a newer gatewayd and `SchemaError` when a migration fails."""
+        if self._pool is not None or self._closed:
+            raise RuntimeError("a PostgresStore is opened once")
+        ssl_arg = await asyncio.to_thread(self.target.ssl_context)
+        args = self.target.connect_args(ssl_arg)
+        settings = {"application_name": f"gatewayd {self.node}"[:63]}
+        migrations = await asyncio.to_thread(load_migrations)
+        # Its own connection: closing it releases the migration lock whatever happens.
+        conn = await asyncpg.connect(server_settings=settings, **args)
+        try:
+            await pg_apply_migrations(conn, migrations, where=self.target.describe())
+        finally:
+            await conn.close()
+        self._pool = await asyncpg.create_pool(
+            min_size=1, max_size=self.target.pool_size, server_settings=settings, **args
+        )
+        self._writer = PgWriter(self._pool, _STATEMENTS)
+        self._writer.on_commit = self._on_commit
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Write everything pending, stop the writer, close the pool. Idempotent."""
+        self._closed = True
+        try:
+            await self._inserted.wait()
+            if self._writer is not None:
+                await self._writer.close()
+        finally:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                await pool.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _live_writer(self) -> PgWriter:
+        if self._writer is None or self._closed:
+            raise RuntimeError("the store is not open")
+        return self._writer
+
+    def _live_pool(self) -> asyncpg.Pool:
+        if self._pool is None or self._closed:
+            raise RuntimeError("the store is not open")
+        return self._pool
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[PgConnection]:
+        async with self._live_pool().acquire() as conn, conn.transaction():
+            yield conn
+
+    def observe_commits(self, callback: Callable[[float], None] | None) -> None:
+        self._on_commit = callback
+        if self._writer is not None:
+            self._writer.on_commit = callback
+
+    @property
+    def commit_count(self) -> int:
+        """Batches committed by the writer since `open()`."""
+        return 0 if self._writer is None else self._writer.commit_count
+
+    async def schema_version(self) -> int:
+        async with self._live_pool().acquire() as conn:
+            return await pg_current_version(conn)
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def _new_rows(
+        self, pool: asyncpg.Pool, transfers: list[Transfer]
+    ) -> list[tuple[Any, ...]]:
+        """Rows for new transfers with ids from the sequence, every one encoded before
+        an id is taken (a bad value fails them all and burns no id)."""
+        for t in transfers:
+            if t.id is not None:
+                raise ValueError(f"transfer {t.id} is already inserted")
+        now = _now()
+        rows: list[tuple[Any, ...]] = []
+        for t in transfers:
+            t.created = t.updated = now
+            t.remote_id = t.remote_id or uuid.uuid4().hex
+            t.follow_id = t.follow_id or uuid.uuid4().hex
+            if t.status == Status.RUNNING:
+                t.owner = self.node
+            rows.append(POSTGRESQL.values(encode_row(t)))
+        if not rows:
+            return rows
+        ids = await self._ids.take(pool, len(rows))
+        for t, transfer_id in zip(transfers, ids, strict=True):
+            t.id = transfer_id
+        return [(*row[:_ID], i, *row[_ID + 1 :]) for row, i in zip(rows, ids, strict=True)]
+
+    async def insert_transfer(self, transfer: Transfer) -> Transfer:
+        """Persist a new row; returns `transfer` once committed, its id from the
+        database's sequence (taken back, set to None, if the insert fails)."""
+        await self.insert_transfers([transfer])
+        return transfer
+
+    async def insert_transfers(self, transfers: list[Transfer]) -> None:
+        writer, pool = self._live_writer(), self._live_pool()
+        self._inserting += 1
+        self._inserted.clear()
+        try:
+            rows = await self._new_rows(pool, transfers)
+            # One entry: its rows are written in the same transaction, all or none.
+            written = writer.submit(_Q.insert, rows, order=transfers[0].id) if rows else None
+        finally:
+            self._inserting -= 1
+            if not self._inserting:
+                self._inserted.set()
+        if written is None:
+            return
+        try:
+            await asyncio.shield(written)
+        except asyncio.CancelledError:
+            raise  # the insert itself goes on
+        except Exception:
+            for t in transfers:
+                t.id = None
+            raise
+
+    async def save_transfer(self, transfer: Transfer) -> None:
+        """Persist a snapshot of `transfer` taken now; returns once committed. Saves of
+        the same row queued together coalesce into one write of the newest."""
+        writer = self._live_writer()
+        transfer.updated = _now()
+        if transfer.status == Status.RUNNING:
+            transfer.owner = self.node
+        row = POSTGRESQL.values(encode_update(transfer))
+        await asyncio.shield(writer.submit(_Q.update, [row], key=transfer.id, order=transfer.id))
+
+    async def interrupt_running(self) -> list[Transfer]:
+        """The RUNNING rows this node owns (or nobody does) become INTERRUPTED: other
+        nodes' stay theirs."""
+        rows = await self._live_pool().fetch(
+            _Q.interrupt_owned, CRASHED.value, encode_time(_now()), self.node
+        )
+        return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
+
+    async def plan_interrupted(self, ids: list[int]) -> list[Transfer]:
+        changed: list[Transfer] = []
+        async with self._transaction() as conn:
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start : start + _ID_CHUNK]
+                rows = await conn.fetch(
+                    _Q.plan_interrupted(len(chunk)), encode_time(_now()), *chunk
+                )
+                changed += [decode_row(row) for row in rows]
+        return sorted(changed, key=lambda t: t.id or 0)
+
+    async def claim_due(
+        self,
+        now: datetime,
+        limit: int,
+        node: str,
+        max_running: int,
+        partner_limits: Mapping[str, int],
+        default_partner_limit: int,
+    ) -> list[Transfer]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if max_running <= 0:
+            return []
+        limits = Limits(max_running, dict(partner_limits), default_partner_limit)
+        for attempt in range(1, _CLAIM_TRIES + 1):
+            try:
+                async with self._transaction() as conn:
+                    return await self._claim(conn, encode_time(now), limit, node, limits)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _CLAIM_TRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _claim(
+        self, conn: PgConnection, at: str, limit: int, node: str, limits: Limits
+    ) -> list[Transfer]:
+        claimed: list[Transfer] = []
+        running: dict[str, int] = {}
+        full: set[str] = set()
+        for _ in range(_CLAIM_ROUNDS):
+            skipped = sorted(full)
+            found = [
+                Candidate(row[0], row[1])
+                for row in await conn.fetch(
+                    _Q.claim_candidates(len(skipped), lock=True), at, at, *skipped, limit
+                )
+            ]
+            partners = sorted({c.partner for c in found if c.partner} - running.keys())
+            if partners:
+                # Counted under each partner's lock: a claim of another node that counted
+                # the same partner has committed (its rows are RUNNING) or waits for us.
+                await conn.execute(_LOCK_PARTNERS, _PARTNER_LOCK, partners)
+                running.update(dict.fromkeys(partners, 0))
+                counted = await conn.fetch(_Q.running_per_partner(len(partners)), *partners)
+                running.update({row[0]: int(row[1]) for row in counted})
+            left = Limits(
+                limits.slots - len(claimed), limits.partner_limits, limits.default_partner_limit
+            )
+            chosen, now_full = choose(found, running, left)
+            if chosen:
+                rows = await conn.fetch(_Q.launch(len(chosen)), node, encode_time(_now()), *chosen)
+                order = {transfer_id: i for i, transfer_id in enumerate(chosen)}
+                claimed += sorted((decode_row(r) for r in rows), key=lambda t: order[t.id or 0])
+            progress = bool(chosen) or bool(now_full - full)
+            full |= now_full
+            if len(found) < limit or len(claimed) >= limits.slots or not progress:
+                break
+        return claimed
+
+    async def audit(
+        self, who: str, action: str, target: str, details: Mapping[str, Any] | None = None
+    ) -> None:
+        writer = self._live_writer()
+        row = POSTGRESQL.values(encode_audit(_now(), who, action, target, dict(details or {})))
+        await asyncio.shield(writer.submit(_Q.insert_audit, [row]))
+
+    async def expire_available(self, now: datetime, message: str) -> list[Transfer]:
+        at = encode_time(now)
+        rows = await self._live_pool().fetch(
+            _Q.expire,
+            *POSTGRESQL.values(
+                (
+                    EXPIRED.value,
+                    ErrorCode.TeExpired.value,
+                    message,
+                    Step.NONE.value,
+                    at,
+                    encode_time(_now()),
+                    at,
+                )
+            ),
+        )
+        return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
+
+    async def insert_tapis_task(self, task: TapisTask, children: list[Transfer]) -> None:
+        task_row = POSTGRESQL.values(encode_tapis(task))
+        rows = await self._new_rows(self._live_pool(), children)
+        try:
+            async with self._transaction() as conn:
+                if rows:
+                    await conn.executemany(_Q.insert, rows)
+                await conn.execute(_Q.insert_tapis, *task_row)
+        except BaseException:
+            for t in children:
+                t.id = None
+            raise
+
+    async def get_tapis_task(self, uuid: str) -> TapisTask | None:
+        row = await self._live_pool().fetchrow(_Q.get_tapis, uuid)
+        return None if row is None else decode_tapis(row)
+
+    async def list_tapis_tasks(self, limit: int, offset: int) -> list[TapisTask]:
+        rows = await self._live_pool().fetch(_Q.list_tapis, POSTGRESQL.limit(limit), offset)
+        return [decode_tapis(row) for row in rows]
+
+    async def cancel_tapis_task(self, uuid: str, at: datetime) -> None:
+        await self._live_pool().execute(_Q.cancel_tapis, encode_time(at), uuid)
+
+    async def insert_token(self, token: ApiToken) -> None:
+        row = POSTGRESQL.values(encode_token(token))
+        try:
+            await self._live_pool().execute(_Q.insert_token, *row)
+        except asyncpg.UniqueViolationError as exc:
+            raise ValueError(f"token id {token.id!r} is taken") from exc
+
+    async def revoke_token(self, token_id: str, at: datetime) -> bool:
+        found = await self._live_pool().fetchval(_Q.revoke_token, encode_time(at), token_id)
+        return found is not None
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def get_transfer(self, transfer_id: int) -> Transfer | None:
+        row = await self._live_pool().fetchrow(_Q.get_transfer, transfer_id)
+        return None if row is None else decode_row(row)
+
+    async def list_transfers(self, filt: TransferFilter) -> tuple[list[Transfer], int]:
+        page, count, params = _Q.list_transfers(filt)
+        pool = self._live_pool()
+        rows = await pool.fetch(page, *params, *params, POSTGRESQL.limit(filt.limit), filt.offset)
+        if rows:
+            return [decode_row(tuple(row)[:-1]) for row in rows], int(rows[0][-1])
+        # An empty page (e.g. an offset past the end) still reports the total.
+        return [], int(await pool.fetchval(count, *params))
+
+    async def find_unfinished_upload(
+        self, account: str, rule: str, filename: str
+    ) -> Transfer | None:
+        row = await self._live_pool().fetchrow(_Q.find_unfinished_upload, account, rule, filename)
+        return None if row is None else decode_row(row)
+
+    async def due_transfers(self, now: datetime, limit: int) -> list[Transfer]:
+        at = encode_time(now)
+        rows = await self._live_pool().fetch(_Q.due, at, at, POSTGRESQL.limit(limit))
+        return [decode_row(row) for row in rows]
+
+    async def count_due(self, now: datetime) -> int:
+        at = encode_time(now)
+        return int(await self._live_pool().fetchval(_Q.count_due, at, at))
+
+    async def next_due_time(self) -> datetime | None:
+        value = await self._live_pool().fetchval(_Q.next_due_time)
+        return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+    async def list_audit(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        rows = await self._live_pool().fetch(_Q.list_audit, POSTGRESQL.limit(limit), offset)
+        return [decode_audit(tuple(row)) for row in rows]
+
+    async def next_expiry(self) -> datetime | None:
+        value = await self._live_pool().fetchval(_Q.next_expiry)
+        return None if value is None else decode_time(value)
+
+    async def get_token(self, token_id: str) -> ApiToken | None:
+        row = await self._live_pool().fetchrow(_Q.get_token, token_id)
+        return None if row is None else decode_token(row)
+
+    async def list_tokens(self, user: str | None = None) -> list[ApiToken]:
+        pool = self._live_pool()
+        if user is None:
+            rows = await pool.fetch(_Q.list_tokens)
+        else:
+            rows = await pool.fetch(_Q.list_user_tokens, user)
+        return [decode_token(row) for row in rows]
