@@ -15,7 +15,10 @@ import contextlib
 import socket
 import ssl
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024
+# A data connection's stream buffer: asyncio's default (64 KiB) hands a bulk transfer
+# over in small pieces, each a write to the file off the event loop.
+DATA_LIMIT = 2 * READ_SIZE
 
 
 class ChannelClosed(Exception):

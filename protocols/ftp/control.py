@@ -22,7 +22,7 @@ import structlog
 from gatewayd.errors import TransferError
 from gatewayd.model import ErrorCode
 from protocols.ftp import tls
-from protocols.ftp.channel import ChannelClosed, DataChannel
+from protocols.ftp.channel import DATA_LIMIT, ChannelClosed, DataChannel
 from protocols.ftp.config import FtpPartnerConfig
 from protocols.ftp.errors import code_for
 from protocols.ftp.wire import MAX_LINE, Reply, ReplyParser
@@ -283,7 +283,7 @@ class ControlConnection:
             host, port = self.config.address, int(pasv.group(5)) * 256 + int(pasv.group(6))
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), self.config.connect_timeout
+                asyncio.open_connection(host, port, limit=DATA_LIMIT), self.config.connect_timeout
             )
         except (OSError, TimeoutError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
@@ -309,7 +309,7 @@ class ControlConnection:
                 return
             accepted.set_result(channel)
 
-        pending.server = await asyncio.start_server(connected, address, 0)
+        pending.server = await asyncio.start_server(connected, address, 0, limit=DATA_LIMIT)
         port = pending.server.sockets[0].getsockname()[1]
         family = 2 if ":" in address else 1
         try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from protocols.ftp.channel import ChannelClosed, DataChannel
+from protocols.ftp.channel import DATA_LIMIT, ChannelClosed, DataChannel
 
 log = structlog.get_logger("gatewayd.ftp")
 
@@ -92,7 +92,7 @@ class Passive:
     async def open(self, address: str, ports: tuple[int, int] | None) -> int:
         sock = _bind(address, ports)
         self._ready = asyncio.get_running_loop().create_future()
-        self._server = await asyncio.start_server(self._connected, sock=sock)
+        self._server = await asyncio.start_server(self._connected, sock=sock, limit=DATA_LIMIT)
         self.port = sock.getsockname()[1]
         return self.port
 
@@ -173,7 +173,9 @@ class Active:
         where = f"{self.host}:{self.port}"
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, local_addr=(self.local_address, 0)),
+                asyncio.open_connection(
+                    self.host, self.port, local_addr=(self.local_address, 0), limit=DATA_LIMIT
+                ),
                 timeout,
             )
         except TimeoutError:
