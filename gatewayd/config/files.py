@@ -12,6 +12,7 @@ from __future__ import annotations
 import ssl
 import stat
 from pathlib import Path
+from typing import Any
 
 # Certificates, keys and CA bundles are a few kilobytes; a system CA bundle is under one
 # megabyte. This refuses a device or a huge file named by mistake before reading it.
@@ -98,12 +99,53 @@ def load_ca(context: ssl.SSLContext, ca: Path) -> None:
         raise FileError(ca, f"{ca} holds no PEM certificate") from None
 
 
-def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """A TLS 1.2+ server context with `cert` and `key` loaded (the admin API's)."""
+def server_tls_context(
+    cert: Path, key: Path, client_certs: str = "none", client_ca: Path | None = None
+) -> ssl.SSLContext:
+    """A TLS 1.2+ server context with `cert` and `key` loaded, asking for client
+    certificates (`none`, `optional`, `required`) verified against `client_ca`.
+    Raises FileError naming the file that cannot be used."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     load_cert_and_key(context, cert, key)
+    if client_certs != "none":
+        assert client_ca is not None
+        load_ca(context, client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED if client_certs == "required" else ssl.CERT_OPTIONAL
     return context
+
+
+def client_tls_context(
+    *, pinned: bool, ca: Path | None, cert: Path | None, key: Path | None
+) -> ssl.SSLContext:
+    """A TLS 1.2+ client context: verified against the system store, or `ca` only (which
+    may be the partner's own certificate: partial chains are accepted); `pinned`: no CA
+    check at all, the caller compares the peer's fingerprint after the handshake. Our
+    client certificate when `cert` and `key` are given."""
+    if pinned:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif ca is not None:
+        context = ssl.create_default_context(cafile=str(ca))
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    else:
+        context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None and key is not None:
+        load_cert_and_key(context, cert, key)  # never a passphrase prompt
+    return context
+
+
+def peer_common_name(peercert: dict[str, Any] | None) -> str | None:
+    """The subject CN of a verified peer certificate (`getpeercert()`)."""
+    if not peercert:
+        return None
+    for rdn in peercert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
 
 
 def cert_and_key_problem(cert: Path, key: Path) -> FileError | None:
