@@ -35,6 +35,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _absolute(value: Path) -> Path:
+    value = value.expanduser()
+    if not value.is_absolute():
+        raise ValueError(f"must be an absolute path, got {str(value)!r}")
+    return value
+
+
+def _fingerprint(value: str) -> str:
+    hexa = value.replace(":", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", hexa):
+        raise ValueError("must be a SHA-256 fingerprint: 64 hex digits (colons allowed)")
+    return hexa
+
+
+# Options of protocols: a file named by its absolute path (a certificate, a key), and a
+# certificate pinned by its SHA-256 (hex, colons allowed; kept as bare lowercase hex).
+FilePath = Annotated[Path, StrictMode(False), AfterValidator(_absolute)]
+Sha256Pin = Annotated[str, AfterValidator(_fingerprint)]
+
+
 def name_problem(reason: str) -> str:
     """The message for a name that `check_name` refuses for `reason`."""
     return f"cannot be used as a file name: {reason}"

@@ -10,30 +10,14 @@ validated without the daemon's `home`.
 from __future__ import annotations
 
 import ipaddress
-import re
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic import Strict as StrictMode
 
-from gatewayd.config.schema import PartnerConfig, ServerConfig
+from gatewayd.config.schema import FilePath, PartnerConfig, ServerConfig, Sha256Pin
 
 TlsMode = Literal["none", "explicit", "required", "implicit"]
-
-
-def _absolute(value: Path) -> Path:
-    value = value.expanduser()
-    if not value.is_absolute():
-        raise ValueError(f"must be an absolute path, got {str(value)!r}")
-    return value
-
-
-def _fingerprint(value: str) -> str:
-    hexa = value.replace(":", "").lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", hexa):
-        raise ValueError("must be a SHA-256 fingerprint: 64 hex digits (colons allowed)")
-    return hexa
 
 
 def _ipv4(value: str) -> str:
@@ -44,7 +28,6 @@ def _ipv4(value: str) -> str:
     return value
 
 
-FilePath = Annotated[Path, StrictMode(False), AfterValidator(_absolute)]
 Seconds = Annotated[float, Field(gt=0)]
 PortRange = Annotated[tuple[int, int], StrictMode(False)]
 
@@ -124,7 +107,7 @@ class FtpPartnerConfig(PartnerConfig):
     # TLS trust: the system's CA store, or `ca_file` only (a CA bundle or the partner's
     # own certificate), or `cert_sha256` pinning the partner's certificate.
     ca_file: FilePath | None = None
-    cert_sha256: Annotated[str, AfterValidator(_fingerprint)] | None = None
+    cert_sha256: Sha256Pin | None = None
     # Our client certificate, for partners that ask for one.
     cert_file: FilePath | None = None
     key_file: FilePath | None = None

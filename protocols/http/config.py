@@ -8,27 +8,11 @@ the daemon would break under systemd.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
-from pydantic import Strict as StrictMode
 
-from gatewayd.config.schema import PartnerConfig, ServerConfig
-
-
-def _absolute(value: Path) -> Path:
-    value = value.expanduser()
-    if not value.is_absolute():
-        raise ValueError(f"must be an absolute path, got {str(value)!r}")
-    return value
-
-
-def _fingerprint(value: str) -> str:
-    hexa = value.replace(":", "").lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", hexa):
-        raise ValueError("must be a SHA-256 fingerprint: 64 hex digits (colons allowed)")
-    return hexa
+from gatewayd.config.schema import FilePath, PartnerConfig, ServerConfig, Sha256Pin
 
 
 def _base_path(value: str) -> str:
@@ -37,7 +21,6 @@ def _base_path(value: str) -> str:
     return value.rstrip("/") or "/"
 
 
-FilePath = Annotated[Path, StrictMode(False), AfterValidator(_absolute)]
 Bytes = Annotated[int, Field(ge=0)]
 
 
@@ -87,7 +70,7 @@ class HttpPartnerConfig(PartnerConfig):
     # partner's own (e.g. self-signed) certificate; `cert_sha256` pins the partner's
     # certificate by fingerprint instead of any CA.
     ca_file: FilePath | None = None
-    cert_sha256: Annotated[str, AfterValidator(_fingerprint)] | None = None
+    cert_sha256: Sha256Pin | None = None
     # https: our client certificate and key, for partners that ask for one.
     cert_file: FilePath | None = None
     key_file: FilePath | None = None

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic import Strict as StrictMode
 
-from gatewayd.config.schema import PartnerConfig, Secret, ServerConfig
+from gatewayd.config.schema import FilePath, PartnerConfig, Secret, ServerConfig
 
 KiB = 1024
 MiB = 1024 * KiB
-
-
-def _absolute(value: Path) -> Path:
-    value = value.expanduser()
-    if not value.is_absolute():
-        raise ValueError(f"must be an absolute path, got {str(value)!r}")
-    return value
 
 
 def _public_key(value: str) -> str:
@@ -55,7 +47,6 @@ def ciphers(offer_chacha20: bool) -> list[str]:
     return [*algs, "aes128-ctr", "aes192-ctr", "aes256-ctr"]
 
 
-FilePath = Annotated[Path, StrictMode(False), AfterValidator(_absolute)]
 PublicKey = Annotated[str, AfterValidator(_public_key)]
 Seconds = Annotated[float, Field(gt=0)]
 
