@@ -2,9 +2,9 @@
 """Soak: a login rush must neither time out nor stall the transfers' disk I/O.
 
 One `gatewayd serve` (tests/rush.py) with 300 accounts, each with its own argon2 hash
-of the shipped parameters (m=64 MiB, t=3, p=4), so that no login is answered by the
-credential cache. Each round measures, in the same round so that the machine's noise
-hits both alike:
+of the default parameters of new hashes (or those of `--argon2 T,M,P`), so that no login
+is answered by the credential cache. Each round measures, in the same round so that the
+machine's noise hits both alike:
 
 - unloaded: a 64 MiB HTTP upload (curl), three times; the median is the reference;
 - loaded: 300 SFTP password logins at once (OpenSSH `sftp` through sshpass, one per
@@ -40,7 +40,12 @@ from typing import Any
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 
-from gatewayd.passwords import cores, verify_password  # noqa: E402
+from gatewayd.passwords import (  # noqa: E402
+    DEFAULT_PARAMETERS,
+    Argon2Parameters,
+    cores,
+    verify_password,
+)
 from tests.rush import RUSH_PASSWORD, Login, Rush, Upload, rush_hashes  # noqa: E402
 
 MiB = 1 << 20
@@ -124,7 +129,7 @@ async def one_round(
 
 async def main(args: argparse.Namespace) -> int:
     # One account per partner, each with its own hash: every login costs a full check.
-    hashes = await asyncio.to_thread(rush_hashes, args.logins)
+    hashes = await asyncio.to_thread(rush_hashes, args.logins, args.argon2)
     results = []
     with tempfile.TemporaryDirectory(prefix="soak-logins-") as scratch:
         passwords = {"nice": args.nice} if args.nice is not None else {}
@@ -199,7 +204,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--nice", type=int, default=None, help="passwords.nice of the gateway (default: its own)"
     )
+    parser.add_argument(
+        "--argon2",
+        type=_argon2,
+        default=DEFAULT_PARAMETERS,
+        metavar="T,M,P",
+        help="time_cost,memory_cost (KiB),parallelism of the accounts' hashes "
+        "(default: those of new hashes, e.g. 3,65536,4 for RFC 9106's low-memory choice)",
+    )
     return parser.parse_args()
+
+
+def _argon2(value: str) -> Argon2Parameters:
+    try:
+        time_cost, memory_cost, parallelism = (int(part) for part in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected three integers: T,M,P") from None
+    return Argon2Parameters(time_cost, memory_cost, parallelism)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gatewayd.passwords import hash_password
+from gatewayd.passwords import DEFAULT_PARAMETERS, Argon2Parameters, hash_password
 from tests.daemon_proc import DaemonProcess
 from tests.gateway_env import GatewayEnv, exec_task, make_file
 from tests.http_support import PASSWORD, password_hash, run_curl
@@ -292,10 +292,10 @@ def established(port: int) -> int:
         )
 
 
-def rush_hashes(count: int) -> list[str]:
-    """`count` hashes of RUSH_PASSWORD with the shipped parameters (different salts),
-    made on every core."""
+def rush_hashes(count: int, params: Argon2Parameters = DEFAULT_PARAMETERS) -> list[str]:
+    """`count` hashes of RUSH_PASSWORD with `params` (the default ones of new hashes
+    unless told; different salts), made on every core."""
     import concurrent.futures
 
     with concurrent.futures.ProcessPoolExecutor() as pool:
-        return list(pool.map(hash_password, [RUSH_PASSWORD] * count))
+        return list(pool.map(hash_password, [RUSH_PASSWORD] * count, [params] * count))

@@ -221,11 +221,12 @@ class DaemonConfig(Strict):
 class Argon2Config(Strict):
     """The argon2id parameters of new hashes (`gatewayd hash-password`, and the decoys
     that unknown logins are checked against). A hash is always verified with its own
-    parameters, written in it: changing these never breaks an existing password."""
+    parameters, written in it: changing these never breaks an existing password.
+    The defaults are those of `gatewayd.passwords.Argon2Parameters` (OWASP's)."""
 
-    time_cost: Annotated[int, Field(ge=1, le=100)] = 3  # passes over the memory
-    memory_cost: Annotated[int, Field(ge=8, le=4 * 1024 * 1024)] = 65536  # KiB
-    parallelism: Annotated[int, Field(ge=1, le=64)] = 4  # lanes
+    time_cost: Annotated[int, Field(ge=1, le=100)] = 2  # passes over the memory
+    memory_cost: Annotated[int, Field(ge=8, le=4 * 1024 * 1024)] = 19456  # KiB
+    parallelism: Annotated[int, Field(ge=1, le=64)] = 1  # lanes
 
     @model_validator(mode="after")
     def _enough_memory(self) -> Argon2Config:
