@@ -161,6 +161,9 @@ class Transfer:
     updated: datetime | None = None
     # The node that runs (or last ran) it; the store sets it when the row becomes RUNNING.
     owner: str | None = None
+    # The node that interrupted it because its owner died (a cluster's takeover), and when.
+    taken_over_by: str | None = None
+    taken_over_at: datetime | None = None
 
     def copy(self) -> Transfer:
         """A snapshot that later mutations of this object do not change."""

@@ -79,7 +79,7 @@ async def raw(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
 async def test_migrations_from_empty(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "folder" / "g.db"
     async with SqliteStore(path) as store:
-        assert await store.schema_version() == len(load_migrations()) == 6
+        assert await store.schema_version() == len(load_migrations()) == 7
     assert [m.filename for m in load_migrations()] == [
         "0001_transfers.sql",
         "0002_audit.sql",
@@ -87,6 +87,7 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         "0004_tapis_tasks.sql",
         "0005_token_manage.sql",
         "0006_owner.sql",
+        "0007_cluster.sql",
     ]
     objects = {
         (kind, name)
@@ -111,10 +112,11 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         "transfers_stop",
         "audit_at",
         "api_tokens_user",
+        "node_commands_pending",
     }
     columns = [row[1] for row in await raw(path, "PRAGMA table_info(transfers)")]
     assert sorted(columns) == sorted(f.name for f in dataclasses.fields(Transfer))
-    assert (await raw(path, "PRAGMA user_version"))[0][0] == 6
+    assert (await raw(path, "PRAGMA user_version"))[0][0] == 7
     assert (await raw(path, "PRAGMA journal_mode"))[0][0] == "wal"
     assert await raw(path, "PRAGMA foreign_key_list(transfers)")
 
@@ -124,12 +126,13 @@ async def test_upgrade_from_version_1_keeps_rows(tmp_path: Path) -> None:
     old = make(id=7, remote_id="r7", follow_id="f7", created=T0, updated=T0, progress=42)
     async with aiosqlite.connect(path) as conn:
         assert await apply_migrations(conn, load_migrations()[:1]) == 1
-        # The columns of version 1: every field but the owner (migration 6).
-        assert COLUMNS[-1] == "owner"
+        # The columns of version 1: every field but the owner (migration 6) and the
+        # takeover (migration 7).
+        assert COLUMNS[-3:] == ("owner", "taken_over_by", "taken_over_at")
         await conn.execute(
-            f"INSERT INTO transfers ({', '.join(COLUMNS[:-1])}) VALUES "
-            f"({', '.join('?' for _ in COLUMNS[:-1])})",
-            encode_row(old)[:-1],
+            f"INSERT INTO transfers ({', '.join(COLUMNS[:-3])}) VALUES "
+            f"({', '.join('?' for _ in COLUMNS[:-3])})",
+            encode_row(old)[:-3],
         )
         await conn.commit()
     assert (await raw(path, "PRAGMA user_version"))[0][0] == 1

@@ -69,7 +69,17 @@ async def test_migrations_from_empty(pg_database: str) -> None:
             pg_database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
         )
     }
-    assert tables == {"transfers", "audit", "api_tokens", "tapis_tasks", "schema_migrations"}
+    assert tables == {
+        "transfers",
+        "audit",
+        "api_tokens",
+        "tapis_tasks",
+        "schema_migrations",
+        "nodes",
+        "node_commands",
+        "login_failures",
+        "cluster_notices",
+    }
     columns = await pg_raw(
         pg_database,
         "SELECT column_name, data_type, collation_name FROM information_schema.columns "
@@ -156,13 +166,13 @@ async def test_upgrade_from_version_1_keeps_rows(pg_database: str) -> None:
     conn = await asyncpg.connect(pg_database)
     try:
         assert await pg_apply_migrations(conn, load_migrations()[:1]) == 1
-        columns = COLUMNS[:-1]  # every field but the owner (migration 6)
+        columns = COLUMNS[:-3]  # every field but the owner and the takeover (6 and 7)
         await conn.execute(
             POSTGRESQL.sql(
                 f"INSERT INTO transfers ({', '.join(columns)}) "
                 f"VALUES ({', '.join('?' for _ in columns)})"
             ),
-            *encode_row(old)[:-1],
+            *encode_row(old)[:-3],
         )
     finally:
         await conn.close()

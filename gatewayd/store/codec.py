@@ -172,6 +172,8 @@ _FIELDS: dict[str, tuple[Encoder, Decoder]] = {
     "created": (_opt_time, _opt_decode_time),
     "updated": (_opt_time, _opt_decode_time),
     "owner": (_opt_text, _same),
+    "taken_over_by": (_opt_text, _same),
+    "taken_over_at": (_opt_time, _opt_decode_time),
 }
 
 _DATACLASS_FIELDS = tuple(f.name for f in dataclasses.fields(Transfer))
