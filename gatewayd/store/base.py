@@ -232,3 +232,83 @@ class Store(ABC):
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
         """Mark a token revoked at `at`; False when there is no such token or it was
         already revoked. Returns once committed."""
+
+    # -- nodes (issue 13: node registry, leases, takeover) ------------------------------
+
+    @abstractmethod
+    async def db_now(self) -> datetime:
+        """The database's clock (aware UTC): every heartbeat is written and every lease
+        judged by it, so that nodes whose clocks differ agree on who is alive. SQLite
+        (one machine) reads the local clock; PostgreSQL the server's."""
+
+    @abstractmethod
+    async def lock_node(self, name: str) -> None:
+        """Take the per-node guard for the life of the store: a second daemon of the
+        same name is refused with `NodeLocked`. SQLite: nothing (the state folder's
+        lock file already keeps one daemon per database file)."""
+
+    @abstractmethod
+    async def register_node(self, node: NodeRecord) -> None:
+        """Record this node as started (insert, or replace an older record of the same
+        name): heartbeat fresh, `stopped` and `taken_over_*` cleared."""
+
+    @abstractmethod
+    async def renew_heartbeat(self, name: str, now: datetime) -> bool:
+        """Set the node's heartbeat to `now`; False when the node was taken over
+        meanwhile (or its record is gone, or its guard lost to another daemon): it must
+        stop at once, its rows are another node's now."""
+
+    @abstractmethod
+    async def list_nodes(self, now: datetime) -> list[NodeState]:
+        """Every node recorded, by name, each with its RUNNING rows counted and whether
+        its lease holds at `now`."""
+
+    @abstractmethod
+    async def stop_node(self, name: str, now: datetime) -> None:
+        """Record a clean stop: a stopped node is never taken over."""
+
+    @abstractmethod
+    async def take_over(self, dead: str, by: str, now: datetime) -> list[Transfer]:
+        """If node `dead`'s lease has expired at `now` (and it neither stopped nor was
+        taken over), claim it for `by` and make its RUNNING rows INTERRUPTED (the
+        lifecycle's CRASH) with `taken_over_by`/`taken_over_at` set, in one
+        transaction; returns those rows. Whatever the nodes trying at the same time,
+        one wins: the others get [] (as does a live, stopped or taken node)."""
+
+
+class NodeLocked(Exception):
+    """Another daemon of the same node name holds the node's guard."""
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What a node says of itself when it starts."""
+
+    name: str
+    started: datetime
+    lease: float  # seconds
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    marker: str = ""  # the token of its marker file in the shared data folder
+    api: str = ""  # its API address (informational)
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node as `list_nodes` reads it."""
+
+    name: str
+    host: str
+    pid: int
+    version: str
+    started: datetime
+    heartbeat: datetime
+    lease: float
+    marker: str
+    api: str
+    stopped: datetime | None
+    taken_over_by: str | None
+    taken_over_at: datetime | None
+    running: int  # RUNNING rows it owns
+    alive: bool  # its lease holds (not stopped, not taken over)

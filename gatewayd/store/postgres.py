@@ -33,7 +33,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from gatewayd.model import ErrorCode, Status, Step, Transfer
-from gatewayd.store.base import ApiToken, Store, TapisTask, TransferFilter
+from gatewayd.store.base import (
+    ApiToken,
+    NodeLocked,
+    NodeRecord,
+    NodeState,
+    Store,
+    TapisTask,
+    TransferFilter,
+)
 from gatewayd.store.claims import Candidate, Limits, choose
 from gatewayd.store.codec import (
     COLUMNS,
@@ -47,6 +55,7 @@ from gatewayd.store.codec import (
 )
 from gatewayd.store.dialect import POSTGRESQL
 from gatewayd.store.migrate import load_migrations, pg_apply_migrations, pg_current_version
+from gatewayd.store.nodes_sql import NodeStatements, decode_node, expired_before, record_values
 from gatewayd.store.pg_writer import PgWriter
 from gatewayd.store.sql import (
     CRASHED,
@@ -62,6 +71,7 @@ if TYPE_CHECKING:
     from gatewayd.store.migrate import PgConnection
 
 _Q = Statements(POSTGRESQL)
+_N = NodeStatements(POSTGRESQL)
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 _ID = COLUMNS.index("id")
 _NEXT_IDS = "SELECT nextval(pg_get_serial_sequence('transfers', 'id')) FROM generate_series(1, $1)"
@@ -73,6 +83,10 @@ _LOCK_PARTNERS = (
     "FROM (SELECT p FROM unnest($2::text[]) AS p ORDER BY p) AS sorted"
 )
 _CLAIM_ROUNDS = 16
+# The session advisory lock of a node's name (the per-node guard): (this key,
+# hashtext('gatewayd-node:' || name)), apart from the partners' and the migrations'.
+_NODE_LOCK = 0x6E6F6465
+_TRY_NODE_LOCK = "SELECT pg_try_advisory_lock($1, hashtext('gatewayd-node:' || $2))"
 _ID_CHUNK = 500
 # Tries of a claim that met a deadlock: partner locks taken in a later round of the
 # claim are out of order with another node's.
@@ -211,6 +225,10 @@ class PostgresStore(Store):
         self._inserting = 0
         self._inserted = asyncio.Event()
         self._inserted.set()
+        # How open() connected, for the guard's own connection; the guard itself.
+        self._connect: dict[str, Any] = {}
+        self._guard: asyncpg.Connection | None = None
+        self._guarded: str | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target.describe()!r}, node={self.node!r})"
@@ -227,6 +245,7 @@ class PostgresStore(Store):
         args = self.target.connect_args(ssl_arg)
         settings = {"application_name": f"gatewayd {self.node}"[:63]}
         migrations = await asyncio.to_thread(load_migrations)
+        self._connect = {"server_settings": settings, **args}
         # Its own connection: closing it releases the migration lock whatever happens.
         conn = await asyncpg.connect(server_settings=settings, **args)
         try:
@@ -249,8 +268,13 @@ class PostgresStore(Store):
                 await self._writer.close()
         finally:
             pool, self._pool = self._pool, None
-            if pool is not None:
-                await pool.close()
+            try:
+                if pool is not None:
+                    await pool.close()
+            finally:
+                guard, self._guard = self._guard, None
+                if guard is not None:
+                    await guard.close()  # the node's guard goes last: our rows are written
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -359,10 +383,15 @@ class PostgresStore(Store):
         await asyncio.shield(writer.submit(_Q.update, [row], key=transfer.id, order=transfer.id))
 
     async def interrupt_running(self) -> list[Transfer]:
-        """The RUNNING rows this node owns (or nobody does) become INTERRUPTED: other
-        nodes' stay theirs."""
+        """The RUNNING rows this node owns become INTERRUPTED: other nodes' stay theirs.
+        Rows nobody owns (copied from SQLite, or from before owners were recorded) are
+        taken too, but only while no other node is alive: one that is may be running
+        them."""
+        now = await self.db_now()
+        others = [n for n in await self.list_nodes(now) if n.alive and n.name != self.node]
+        statement = _N.interrupt_mine if others else _Q.interrupt_owned
         rows = await self._live_pool().fetch(
-            _Q.interrupt_owned, CRASHED.value, encode_time(_now()), self.node
+            statement, CRASHED.value, encode_time(_now()), self.node
         )
         return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
 
@@ -549,3 +578,83 @@ class PostgresStore(Store):
         else:
             rows = await pool.fetch(_Q.list_user_tokens, user)
         return [decode_token(row) for row in rows]
+
+    # -- nodes (issue 13: node registry, leases, takeover) ------------------------------
+    # Heartbeats are written and leases judged by the database server's clock
+    # (`db_now`): the nodes' own clocks may differ by more than a lease, the server's is
+    # one for all of them.
+
+    async def db_now(self) -> datetime:
+        value = await self._live_pool().fetchval("SELECT clock_timestamp()")
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
+
+    async def lock_node(self, name: str) -> None:
+        """A session advisory lock of the node's name on a connection of its own, held
+        until `close()` (or the process's end: the server drops it with the session)."""
+        self._live_pool()
+        if self._guard is not None:
+            raise RuntimeError("the node's guard is already held")
+        conn = await asyncpg.connect(**self._connect)
+        try:
+            got = await conn.fetchval(_TRY_NODE_LOCK, _NODE_LOCK, name)
+        except BaseException:
+            await conn.close()
+            raise
+        if not got:
+            await conn.close()
+            raise NodeLocked(await self._holder(name))
+        self._guard, self._guarded = conn, name
+
+    async def _holder(self, name: str) -> str:
+        row = await self._live_pool().fetchrow(_N.get, name)
+        where = ""
+        if row is not None:
+            node = decode_node(tuple(row), _now())
+            where = f" (recorded: host {node.host or '?'}, pid {node.pid or '?'})"
+        return (
+            f"another gatewayd runs as node {name!r} on {self.target.describe()}{where}: "
+            "every node needs a name of its own (daemon.node)"
+        )
+
+    async def _guard_held(self) -> bool:
+        """Whether the guard is still ours: a lost connection (the server restarted)
+        takes it again, unless another daemon of our name took it meanwhile."""
+        if self._guarded is None or (self._guard is not None and not self._guard.is_closed()):
+            return True
+        self._guard = None
+        try:
+            await self.lock_node(self._guarded)
+        except NodeLocked:
+            return False
+        return True
+
+    async def register_node(self, node: NodeRecord) -> None:
+        await self._live_pool().execute(_N.register, *record_values(node))
+
+    async def renew_heartbeat(self, name: str, now: datetime) -> bool:
+        if not await self._guard_held():
+            return False
+        found = await self._live_pool().fetchval(_N.renew, encode_time(now), name)
+        return found is not None
+
+    async def list_nodes(self, now: datetime) -> list[NodeState]:
+        rows = await self._live_pool().fetch(_N.list)
+        return [decode_node(tuple(row), now) for row in rows]
+
+    async def stop_node(self, name: str, now: datetime) -> None:
+        await self._live_pool().execute(_N.stop, encode_time(now), name)
+
+    async def take_over(self, dead: str, by: str, now: datetime) -> list[Transfer]:
+        at = encode_time(now)
+        async with self._transaction() as conn:
+            lease = await conn.fetchval(_N.lease_of, dead)
+            if lease is None:
+                return []
+            claimed = await conn.fetchval(
+                _N.claim, by, at, dead, expired_before(now, float(lease))
+            )
+            if claimed is None:
+                return []
+            rows = await conn.fetch(_N.interrupt_taken, by, at, encode_time(_now()), dead)
+        return sorted((decode_row(tuple(row)) for row in rows), key=lambda t: t.id or 0)

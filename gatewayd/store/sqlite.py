@@ -22,7 +22,14 @@ from typing import Any, Self
 import aiosqlite
 
 from gatewayd.model import ErrorCode, Status, Step, Transfer
-from gatewayd.store.base import ApiToken, Store, TapisTask, TransferFilter
+from gatewayd.store.base import (
+    ApiToken,
+    NodeRecord,
+    NodeState,
+    Store,
+    TapisTask,
+    TransferFilter,
+)
 from gatewayd.store.claims import Candidate, Limits, choose
 from gatewayd.store.codec import (
     decode_audit,
@@ -35,6 +42,7 @@ from gatewayd.store.codec import (
 )
 from gatewayd.store.dialect import SQLITE
 from gatewayd.store.migrate import apply_migrations, current_version, load_migrations
+from gatewayd.store.nodes_sql import NodeStatements, decode_node, expired_before, record_values
 from gatewayd.store.sql import (
     CRASHED,
     EXPIRED,
@@ -47,6 +55,7 @@ from gatewayd.store.sql import (
 from gatewayd.store.writer import BatchWriter
 
 _Q = Statements(SQLITE)
+_N = NodeStatements(SQLITE)
 # Within a batch, inserts go before the updates that may follow them.
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 
@@ -480,3 +489,44 @@ class SqliteStore(Store):
         else:
             rows = await self._reader().execute_fetchall(_Q.list_user_tokens, (user,))
         return [decode_token(row) for row in rows]
+
+    # -- nodes (issue 13: node registry, leases, takeover) ------------------------------
+    # One daemon per file: the registry only records this node, nobody takes it over
+    # while it runs; the statements are the same as PostgreSQL's all the same.
+
+    async def db_now(self) -> datetime:
+        return _now()
+
+    async def lock_node(self, name: str) -> None:
+        """Nothing: the state folder's lock file keeps one daemon per database file."""
+
+    async def register_node(self, node: NodeRecord) -> None:
+        async with self._live_writer().transaction() as conn:
+            await conn.execute(_N.register, record_values(node))
+
+    async def renew_heartbeat(self, name: str, now: datetime) -> bool:
+        async with self._live_writer().transaction() as conn:
+            rows = await conn.execute_fetchall(_N.renew, (encode_time(now), name))
+        return bool(list(rows))
+
+    async def list_nodes(self, now: datetime) -> list[NodeState]:
+        rows = await self._reader().execute_fetchall(_N.list)
+        return [decode_node(row, now) for row in rows]
+
+    async def stop_node(self, name: str, now: datetime) -> None:
+        async with self._live_writer().transaction() as conn:
+            await conn.execute(_N.stop, (encode_time(now), name))
+
+    async def take_over(self, dead: str, by: str, now: datetime) -> list[Transfer]:
+        at = encode_time(now)
+        async with self._live_writer().transaction() as conn:
+            leases = list(await conn.execute_fetchall(_N.lease_of, (dead,)))
+            if not leases:
+                return []
+            before = expired_before(now, float(leases[0][0]))
+            if not list(await conn.execute_fetchall(_N.claim, (by, at, dead, before))):
+                return []
+            rows = await conn.execute_fetchall(
+                _N.interrupt_taken, (by, at, encode_time(_now()), dead)
+            )
+        return sorted((decode_row(row) for row in rows), key=lambda t: t.id or 0)
