@@ -66,6 +66,8 @@ __all__ = [
 # the gateway's own deadline is "about" the timeout (answers still being written and
 # sessions closing get a moment after it), this bounds it for certain.
 _STOP_GRACE = 5.0
+# The exit status of a node that found it was taken over (or lost its lease).
+FENCED_EXIT = 3
 
 log = structlog.get_logger("gatewayd.daemon")
 
@@ -85,7 +87,7 @@ def run_daemon(config_path: Path) -> int:
         print(f"gatewayd: {refusal}", file=sys.stderr)
         return 1
 
-    lock = DaemonLock(loaded.paths.lock_file)
+    lock = DaemonLock(_lock_file(loaded))
     try:
         ensure_folders(loaded)
         # The demo checks made before the state folder existed, for the next start.
@@ -112,6 +114,27 @@ def run_daemon(config_path: Path) -> int:
         return 130
     finally:
         lock.release()
+
+
+def _lock_file(loaded: LoadedConfig) -> Path:
+    """The state folder's lock: one daemon per database file with SQLite; one per node
+    name with PostgreSQL (its nodes may share a state folder; the database itself
+    refuses a second daemon of a name, see `gatewayd.cluster.nodes`)."""
+    config = loaded.config
+    if config.database.backend == "postgresql":
+        return loaded.paths.node_lock_file(config.daemon.node_name())
+    return loaded.paths.lock_file
+
+
+def _fenced(why: str) -> None:
+    """End the process at once: its transfers are another node's now, and anything a
+    graceful stop would do (save the rows it runs) would write over the new owner's.
+    systemd restarts it (Restart=on-failure)."""
+    log.error("gatewayd exits at once: fenced", exit_status=FENCED_EXIT)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(FENCED_EXIT)
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -186,7 +209,29 @@ async def _serve_with(
     except Exception:
         log.exception("cannot open the database", database=_database_name(loaded))
         return 1
+    from gatewayd.cluster.nodes import JoinError, Membership
+
+    membership = Membership(
+        store,
+        node=config.daemon.node_name(),
+        lease=config.daemon.lease,
+        data_dir=loaded.paths.data_dir,
+        shared=config.database.backend == "postgresql",
+        on_fenced=_fenced,
+        api=f"{config.api.address}:{config.api.port}" if config.api.enabled else "",
+    )
+    clean = False
     try:
+        try:
+            # Before any row is touched: a second daemon of this name is refused here,
+            # before it could interrupt the first one's transfers.
+            await membership.join()
+        except JoinError as exc:
+            log.error(f"cannot start: {exc}")
+            return 1
+        except Exception:
+            log.exception("cannot register the node", node=config.daemon.node_name())
+            return 1
         interrupted = await store.interrupt_running()
         log.info("transfers left running by the previous run interrupted", count=len(interrupted))
 
@@ -207,6 +252,7 @@ async def _serve_with(
             pid=os.getpid(),
             event_loop=type(loop).__module__.split(".")[0],
         )
+        membership.start(gateway.scheduler.resume_interrupted)
         reloader.gateway = gateway
         notifier.ready()
         notifier.start_watchdog()
@@ -216,6 +262,7 @@ async def _serve_with(
         log.info("gatewayd stopping", timeout=config.daemon.shutdown_timeout)
         clean = await _stop_gateway(gateway, config.daemon.shutdown_timeout)
     finally:
+        await membership.leave(clean=clean)
         await store.close()
     log.info("gatewayd stopped", clean=clean)
     return 0 if clean else 1

@@ -324,11 +324,14 @@ class Gateway:
 
     async def _stopped(self, began: float) -> Stopped:
         """What the stop left: runs still going, and rows of ours still RUNNING (with
-        one node, every RUNNING row is ours)."""
+        SQLite, one node, every RUNNING row is ours; with PostgreSQL, those it owns:
+        the other nodes' are theirs)."""
         runs_left = len([r for r in self.engine.active.values() if not r.done.is_set()])
+        shared = self.config.database.backend == "postgresql"
+        owner = self.config.daemon.node_name() if shared else None
         try:
             rows, total = await self.store.list_transfers(
-                TransferFilter(statuses=(Status.RUNNING,), limit=20)
+                TransferFilter(statuses=(Status.RUNNING,), owner=owner, limit=20)
             )
         except Exception:
             log.exception("cannot tell which transfers are left running")

@@ -337,10 +337,19 @@ class Scheduler:
             if len(page) < RESUME_PAGE:
                 break
             offset += len(page)
-        # Server transfers that only their partner can continue wait for it.
+        await self.resume_interrupted(interrupted)
+
+    async def resume_interrupted(self, interrupted: list[Transfer]) -> list[Transfer]:
+        """Plan to resume at once those of the INTERRUPTED `interrupted` rows that go on
+        without their partner (client transfers, server transfers whose data is
+        complete), and wake the loop; returns the rows planned. At start-up: every
+        INTERRUPTED row; after a takeover: the dead node's. Server transfers that only
+        their partner can continue wait for it."""
         alone = [t.id for t in interrupted if t.id is not None and await self._goes_alone(t)]
         # One bulk change, not read-then-save: a row another node starting at the same
         # time resumed (and may already run) is left to it.
         resumed = await self._store.plan_interrupted(alone)
         if resumed:
             self._log.info("interrupted transfers planned to resume", count=len(resumed))
+            self.wake()
+        return resumed

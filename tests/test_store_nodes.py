@@ -60,10 +60,11 @@ async def test_a_dead_node_is_taken_over_once(store: Store) -> None:
     ours = [await store.insert_transfer(planned(status=Status.RUNNING)) for _ in range(3)]
     done = await store.insert_transfer(planned(status=Status.DONE))
     now = await store.db_now()
-    assert await store.take_over("node-a", "node-b", now) == [], "its lease holds"
+    assert await store.take_over("node-a", "node-b", now) is None, "its lease holds"
 
     later = now + timedelta(seconds=LEASE + 1)
     taken = await store.take_over("node-a", "node-b", later)
+    assert taken is not None
     assert [t.id for t in taken] == [t.id for t in ours]
     for t in taken:
         assert (t.status, t.taken_over_by, t.taken_over_at) == (
@@ -74,7 +75,7 @@ async def test_a_dead_node_is_taken_over_once(store: Store) -> None:
         assert t == await store.get_transfer(t.id or 0), "returned as committed"
     got = await store.get_transfer(done.id or 0)
     assert got is not None and got.status == Status.DONE and got.taken_over_by is None
-    assert await store.take_over("node-a", "node-b", later) == [], "once"
+    assert await store.take_over("node-a", "node-b", later) is None, "once"
 
     nodes = {n.name: n for n in await store.list_nodes(later)}
     assert (nodes["node-a"].taken_over_by, nodes["node-a"].taken_over_at) == ("node-b", later)
@@ -96,7 +97,7 @@ async def test_one_of_racing_nodes_wins_the_takeover(backend: Backend, store: St
         results = await asyncio.gather(
             *(s.take_over("node-a", s_name, later) for s, s_name in ((b, "node-b"), (c, "node-c")))
         )
-    winners = [r for r in results if r]
+    winners = [r for r in results if r is not None]
     assert len(winners) == 1, [len(r) for r in results]
     assert sorted(t.id for t in winners[0]) == sorted(t.id for t in ours)
     by = {t.taken_over_by for t in winners[0]}
@@ -111,7 +112,7 @@ async def test_a_renewal_keeps_a_late_node(store: Store) -> None:
     now = await store.db_now()
     late = now + timedelta(seconds=LEASE + 1)
     assert await store.renew_heartbeat("node-a", late)
-    assert await store.take_over("node-a", "node-b", late) == []
+    assert await store.take_over("node-a", "node-b", late) is None
 
 
 async def test_a_stopped_node_is_not_taken_over(store: Store) -> None:
@@ -121,9 +122,16 @@ async def test_a_stopped_node_is_not_taken_over(store: Store) -> None:
     await store.stop_node("node-a", now)
     [node] = await store.list_nodes(now)
     assert node.stopped == now and not node.alive
-    assert await store.take_over("node-a", "node-b", now + timedelta(seconds=LEASE * 10)) == []
+    assert await store.take_over("node-a", "node-b", now + timedelta(seconds=LEASE * 10)) is None
     got = await store.get_transfer(row.id or 0)
     assert got is not None and got.status == Status.RUNNING
+
+
+async def test_a_dead_node_without_running_rows_is_claimed(store: Store) -> None:
+    await register(store, "node-a")
+    later = await store.db_now() + timedelta(seconds=LEASE + 1)
+    assert await store.take_over("node-a", "node-b", later) == []
+    assert await store.take_over("node-a", "node-b", later) is None
 
 
 async def test_rows_nobody_owns_are_left_while_another_node_lives(backend: Backend) -> None:

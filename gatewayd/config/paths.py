@@ -48,6 +48,11 @@ class Paths:
         """Held by the running daemon: one daemon per database and data folder."""
         return self.state_dir / "gatewayd.lock"
 
+    def node_lock_file(self, node: str) -> Path:
+        """Held by the running daemon of `node` when several nodes share the database
+        (PostgreSQL): one daemon per node name, and nodes may share a state folder."""
+        return self.state_dir / f"gatewayd-{node}.lock"
+
     def rule_folder(self, rule: RuleConfig) -> Path:
         """The rule's local folder: its `folder` (relative to home) or data_dir/<name>."""
         if rule.folder is not None:

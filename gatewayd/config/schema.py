@@ -199,6 +199,12 @@ class DaemonConfig(Strict):
     # This node's name: the owner recorded on the transfers it runs. Default: the host
     # name; required with a PostgreSQL database, which several nodes may share.
     node: FileName | None = None
+    # Seconds a node's heartbeat holds (renewed every quarter of it). With several nodes
+    # on one PostgreSQL database, a node silent for longer is dead: another takes over
+    # its running transfers; a node that could not renew its own for that long stops at
+    # once (systemd restarts it). Shorter: faster takeovers; longer: fewer false ones
+    # when the database or the network hiccups.
+    lease: Annotated[float, Field(ge=1, le=600)] = 10.0
 
     def node_name(self) -> str:
         """`node`, else the host name."""

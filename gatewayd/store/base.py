@@ -32,6 +32,7 @@ class TransferFilter:
     filename: str | None = None  # the file's name on either side
     follow_id: str | None = None
     parent_id: int | None = None
+    owner: str | None = None  # the node that runs it (RUNNING rows)
     limit: int = 20
     offset: int = 0
     sort: str = "id"  # one of SORT_FIELDS
@@ -268,12 +269,12 @@ class Store(ABC):
         """Record a clean stop: a stopped node is never taken over."""
 
     @abstractmethod
-    async def take_over(self, dead: str, by: str, now: datetime) -> list[Transfer]:
+    async def take_over(self, dead: str, by: str, now: datetime) -> list[Transfer] | None:
         """If node `dead`'s lease has expired at `now` (and it neither stopped nor was
         taken over), claim it for `by` and make its RUNNING rows INTERRUPTED (the
         lifecycle's CRASH) with `taken_over_by`/`taken_over_at` set, in one
         transaction; returns those rows. Whatever the nodes trying at the same time,
-        one wins: the others get [] (as does a live, stopped or taken node)."""
+        one wins: the others get None (as does a live, stopped or taken node)."""
 
 
 class NodeLocked(Exception):

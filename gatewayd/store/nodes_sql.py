@@ -39,8 +39,7 @@ class NodeStatements:
         )
         # Fencing: a node taken over renews nothing, and learns it.
         self.renew = q(
-            "UPDATE nodes SET heartbeat = ? WHERE name = ? AND taken_over_by IS NULL "
-            "RETURNING name"
+            "UPDATE nodes SET heartbeat = ? WHERE name = ? AND taken_over_by IS NULL RETURNING name"
         )
         self.list = (
             f"SELECT {_NODE_COLUMNS}, (SELECT count(*) FROM transfers t "

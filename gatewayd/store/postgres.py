@@ -645,16 +645,14 @@ class PostgresStore(Store):
     async def stop_node(self, name: str, now: datetime) -> None:
         await self._live_pool().execute(_N.stop, encode_time(now), name)
 
-    async def take_over(self, dead: str, by: str, now: datetime) -> list[Transfer]:
+    async def take_over(self, dead: str, by: str, now: datetime) -> list[Transfer] | None:
         at = encode_time(now)
         async with self._transaction() as conn:
             lease = await conn.fetchval(_N.lease_of, dead)
             if lease is None:
-                return []
-            claimed = await conn.fetchval(
-                _N.claim, by, at, dead, expired_before(now, float(lease))
-            )
+                return None
+            claimed = await conn.fetchval(_N.claim, by, at, dead, expired_before(now, float(lease)))
             if claimed is None:
-                return []
+                return None
             rows = await conn.fetch(_N.interrupt_taken, by, at, encode_time(_now()), dead)
         return sorted((decode_row(tuple(row)) for row in rows), key=lambda t: t.id or 0)

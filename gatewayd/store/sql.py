@@ -195,7 +195,7 @@ def where_clause(filt: TransferFilter) -> tuple[str, tuple[Any, ...]]:
     if filt.statuses:
         terms.append(f"status IN ({placeholders(len(filt.statuses))})")
         params.extend(Status(s).value for s in filt.statuses)
-    for column in ("rule", "partner", "account", "follow_id", "parent_id"):
+    for column in ("rule", "partner", "account", "follow_id", "parent_id", "owner"):
         value = getattr(filt, column)
         if value is not None:
             terms.append(f"{column} = ?")

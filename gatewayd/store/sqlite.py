@@ -517,15 +517,15 @@ class SqliteStore(Store):
         async with self._live_writer().transaction() as conn:
             await conn.execute(_N.stop, (encode_time(now), name))
 
-    async def take_over(self, dead: str, by: str, now: datetime) -> list[Transfer]:
+    async def take_over(self, dead: str, by: str, now: datetime) -> list[Transfer] | None:
         at = encode_time(now)
         async with self._live_writer().transaction() as conn:
             leases = list(await conn.execute_fetchall(_N.lease_of, (dead,)))
             if not leases:
-                return []
+                return None
             before = expired_before(now, float(leases[0][0]))
             if not list(await conn.execute_fetchall(_N.claim, (by, at, dead, before))):
-                return []
+                return None
             rows = await conn.execute_fetchall(
                 _N.interrupt_taken, (by, at, encode_time(_now()), dead)
             )

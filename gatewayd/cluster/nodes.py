@@ -1,0 +1,241 @@
+"""This node among the others: its record, its lease, the takeover of dead nodes.
+
+`Membership.join()` (at start, before the node touches a transfer row) takes the node's
+guard (a second daemon of the same name is refused), writes the shared-folder marker,
+registers the node and checks the other live nodes' markers. `start()` then renews the
+heartbeat every quarter of the lease and, at each beat, takes over the nodes whose lease
+expired: their RUNNING transfers become INTERRUPTED (recorded: by whom, when), and those
+that go on without their partner are handed to `resume` (the scheduler's
+`resume_interrupted`, as at a start-up), the others wait for their partner to reconnect,
+to any node.
+
+Fencing: a node that learns it was taken over, or that could not renew its lease for
+most of it (another node may take it over any moment), must not write another row: its
+transfers are another node's now. `on_fenced` is called then; the daemon's ends the
+process at once (a graceful stop would save the rows it runs, over the new owner's).
+
+With SQLite (one node per database) the node is registered and its heartbeat kept, for
+`/api/about`; nobody else can take it over, so there is no takeover and no fencing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gatewayd import __version__
+from gatewayd.cluster import shared_folder
+from gatewayd.model import Transfer
+from gatewayd.store.base import NodeLocked, NodeRecord, NodeState, Store
+
+log = structlog.get_logger("gatewayd.cluster")
+
+# The part of the lease a node may go without renewing before it fences itself: the
+# rest is its margin against a takeover (another node looks only once the whole lease
+# has passed, by the database's clock).
+FENCE_AT = 0.8
+BEATS_PER_LEASE = 4
+
+
+class JoinError(Exception):
+    """The node must not start: the message says why, in one line."""
+
+
+class Membership:
+    """This node's membership of the database's nodes (see the module's docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        node: str,
+        lease: float,
+        data_dir: Path,
+        shared: bool,
+        on_fenced: Callable[[str], Any],
+        api: str = "",
+    ) -> None:
+        self.store = store
+        self.node = node
+        self.lease = lease
+        self.data_dir = data_dir
+        # Several nodes may share the database (PostgreSQL): markers, takeovers, fencing.
+        self.shared = shared
+        self.on_fenced = on_fenced
+        self.api = api
+        self.resume: Callable[[list[Transfer]], Awaitable[list[Transfer]]] | None = None
+        self._token = shared_folder.new_token()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._fenced = False
+        # Takeovers done by this node: (dead node, rows) for tests and the log.
+        self.takeovers: list[tuple[str, int]] = []
+
+    @property
+    def interval(self) -> float:
+        return self.lease / BEATS_PER_LEASE
+
+    async def join(self) -> None:
+        """Guard, marker, record, marker check; raises JoinError (one line) when this
+        node must not start."""
+        try:
+            await self.store.lock_node(self.node)
+        except NodeLocked as exc:
+            raise JoinError(str(exc)) from None
+        if self.shared:
+            try:
+                await asyncio.to_thread(
+                    shared_folder.write_marker, self.data_dir, self.node, self._token
+                )
+            except OSError as exc:
+                raise JoinError(
+                    f"cannot write the node's marker in {self.data_dir}: {exc.strerror or exc}"
+                ) from None
+        now = await self.store.db_now()
+        await self.store.register_node(
+            NodeRecord(
+                self.node,
+                now,
+                self.lease,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version=__version__,
+                marker=self._token if self.shared else "",
+                api=self.api,
+            )
+        )
+        if not self.shared:
+            return
+        others = [
+            (n.name, n.marker) for n in await self.store.list_nodes(now) if self._other_live(n)
+        ]
+        try:
+            await asyncio.to_thread(shared_folder.check_markers, self.data_dir, self.node, others)
+        except shared_folder.NotShared as exc:
+            await self.store.stop_node(self.node, await self.store.db_now())
+            await asyncio.to_thread(
+                shared_folder.remove_marker, self.data_dir, self.node, self._token
+            )
+            raise JoinError(str(exc)) from None
+        log.info("node joined", node=self.node, lease=self.lease, nodes=len(others) + 1)
+
+    def _other_live(self, n: NodeState) -> bool:
+        return n.alive and n.name != self.node
+
+    def start(
+        self, resume: Callable[[list[Transfer]], Awaitable[list[Transfer]]] | None = None
+    ) -> None:
+        """Start the heartbeat (and the takeovers); `resume` plans taken-over rows."""
+        self.resume = resume
+        self._task = asyncio.create_task(self._beat(), name="gatewayd-heartbeat")
+
+    async def leave(self, *, clean: bool) -> None:
+        """Stop the heartbeat; a clean stop (no row of ours left RUNNING) is recorded,
+        so nobody takes this node over. An unclean one leaves the lease to run out:
+        another node then takes over the rows left RUNNING."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        if self._fenced:
+            return
+        if clean:
+            try:
+                await self.store.stop_node(self.node, await self.store.db_now())
+            except Exception:
+                log.exception("cannot record the node's stop", node=self.node)
+
+    # -- the heartbeat ---------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        # The time of the last renewal that succeeded, taken when it was sent: the
+        # heartbeat the database holds is no older than that.
+        renewed = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(self.interval):
+                    await self._stopping.wait()
+                return
+            except TimeoutError:
+                pass
+            fence_at = renewed + self.lease * FENCE_AT
+            sent = loop.time()
+            try:
+                async with asyncio.timeout_at(fence_at if self.shared else None):
+                    now = await self.store.db_now()
+                    held = await self.store.renew_heartbeat(self.node, now)
+            except Exception as exc:  # TimeoutError included: the deadline passed
+                if self.shared and loop.time() >= fence_at:
+                    self._fence(
+                        f"its lease could not be renewed for {loop.time() - renewed:.1f}s "
+                        f"(lease {self.lease:g}s): another node may take it over"
+                    )
+                    return
+                log.warning(
+                    "heartbeat failed", node=self.node, error=f"{type(exc).__name__}: {exc}"
+                )
+                continue
+            if not held:
+                if self.shared:
+                    self._fence(await self._taken_by())
+                    return
+                log.warning("heartbeat found no record of this node", node=self.node)
+                continue
+            renewed = sent
+            if self.shared:
+                try:
+                    await self._take_over_dead(now)
+                except Exception:
+                    log.exception("takeover failed", node=self.node)
+
+    async def _taken_by(self) -> str:
+        try:
+            for n in await self.store.list_nodes(await self.store.db_now()):
+                if n.name == self.node and n.taken_over_by:
+                    return f"it was taken over by node {n.taken_over_by}"
+        except Exception:
+            pass
+        return "its record was taken over or its guard lost"
+
+    def _fence(self, why: str) -> None:
+        self._fenced = True
+        log.error(
+            f"node {self.node} fenced: {why}; stopping at once without writing another "
+            "row (its transfers are another node's now)",
+            node=self.node,
+        )
+        self.on_fenced(why)
+
+    async def _take_over_dead(self, now: datetime) -> None:
+        for n in await self.store.list_nodes(now):
+            if n.name == self.node or n.alive or n.stopped or n.taken_over_by:
+                continue
+            rows = await self.store.take_over(n.name, self.node, now)
+            if rows is None:
+                continue  # another node won it, or it came back meanwhile
+            silent = (now - n.heartbeat).total_seconds()
+            self.takeovers.append((n.name, len(rows)))
+            log.warning(
+                "node taken over",
+                dead=n.name,
+                by=self.node,
+                transfers=len(rows),
+                silent_for=round(silent, 3),
+                lease=n.lease,
+                transfer_ids=",".join(str(t.id) for t in rows[:50]),
+            )
+            if rows and self.resume is not None:
+                resumed = await self.resume(rows)
+                log.info(
+                    "taken-over transfers planned to resume",
+                    dead=n.name,
+                    count=len(resumed),
+                    waiting_for_partner=len(rows) - len(resumed),
+                )
