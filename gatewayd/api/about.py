@@ -33,10 +33,44 @@ async def _database(call: Call) -> dict[str, Any]:
     }
 
 
+async def _nodes(call: Call) -> list[dict[str, Any]]:
+    """The nodes of the database, as their records say (the marker's token left out);
+    [] when the database does not answer (`database` says why)."""
+    this = call.ctx.loaded.config.daemon.node_name()
+    tz = call.ctx.tz
+    try:
+        async with asyncio.timeout(DB_TIMEOUT):
+            store = call.ctx.store
+            nodes = await store.list_nodes(await store.db_now())
+    except Exception:
+        return []
+    return [
+        {
+            "name": n.name,
+            "this": n.name == this,
+            "host": n.host,
+            "pid": n.pid,
+            "version": n.version,
+            "api": n.api,
+            "started": rfc3339(n.started, tz),
+            "heartbeat": rfc3339(n.heartbeat, tz),
+            "lease": n.lease,
+            "alive": n.alive,
+            "running": n.running,
+            "stopped": None if n.stopped is None else rfc3339(n.stopped, tz),
+            "takenOverBy": n.taken_over_by,
+            "takenOverAt": None if n.taken_over_at is None else rfc3339(n.taken_over_at, tz),
+        }
+        for n in nodes
+    ]
+
+
 @route(
     "GET",
     "/api/about",
-    summary="Version, uptime, and the state of each server, the database and the scheduler",
+    summary=(
+        "Version, uptime, and the state of each server, the database, the scheduler and the nodes"
+    ),
     area=None,
     letter=None,
     tag="administration",
@@ -66,6 +100,8 @@ async def about(call: Call) -> web.StreamResponse:
             "permissions": dict(call.principal.permissions),
             "servers": servers,
             "database": await _database(call),
+            "node": call.ctx.loaded.config.daemon.node_name(),
+            "nodes": await _nodes(call),
             "scheduler": {
                 "state": scheduler.state,
                 "running": scheduler.running,

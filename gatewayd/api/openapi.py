@@ -254,7 +254,41 @@ def _schemas() -> dict[str, Any]:
                 "servers": {"type": "object", "additionalProperties": {"type": "object"}},
                 "database": {"type": "object"},
                 "scheduler": {"type": "object"},
+                "node": {"type": "string", "description": "This node's name"},
+                "nodes": {"type": "array", "items": _ref("Node")},
             }
+        ),
+        "Node": _obj(
+            {
+                "name": STRING,
+                "this": {"type": "boolean", "description": "The node that answers"},
+                "host": STRING,
+                "pid": INT,
+                "version": STRING,
+                "api": {"type": "string", "description": "Its API address (as configured)"},
+                "started": TIME,
+                "heartbeat": TIME,
+                "lease": {"type": "number", "description": "Seconds its heartbeat holds"},
+                "alive": {
+                    "type": "boolean",
+                    "description": "Its lease holds (not stopped, not taken over)",
+                },
+                "running": {"type": "integer", "description": "RUNNING transfers it owns"},
+                "stopped": _nullable(TIME),
+                "takenOverBy": _nullable(STRING),
+                "takenOverAt": _nullable(TIME),
+            },
+            (
+                "name",
+                "this",
+                "host",
+                "version",
+                "started",
+                "heartbeat",
+                "lease",
+                "alive",
+                "running",
+            ),
         ),
         "AuditEntry": _obj(
             {

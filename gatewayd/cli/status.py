@@ -33,10 +33,25 @@ def _status(api: ApiClient, args: argparse.Namespace) -> int:
             (f"Server {name}", f"{s['state']} ({s['protocol']} on {s['address']}:{s['port']})")
             for name, s in a["servers"].items()
         ]
+        pairs += [(f"Node {n['name']}", _node(n)) for n in a.get("nodes", [])]
         return out.key_values(pairs)
 
     out.emit(api.get("/api/about"), args.format, human)
     return Exit.OK
+
+
+def _node(n: dict[str, Any]) -> str:
+    if n.get("stopped"):
+        state = f"stopped at {n['stopped']}"
+    elif n.get("takenOverBy"):
+        state = f"dead, taken over by {n['takenOverBy']} at {n['takenOverAt']}"
+    else:
+        state = "alive" if n["alive"] else "lease expired"
+    this = ", this node" if n.get("this") else ""
+    return (
+        f"{state}{this} ({n['running']} running; heartbeat {n['heartbeat']}, lease "
+        f"{n['lease']:g}s; {n['version']} on {n['host']}, pid {n.get('pid', '?')})"
+    )
 
 
 def add(commands: Commands) -> None:
