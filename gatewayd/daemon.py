@@ -5,11 +5,14 @@ Only process concerns live here. Everything that runs once the store is open bel
 
 Order of start-up, each step refusing to go on when it fails (exit status 1):
 load the configuration (and check the files it names); refuse demo passwords on a
-non-loopback address; create the folders; take the lock of the state folder; configure
-logging; open the store; mark the transfers the previous run left RUNNING as
-INTERRUPTED; start the gateway (every server prepared, its keys and certificates
-loaded, before any listens); tell systemd READY (`gatewayd.systemd`, when started by
-it) and start its watchdog pings.
+non-loopback address; create the folders; take the lock of the state folder (with
+PostgreSQL, the node's); configure logging; open the store; prepare the gateway (every
+server prepared, its keys and certificates loaded, the password workers started); join
+the node's cluster (`gatewayd.cluster.nodes`: one daemon per node name, the shared data
+folder checked, the heartbeat started); mark the transfers the previous run left
+RUNNING as INTERRUPTED; start the gateway (the scheduler, then the listeners); tell
+systemd READY (`gatewayd.systemd`, when started by it) and start its watchdog pings.
+A node fenced (taken over by another) exits at once with status 3.
 
 SIGTERM/SIGINT stop it (STOPPING): nothing new is accepted, uploads in the middle of
 their data are interrupted with their bytes kept, those completing finish and their
@@ -222,21 +225,31 @@ async def _serve_with(
     )
     clean = False
     try:
+        gateway = Gateway(loaded, store)
         try:
+            # The slow part first (imports, keys, worker processes): the lease starts
+            # with the join, on a node about ready.
+            await gateway.prepare()
             # Before any row is touched: a second daemon of this name is refused here,
             # before it could interrupt the first one's transfers.
             await membership.join()
         except JoinError as exc:
             log.error(f"cannot start: {exc}")
+            await gateway.hashing.close()  # all that prepare() started; no row is ours
+            return 1
+        except StartError as exc:  # a file or an address: one line says which
+            log.error(f"cannot start: {exc}")
+            await _stop_gateway(gateway, config.daemon.shutdown_timeout)
             return 1
         except Exception:
-            log.exception("cannot register the node", node=config.daemon.node_name())
+            log.exception("gateway failed to start")
+            await gateway.hashing.close()
             return 1
-        interrupted = await store.interrupt_running()
-        log.info("transfers left running by the previous run interrupted", count=len(interrupted))
-
-        gateway = Gateway(loaded, store)
         try:
+            interrupted = await store.interrupt_running()
+            log.info(
+                "transfers left running by the previous run interrupted", count=len(interrupted)
+            )
             await gateway.start()
         except StartError as exc:  # a file or an address: one line says which
             log.error(f"cannot start: {exc}")
@@ -260,6 +273,7 @@ async def _serve_with(
         await stopping.wait()
         await reloader.cancel()
         log.info("gatewayd stopping", timeout=config.daemon.shutdown_timeout)
+        membership.stop_takeovers()
         clean = await _stop_gateway(gateway, config.daemon.shutdown_timeout)
     finally:
         await membership.leave(clean=clean)

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gatewayd")
 
+_Prepared = tuple[str, ServerConfig, ports.ProtocolServer]
+
 
 class StartError(Exception):
     """The gateway cannot start: the message names the server (or the API) and the
@@ -138,6 +140,7 @@ class Gateway:
         )
         self.limits = TransferLimits()
         self.tree = VirtualTree(self.engine)
+        self._prepared: tuple[list[_Prepared], ssl.SSLContext | None] | None = None
 
     @property
     def auth_throttle(self) -> AuthThrottle:
@@ -164,19 +167,15 @@ class Gateway:
             self.engine, name, protocol, logins=self.logins, limits=self.limits, tree=self.tree
         )
 
-    async def start(self) -> None:
-        """Prepare every enabled server and the API's TLS context, then start the
-        scheduler, the servers and the API; return once all listen.
-
-        Nothing listens before everything is known to load: a server whose preparation
-        fails (a key file gone, a certificate that does not load) raises StartError
-        before any listener opens. A listener that then cannot bind raises StartError
-        too (the servers already started are left for `stop()`). The scheduler starts
-        before the servers: it plans what a restart may take further alone (server
-        transfers whose data is complete, or placed by a crash) before any partner can
-        reconnect to such a transfer.
-        """
-        prepared: list[tuple[str, ServerConfig, ports.ProtocolServer]] = []
+    async def prepare(self) -> tuple[list[_Prepared], ssl.SSLContext | None]:
+        """Everything of `start()` that touches no transfer row and listens nowhere:
+        every enabled server prepared (keys and certificates loaded), the API's TLS
+        context, the password workers. Slow (imports, keys, processes), so the daemon
+        does it before its node joins the cluster: the lease then starts on a node
+        ready to go. Done once; `start()` calls it when nobody did."""
+        if self._prepared is not None:
+            return self._prepared
+        prepared: list[_Prepared] = []
         for name, server_config in self.config.servers.items():
             if not server_config.enabled:
                 continue
@@ -194,7 +193,25 @@ class Gateway:
                 raise StartError(f"server '{name}': {exc}") from exc
             prepared.append((name, server_config, server))
         api_tls = await self._prepare_api_tls()
+        if self.config.api.enabled:
+            import gatewayd.api  # noqa: F401  (aiohttp: imported here, not at the start)
         await self.hashing.start()
+        self._prepared = (prepared, api_tls)
+        return self._prepared
+
+    async def start(self) -> None:
+        """Prepare every enabled server and the API's TLS context, then start the
+        scheduler, the servers and the API; return once all listen.
+
+        Nothing listens before everything is known to load: a server whose preparation
+        fails (a key file gone, a certificate that does not load) raises StartError
+        before any listener opens. A listener that then cannot bind raises StartError
+        too (the servers already started are left for `stop()`). The scheduler starts
+        before the servers: it plans what a restart may take further alone (server
+        transfers whose data is complete, or placed by a crash) before any partner can
+        reconnect to such a transfer.
+        """
+        prepared, api_tls = await self.prepare()
         await self.scheduler.start()
         for name, server_config, server in prepared:
             try:

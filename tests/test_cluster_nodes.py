@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -370,3 +371,67 @@ async def test_partners_resume_their_uploads_on_the_other_node(cluster: Cluster)
     [(count,)] = await pg_raw(cluster.dsn, "SELECT count(*) FROM transfers")
     assert count == 2, "the same transfers resumed, no new ones"
     assert await b.daemon.stop() == 0, b.daemon.output
+
+
+async def post_send(node: Node, file: str) -> int:
+    async with (
+        aiohttp.ClientSession(headers=_auth()) as session,
+        session.post(
+            f"{node.api}/api/transfers", json={"rule": "out", "partner": "share", "file": file}
+        ) as answer,
+    ):
+        assert answer.status == 201, await answer.text()
+        return int((await answer.json())["id"])
+
+
+async def test_a_node_frozen_past_its_lease_is_fenced(cluster: Cluster) -> None:
+    """SIGSTOP (a frozen VM, a long pause) of the node running a send: the other takes
+    it over and resumes it; thawed, the frozen node writes nothing and exits 3."""
+    data = make_file(cluster.data / "out" / "big.bin", 16 * MiB + 3)
+    a = await cluster.start("gw-a")
+    b = await cluster.start("gw-b")
+    transfer_id = await post_send(a, "big.bin")
+    running = await wait_row(
+        cluster.dsn,
+        transfer_id,
+        lambda r: r["status"] == "RUNNING" and r["progress"] > 0,
+        "made progress",
+    )
+    frozen = {"gw-a": a, "gw-b": b}[running["owner"]]
+    survivor = b if frozen is a else a
+    os.kill(frozen.daemon.proc.pid, signal.SIGSTOP)
+    try:
+        await wait_row(
+            cluster.dsn,
+            transfer_id,
+            lambda r: r["taken_over_by"] == survivor.name and r["owner"] == survivor.name,
+            "taken over and resumed",
+        )
+    finally:
+        os.kill(frozen.daemon.proc.pid, signal.SIGCONT)
+    assert await frozen.daemon.finish(20) == 3, frozen.daemon.output
+    [line] = [x for x in frozen.daemon.lines if "fenced:" in x]
+    assert f"node {frozen.name} fenced" in line, line
+    after = await row(cluster.dsn, transfer_id)
+    assert after["owner"] == survivor.name, "the thawed node wrote nothing over it"
+    done = await wait_row(
+        cluster.dsn, transfer_id, lambda r: r["status"] in ("DONE", "ERROR"), "ended"
+    )
+    assert done["status"] == "DONE", done["error_msg"]
+    assert done["owner"] == survivor.name
+    assert (cluster.share / "big.bin").read_bytes() == data
+    assert await survivor.daemon.stop() == 0, survivor.daemon.output
+
+
+async def test_a_node_that_finds_itself_taken_over_exits_at_once(cluster: Cluster) -> None:
+    a = await cluster.start("gw-a")
+    # As a node that found it silent would have (while it was cut off, say).
+    await pg_raw(
+        cluster.dsn,
+        "UPDATE nodes SET taken_over_by = 'gw-z', taken_over_at = '2030-01-01T00:00:00.000000Z' "
+        "WHERE name = 'gw-a'",
+    )
+    assert await a.daemon.finish(20) == 3, a.daemon.output
+    [line] = [x for x in a.daemon.lines if "fenced:" in x]
+    assert "node gw-a fenced: it was taken over by node gw-z" in line, line
+    assert "gatewayd stopped" not in a.daemon.output, "no graceful stop: it writes nothing"

@@ -2,12 +2,12 @@
 
 `Membership.join()` (at start, before the node touches a transfer row) takes the node's
 guard (a second daemon of the same name is refused), writes the shared-folder marker,
-registers the node and checks the other live nodes' markers. `start()` then renews the
-heartbeat every quarter of the lease and, at each beat, takes over the nodes whose lease
-expired: their RUNNING transfers become INTERRUPTED (recorded: by whom, when), and those
-that go on without their partner are handed to `resume` (the scheduler's
-`resume_interrupted`, as at a start-up), the others wait for their partner to reconnect,
-to any node.
+registers the node, checks the other live nodes' markers and starts the heartbeat,
+renewed every quarter of the lease. Once the gateway runs, `start()` has each beat also
+take over the nodes whose lease expired: their RUNNING transfers become INTERRUPTED
+(recorded: by whom, when), and those that go on without their partner are handed to
+`resume` (the scheduler's `resume_interrupted`, as at a start-up), the others wait for
+their partner to reconnect, to any node.
 
 Fencing: a node that learns it was taken over, or that could not renew its lease for
 most of it (another node may take it over any moment), must not write another row: its
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +76,7 @@ class Membership:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._fenced = False
+        self._joined = time.monotonic()
         # Takeovers done by this node: (dead node, rows) for tests and the log.
         self.takeovers: list[tuple[str, int]] = []
 
@@ -98,6 +100,7 @@ class Membership:
                 raise JoinError(
                     f"cannot write the node's marker in {self.data_dir}: {exc.strerror or exc}"
                 ) from None
+        self._joined = time.monotonic()
         now = await self.store.db_now()
         await self.store.register_node(
             NodeRecord(
@@ -112,6 +115,7 @@ class Membership:
             )
         )
         if not self.shared:
+            self._start_beat()
             return
         others = [
             (n.name, n.marker) for n in await self.store.list_nodes(now) if self._other_live(n)
@@ -124,17 +128,27 @@ class Membership:
                 shared_folder.remove_marker, self.data_dir, self.node, self._token
             )
             raise JoinError(str(exc)) from None
+        self.store.hold_lease(self._joined + self.lease * FENCE_AT)
         log.info("node joined", node=self.node, lease=self.lease, nodes=len(others) + 1)
+        self._start_beat()
 
     def _other_live(self, n: NodeState) -> bool:
         return n.alive and n.name != self.node
 
-    def start(
-        self, resume: Callable[[list[Transfer]], Awaitable[list[Transfer]]] | None = None
-    ) -> None:
-        """Start the heartbeat (and the takeovers); `resume` plans taken-over rows."""
-        self.resume = resume
+    def _start_beat(self) -> None:
+        # From the join on, whatever the start still does: a start longer than the
+        # lease would otherwise look like a death.
         self._task = asyncio.create_task(self._beat(), name="gatewayd-heartbeat")
+
+    def start(self, resume: Callable[[list[Transfer]], Awaitable[list[Transfer]]]) -> None:
+        """Take over dead nodes from now on (the gateway runs): `resume` plans their
+        rows that go on alone (the scheduler's `resume_interrupted`)."""
+        self.resume = resume
+
+    def stop_takeovers(self) -> None:
+        """The gateway stops: leave dead nodes to the nodes that go on (the heartbeat
+        goes on until `leave`: a long stop is no death)."""
+        self.resume = None
 
     async def leave(self, *, clean: bool) -> None:
         """Stop the heartbeat; a clean stop (no row of ours left RUNNING) is recorded,
@@ -154,10 +168,9 @@ class Membership:
     # -- the heartbeat ---------------------------------------------------------------
 
     async def _beat(self) -> None:
-        loop = asyncio.get_running_loop()
         # The time of the last renewal that succeeded, taken when it was sent: the
         # heartbeat the database holds is no older than that.
-        renewed = loop.time()
+        renewed = self._joined
         while True:
             try:
                 async with asyncio.timeout(self.interval):
@@ -166,15 +179,15 @@ class Membership:
             except TimeoutError:
                 pass
             fence_at = renewed + self.lease * FENCE_AT
-            sent = loop.time()
+            sent = time.monotonic()
             try:
-                async with asyncio.timeout_at(fence_at if self.shared else None):
+                async with asyncio.timeout(max(fence_at - sent, 0.0) if self.shared else None):
                     now = await self.store.db_now()
                     held = await self.store.renew_heartbeat(self.node, now)
             except Exception as exc:  # TimeoutError included: the deadline passed
-                if self.shared and loop.time() >= fence_at:
+                if self.shared and time.monotonic() >= fence_at:
                     self._fence(
-                        f"its lease could not be renewed for {loop.time() - renewed:.1f}s "
+                        f"its lease could not be renewed for {time.monotonic() - renewed:.1f}s "
                         f"(lease {self.lease:g}s): another node may take it over"
                     )
                     return
@@ -190,6 +203,8 @@ class Membership:
                 continue
             renewed = sent
             if self.shared:
+                self.store.hold_lease(renewed + self.lease * FENCE_AT)
+            if self.shared and self.resume is not None:
                 try:
                     await self._take_over_dead(now)
                 except Exception:

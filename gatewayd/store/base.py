@@ -248,6 +248,12 @@ class Store(ABC):
         same name is refused with `NodeLocked`. SQLite: nothing (the state folder's
         lock file already keeps one daemon per database file)."""
 
+    def hold_lease(self, until: float | None) -> None:  # noqa: B027
+        """Refuse every write (`LeaseLost`) once `time.monotonic()` passes `until`: the
+        node's lease is renewed up to then, after it another node may own its rows
+        (a node frozen for a while, then thawed, writes nothing before it learns it).
+        None: no limit. A store of one node (SQLite) ignores it."""
+
     @abstractmethod
     async def register_node(self, node: NodeRecord) -> None:
         """Record this node as started (insert, or replace an older record of the same
@@ -275,6 +281,11 @@ class Store(ABC):
         lifecycle's CRASH) with `taken_over_by`/`taken_over_at` set, in one
         transaction; returns those rows. Whatever the nodes trying at the same time,
         one wins: the others get None (as does a live, stopped or taken node)."""
+
+
+class LeaseLost(RuntimeError):
+    """A write refused: this node's lease may have run out, its rows may be another
+    node's (see `Store.hold_lease`)."""
 
 
 class NodeLocked(Exception):

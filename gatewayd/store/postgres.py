@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ import asyncpg
 from gatewayd.model import ErrorCode, Status, Step, Transfer
 from gatewayd.store.base import (
     ApiToken,
+    LeaseLost,
     NodeLocked,
     NodeRecord,
     NodeState,
@@ -229,6 +231,8 @@ class PostgresStore(Store):
         self._connect: dict[str, Any] = {}
         self._guard: asyncpg.Connection | None = None
         self._guarded: str | None = None
+        # Writes are refused past this time.monotonic() (hold_lease).
+        self._lease_until: float | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target.describe()!r}, node={self.node!r})"
@@ -291,7 +295,12 @@ class PostgresStore(Store):
     def _live_writer(self) -> PgWriter:
         if self._writer is None or self._closed:
             raise RuntimeError("the store is not open")
+        self._check_lease()
         return self._writer
+
+    def _check_lease(self) -> None:
+        if self._lease_until is not None and time.monotonic() > self._lease_until:
+            raise LeaseLost(f"node {self.node}: its lease may have run out, nothing is written")
 
     def _live_pool(self) -> asyncpg.Pool:
         if self._pool is None or self._closed:
@@ -300,6 +309,7 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[PgConnection]:
+        self._check_lease()
         async with self._live_pool().acquire() as conn, conn.transaction():
             yield conn
 
@@ -583,6 +593,9 @@ class PostgresStore(Store):
     # Heartbeats are written and leases judged by the database server's clock
     # (`db_now`): the nodes' own clocks may differ by more than a lease, the server's is
     # one for all of them.
+
+    def hold_lease(self, until: float | None) -> None:
+        self._lease_until = until
 
     async def db_now(self) -> datetime:
         value = await self._live_pool().fetchval("SELECT clock_timestamp()")
