@@ -222,6 +222,7 @@ async def _serve_with(
         shared=config.database.backend == "postgresql",
         on_fenced=_fenced,
         api=f"{config.api.address}:{config.api.port}" if config.api.enabled else "",
+        rule_folders={name: loaded.paths.rule_folder(r) for name, r in config.rules.items()},
     )
     clean = False
     try:

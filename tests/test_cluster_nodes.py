@@ -64,6 +64,10 @@ class Cluster:
         for name, direction in (("out", "send"), ("inbox", "receive")):
             rule = {"name": name, "direction": direction, "path": f"/{name}", "allow": "all"}
             (rules / f"{name}.yaml").write_text(yaml.safe_dump(rule))
+        # A rule whose folder is not in the data folder: the markers do not cover it.
+        ext = {"name": "ext", "direction": "send", "path": "/ext", "allow": "all"}
+        ext["folder"] = str(self.root / "ext")
+        (rules / "ext.yaml").write_text(yaml.safe_dump(ext))
         self.key = self.root / "keys" / "acme"
         self.public_key = keygen(self.key)
         # One host key for every node: a partner that reconnects to another node sees
@@ -201,6 +205,9 @@ async def test_one_daemon_per_node_name_and_one_data_folder(cluster: Cluster) ->
     assert str(other / ".gatewayd-nodes" / "gw-a") in line and "is missing" in line, line
     assert not (other / ".gatewayd-nodes" / "gw-c").exists(), "its marker is taken back"
 
+    [line] = [x for x in a.daemon.lines if "rule folders outside the data folder" in x]
+    assert json.loads(line)["rules"] == "ext", line
+
     about = await api_get(a, "/api/about")
     nodes = {n["name"]: n for n in about["nodes"]}
     assert about["node"] == "gw-a" and set(nodes) == {"gw-a", "gw-c"}
@@ -216,7 +223,7 @@ async def test_one_daemon_per_node_name_and_one_data_folder(cluster: Cluster) ->
 
 
 async def test_kill_9_mid_send_the_other_node_takes_over_and_resumes(cluster: Cluster) -> None:
-    data = make_file(cluster.data / "out" / "big.bin", 16 * MiB + 7)
+    data = make_file(cluster.data / "out" / "big.bin", 10 * MiB + 7)
     a = await cluster.start("gw-a")
     b = await cluster.start("gw-b")
     async with (
@@ -266,6 +273,9 @@ async def test_kill_9_mid_send_the_other_node_takes_over_and_resumes(cluster: Cl
         f"(resumed at {recorded} of {len(data)} bytes)"
     )
 
+    shown = await api_get(survivor, f"/api/transfers/{transfer_id}")
+    assert (shown["node"], shown["takenOverBy"]) == (survivor.name, survivor.name)
+    assert shown["takenOverAt"] and shown["status"] == "DONE"
     about = await api_get(survivor, "/api/about")
     nodes = {n["name"]: n for n in about["nodes"]}
     assert set(nodes) == {"gw-a", "gw-b"}
@@ -387,7 +397,7 @@ async def post_send(node: Node, file: str) -> int:
 async def test_a_node_frozen_past_its_lease_is_fenced(cluster: Cluster) -> None:
     """SIGSTOP (a frozen VM, a long pause) of the node running a send: the other takes
     it over and resumes it; thawed, the frozen node writes nothing and exits 3."""
-    data = make_file(cluster.data / "out" / "big.bin", 16 * MiB + 3)
+    data = make_file(cluster.data / "out" / "big.bin", 10 * MiB + 3)
     a = await cluster.start("gw-a")
     b = await cluster.start("gw-b")
     transfer_id = await post_send(a, "big.bin")

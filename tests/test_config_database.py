@@ -174,3 +174,11 @@ def test_node_defaults_to_the_host_name() -> None:
 
     assert DaemonConfig().node_name() == socket.gethostname()
     assert DaemonConfig(node="gw-2").node_name() == "gw-2"
+
+
+def test_the_lease_is_a_few_seconds(tmp_path: Path) -> None:
+    assert DaemonConfig().lease == 10.0
+    assert DaemonConfig(lease=2).lease == 2.0
+    f = write(tmp_path / "gatewayd.yaml", "daemon:\n  lease: 0.2\n")
+    [problem] = problems_of(f)
+    assert f"{f}:2:" in problem and "lease" in problem and "1" in problem, problem

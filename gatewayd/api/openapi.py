@@ -97,6 +97,15 @@ def _transfer() -> dict[str, Any]:
         "nextRetryDelay": {"type": "integer", "description": "Seconds"},
         "retryIncrementFactor": NUMBER,
         "sha256": {"type": "string", "description": "SHA-256 of the data, once known"},
+        "node": {
+            **_nullable(STRING),
+            "description": "The node that runs it, or ran it last (RUNNING rows have one)",
+        },
+        "takenOverBy": {
+            **_nullable(STRING),
+            "description": "The node that took it over when its node died",
+        },
+        "takenOverAt": _nullable(TIME),
     }
     return _obj(props, tuple(props))
 

@@ -54,6 +54,11 @@ def transfer_json(t: Transfer, tz: tzinfo) -> dict[str, Any]:
         "nextRetryDelay": t.next_retry_delay,
         "retryIncrementFactor": t.retry_increment_factor,
         "sha256": t.sha256,
+        # Several nodes: the node that runs it (or last ran it), and the one that took
+        # it over when that node died.
+        "node": t.owner,
+        "takenOverBy": t.taken_over_by,
+        "takenOverAt": rfc3339(t.taken_over_at, tz),
     }
 
 

@@ -62,6 +62,7 @@ class Membership:
         shared: bool,
         on_fenced: Callable[[str], Any],
         api: str = "",
+        rule_folders: dict[str, Path] | None = None,
     ) -> None:
         self.store = store
         self.node = node
@@ -71,6 +72,7 @@ class Membership:
         self.shared = shared
         self.on_fenced = on_fenced
         self.api = api
+        self.rule_folders = dict(rule_folders or {})
         self.resume: Callable[[list[Transfer]], Awaitable[list[Transfer]]] | None = None
         self._token = shared_folder.new_token()
         self._task: asyncio.Task[None] | None = None
@@ -129,6 +131,14 @@ class Membership:
             )
             raise JoinError(str(exc)) from None
         self.store.hold_lease(self._joined + self.lease * FENCE_AT)
+        unchecked = shared_folder.outside(self.data_dir, self.rule_folders)
+        if unchecked:
+            log.warning(
+                "rule folders outside the data folder: no node checks that the others see "
+                "them, put them on storage every node shares",
+                rules=",".join(unchecked),
+                folders=",".join(str(f) for f in unchecked.values()),
+            )
         log.info("node joined", node=self.node, lease=self.lease, nodes=len(others) + 1)
         self._start_beat()
 

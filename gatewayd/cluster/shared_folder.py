@@ -83,3 +83,13 @@ def check_markers(data_dir: Path, node: str, others: Iterable[tuple[str, str]]) 
             f"and tmp folders must be on storage every node shares (daemon.data_dir is "
             f"{data_dir} here)"
         )
+
+
+def outside(data_dir: Path, folders: dict[str, Path]) -> dict[str, Path]:
+    """Those of `folders` (rule name -> folder) that are not inside `data_dir`: the
+    markers do not cover them."""
+    return {
+        name: folder
+        for name, folder in sorted(folders.items())
+        if not folder.is_relative_to(data_dir)
+    }
