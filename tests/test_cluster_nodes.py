@@ -344,6 +344,16 @@ async def test_partners_resume_their_uploads_on_the_other_node(cluster: Cluster)
                 )
                 ids = {r["dest_filename"]: r["id"] for r in found}
                 await asyncio.sleep(0.02)
+        # While a runs them, b refuses to resume them: they are being uploaded.
+        busy = await run_curl(
+            "-u", f"acme:{PASSWORD}", "-C", "100", "-T", str(local / "h.bin"),
+            f"http://127.0.0.1:{b.ports['http']}/inbox/h.bin",
+        )  # fmt: skip
+        assert busy.status == 409 and b"already being uploaded" in busy.body, busy
+        busy_sftp = await sftp(
+            b.ports["sftp"], "acme", [f"reput {local}/s.bin /inbox/s.bin"], key=cluster.key
+        )
+        assert busy_sftp.returncode != 0, busy_sftp.output
     finally:
         await a.daemon.kill()
     cut = await session.finish()

@@ -239,7 +239,11 @@ class CoreServerContext:
             existing = await preregister.claim_upload(
                 self.rt, existing, self.server_name, self.protocol
             )
-        if existing is not None and existing.id in self.engine.active:
+        if existing is not None and (
+            existing.id in self.engine.active or existing.status == Status.RUNNING
+        ):
+            # RUNNING and not ours: another node of the database runs it (or ran it and
+            # died: once its lease has run out, a takeover makes it INTERRUPTED).
             raise AlreadyRunning(name)
         if existing is not None and not lifecycle.needs_partner(existing):
             existing = None  # its data is complete: a new upload is a new transfer
