@@ -12,9 +12,12 @@ import unicodedata
 
 MAX_NAME_BYTES = 255
 
-# The gateway's own names inside rule folders: the folder of incoming temp files.
+# The gateway's own names inside rule folders: the folder of incoming temp files; in the
+# data folder (where rule folders are named after their rules): the nodes' markers
+# (gatewayd.cluster.shared_folder).
 TMP_FOLDER = ".tmp"
-RESERVED = frozenset({TMP_FOLDER})
+NODE_MARKERS = ".gatewayd-nodes"
+RESERVED = frozenset({TMP_FOLDER, NODE_MARKERS})
 
 # Characters that reorder or isolate text when displayed (Unicode bidi controls):
 # U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069. Other format characters (ZWJ,

@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gatewayd.fsutil import fsync_dir
+from gatewayd.names import NODE_MARKERS
 
-MARKERS = ".gatewayd-nodes"
+MARKERS = NODE_MARKERS
 
 
 class NotShared(Exception):
