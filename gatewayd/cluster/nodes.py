@@ -21,6 +21,7 @@ With SQLite (one node per database) the node is registered and its heartbeat kep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -166,7 +167,14 @@ class Membership:
         another node then takes over the rows left RUNNING."""
         self._stopping.set()
         if self._task is not None:
-            await self._task
+            # A beat waiting on a database that does not answer is not waited for.
+            try:
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         if self._fenced:
             return
         if clean:
