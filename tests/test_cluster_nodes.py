@@ -53,6 +53,8 @@ class Cluster:
     root: Path
     dsn: str
     rate: int = 4 * MiB
+    lease: float = LEASE
+    max_transfers: int = 20
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -80,7 +82,7 @@ class Cluster:
             "daemon": {
                 "home": str(self.root),
                 "node": node,
-                "lease": LEASE,
+                "lease": self.lease,
                 "state_dir": str(self.root / (state or node) / "var"),
                 "data_dir": str(data_dir or self.data),
                 "rules_dir": str(self.root / "rules"),
@@ -88,7 +90,11 @@ class Cluster:
                 "shutdown_timeout": 5,
             },
             "database": {"backend": "postgresql", "dsn": self.dsn, "pool_size": 4},
-            "scheduler": {"attempts": 0},
+            "scheduler": {
+                "attempts": 0,
+                "max_transfers": self.max_transfers,
+                "max_per_partner": self.max_transfers,
+            },
             "logging": {"format": "json"},
             "partners": {
                 "share": {"protocol": "local", "root": str(self.share), "max_rate": self.rate}
