@@ -80,6 +80,7 @@ class Membership:
         self._stopping = asyncio.Event()
         self._fenced = False
         self._joined = time.monotonic()
+        self._takeover: asyncio.Task[None] | None = None
         # Takeovers done by this node: (dead node, rows) for tests and the log.
         self.takeovers: list[tuple[str, int]] = []
 
@@ -175,6 +176,10 @@ class Membership:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+        if self._takeover is not None:
+            # A takeover under way commits or rolls back as a whole, then plans its rows.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._takeover), 5.0)
         if self._fenced:
             return
         if clean:
@@ -189,9 +194,12 @@ class Membership:
         # The time of the last renewal that succeeded, taken when it was sent: the
         # heartbeat the database holds is no older than that.
         renewed = self._joined
+        sent = renewed
         while True:
+            # Beats keep their pace from the last one sent, whatever a takeover takes
+            # (takeovers run beside, one at a time).
             try:
-                async with asyncio.timeout(self.interval):
+                async with asyncio.timeout(max(sent + self.interval - time.monotonic(), 0.0)):
                     await self._stopping.wait()
                 return
             except TimeoutError:
@@ -222,11 +230,16 @@ class Membership:
             renewed = sent
             if self.shared:
                 self.store.hold_lease(renewed + self.lease * FENCE_AT)
-            if self.shared and self.resume is not None:
-                try:
-                    await self._take_over_dead(now)
-                except Exception:
-                    log.exception("takeover failed", node=self.node)
+            if self.shared and self.resume is not None and self._takeover is None:
+                self._takeover = asyncio.create_task(
+                    self._take_over_dead(now, self.resume), name="gatewayd-takeover"
+                )
+                self._takeover.add_done_callback(self._took_over)
+
+    def _took_over(self, task: asyncio.Task[None]) -> None:
+        self._takeover = None
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("takeover failed", node=self.node, error=f"{type(error).__name__}: {error}")
 
     async def _taken_by(self) -> str:
         try:
@@ -246,7 +259,12 @@ class Membership:
         )
         self.on_fenced(why)
 
-    async def _take_over_dead(self, now: datetime) -> None:
+    async def _take_over_dead(
+        self, now: datetime, resume: Callable[[list[Transfer]], Awaitable[list[Transfer]]]
+    ) -> None:
+        """Take over every dead node; their rows that go on alone are planned even when
+        this node began to stop meanwhile (PLANNED, any node may run them; left
+        INTERRUPTED, none would until a restart)."""
         for n in await self.store.list_nodes(now):
             if n.name == self.node or n.alive or n.stopped or n.taken_over_by:
                 continue
@@ -264,8 +282,8 @@ class Membership:
                 lease=n.lease,
                 transfer_ids=",".join(str(t.id) for t in rows[:50]),
             )
-            if rows and self.resume is not None:
-                resumed = await self.resume(rows)
+            if rows:
+                resumed = await resume(rows)
                 log.info(
                     "taken-over transfers planned to resume",
                     dead=n.name,
