@@ -62,6 +62,10 @@ async def test_the_shipped_demo_serves_its_admin_user(demo_config: DemoConfig) -
         assert status == 200, body
         about = json.loads(body)
         assert about["user"] == "admin" and about["database"]["state"] == "ok"
+        # SQLite: one node, this one, alive.
+        [node] = about["nodes"]
+        assert node["name"] == about["node"] and node["this"] and node["alive"], node
+        assert node["pid"] == daemon.proc.pid and node["running"] == 0, node
         assert headers["content-type"].startswith("application/json")
         status, _, body = await curl("-u", "admin:admin", f"http://127.0.0.1:{port}/api/rules")
         assert [r["name"] for r in json.loads(body)["rules"]] == ["inbox", "outbox"]
