@@ -187,6 +187,10 @@ class Membership:
                 await self.store.stop_node(self.node, await self.store.db_now())
             except Exception:
                 log.exception("cannot record the node's stop", node=self.node)
+            else:
+                # Nobody takes a stopped node over: its last writes (the store's close)
+                # conflict with no one's.
+                self.store.hold_lease(None)
 
     # -- the heartbeat ---------------------------------------------------------------
 

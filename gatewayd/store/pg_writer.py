@@ -61,6 +61,9 @@ class PgWriter:
         """Transactions committed so far."""
         self.on_commit: Callable[[float], None] | None = None
         """Told the seconds each committed batch took to write (metrics)."""
+        self.may_write: Callable[[], None] | None = None
+        """Called before each batch is written: raises to refuse it (the node's lease
+        ran out, its rows may be another node's)."""
 
     def _empty(self) -> dict[str, dict[Hashable, _Entry]]:
         return {sql: {} for sql in self._statements}
@@ -156,6 +159,8 @@ class PgWriter:
 
     async def _write(self, work: list[tuple[str, list[_Entry]]]) -> None:
         began = time.perf_counter()
+        if self.may_write is not None:
+            self.may_write()
         for attempt in range(1, _TRIES + 1):
             try:
                 async with self._pool.acquire() as conn, conn.transaction():

@@ -261,6 +261,7 @@ class PostgresStore(Store):
         )
         self._writer = PgWriter(self._pool, _STATEMENTS)
         self._writer.on_commit = self._on_commit
+        self._writer.may_write = self._check_lease
         self._writer.start()
 
     async def close(self) -> None:
