@@ -4,13 +4,14 @@ node's RUNNING rows (one winner however many try), fencing, and the rows nobody 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
 from gatewayd.model import Status
-from gatewayd.store.base import NodeRecord, Store
+from gatewayd.store.base import LeaseLost, NodeRecord, Store
 from tests.store_backends import Backend
 from tests.test_store_claims import planned
 
@@ -150,3 +151,22 @@ async def test_rows_nobody_owns_are_left_while_another_node_lives(backend: Backe
         assert taken == []
         await a.stop_node("node-b", await a.db_now())
         assert [t.id for t in await a.interrupt_running()] == [orphan.id], "alone now"
+
+
+async def test_writes_past_the_lease_are_refused(backend: Backend, store: Store) -> None:
+    row = await store.insert_transfer(planned(status=Status.RUNNING))
+    store.hold_lease(time.monotonic() - 0.001)
+    row.progress = 10
+    if backend.dsn is None:
+        await store.save_transfer(row)  # SQLite: one node, nobody else to take it over
+        return
+    with pytest.raises(LeaseLost):
+        await store.save_transfer(row)
+    with pytest.raises(LeaseLost):
+        await store.claim_due(await store.db_now(), 10, "node-a", 1, {}, 1)
+    got = await store.get_transfer(row.id or 0)
+    assert got is not None and got.progress == 0, "nothing written"
+    store.hold_lease(time.monotonic() + 60)
+    await store.save_transfer(row)
+    got = await store.get_transfer(row.id or 0)
+    assert got is not None and got.progress == 10
