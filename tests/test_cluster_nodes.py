@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.daemon_proc import DaemonProcess, daemon_env
-from tests.gateway_env import make_file
+from tests.gateway_env import exec_task, lines, make_file
 from tests.http_support import PASSWORD, password_hash, run_curl
 from tests.pg_support import pg_raw
 from tests.sftp_peers import SftpSession, keygen, need, sftp
@@ -66,6 +66,12 @@ class Cluster:
         for name, direction in (("out", "send"), ("inbox", "receive")):
             rule = {"name": name, "direction": direction, "path": f"/{name}", "allow": "all"}
             (rules / f"{name}.yaml").write_text(yaml.safe_dump(rule))
+        # Uploads whose post task takes a while: a kill finds them with their data in.
+        self.out = self.root / "out"
+        self.out.mkdir()
+        slow = {"name": "slowpost", "direction": "receive", "path": "/slowpost", "allow": "all"}
+        slow["post"] = [exec_task(f'sleep 4; echo "post $1" >> {self.out}/trace', "#TRUEFILENAME#")]
+        (rules / "slowpost.yaml").write_text(yaml.safe_dump(slow))
         # A rule whose folder is not in the data folder: the markers do not cover it.
         ext = {"name": "ext", "direction": "send", "path": "/ext", "allow": "all"}
         ext["folder"] = str(self.root / "ext")
@@ -339,14 +345,23 @@ async def test_partners_resume_their_uploads_on_the_other_node(cluster: Cluster)
             f"http://127.0.0.1:{a.ports['http']}/inbox/h.bin",
         )
     )  # fmt: skip
+    # Its data all in, its post task running when the node dies: the other node
+    # finishes it alone.
+    small = make_file(local / "small.bin", 50_000, seed=7)
+    finishing = asyncio.ensure_future(
+        run_curl(
+            "-u", f"acme:{PASSWORD}", "-T", str(local / "small.bin"),
+            f"http://127.0.0.1:{a.ports['http']}/slowpost/small.bin",
+        )
+    )  # fmt: skip
     try:
         ids = {}
         async with asyncio.timeout(30):
-            while len(ids) < 2:
+            while len(ids) < 3:
                 found = await pg_raw(
                     cluster.dsn,
                     "SELECT id, dest_filename FROM transfers WHERE status = 'RUNNING' "
-                    "AND progress > 0",
+                    "AND (progress > 0 AND step = 'DATA' OR step = 'POST TASKS')",
                 )
                 ids = {r["dest_filename"]: r["id"] for r in found}
                 await asyncio.sleep(0.02)
@@ -365,6 +380,23 @@ async def test_partners_resume_their_uploads_on_the_other_node(cluster: Cluster)
     cut = await session.finish()
     assert cut.returncode != 0, cut.output
     assert (await curl).status != 201
+    assert (await finishing).status != 201
+    alone = await wait_row(
+        cluster.dsn, ids.pop("small.bin"), lambda r: r["status"] in ("DONE", "ERROR"), "ended"
+    )
+    assert alone["status"] == "DONE", alone["error_msg"]
+    assert (alone["owner"], alone["taken_over_by"]) == ("gw-b", "gw-b")
+    assert (cluster.data / "slowpost" / "acme" / "small.bin").read_bytes() == small
+    # b ran its post task again (a's EXEC was cut by the kill: tasks are at least once);
+    # a's own EXEC runs in a session of its own and outlives the killed daemon, so it
+    # may have written its line too.
+    ran = [
+        json.loads(x)
+        for x in b.daemon.lines
+        if '"task done"' in x and f'"transfer_id": {alone["id"]}' in x
+    ]
+    assert [r["step"] for r in ran] == ["POST TASKS"], ran
+    assert "post small.bin" in lines(cluster.out / "trace")
     for name, transfer_id in ids.items():
         taken = await wait_row(
             cluster.dsn, transfer_id, lambda r: r["taken_over_by"] is not None, "taken over"
@@ -395,7 +427,7 @@ async def test_partners_resume_their_uploads_on_the_other_node(cluster: Cluster)
         assert (inbox / name).read_bytes() == data
     assert sorted(p.name for p in inbox.iterdir()) == ["h.bin", "s.bin"], "no _1"
     [(count,)] = await pg_raw(cluster.dsn, "SELECT count(*) FROM transfers")
-    assert count == 2, "the same transfers resumed, no new ones"
+    assert count == 3, "the same transfers resumed, no new ones"
     assert await b.daemon.stop() == 0, b.daemon.output
 
 
