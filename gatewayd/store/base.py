@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gatewayd.model import Status, Transfer
@@ -69,6 +69,73 @@ class ApiToken:
     def active(self, now: datetime) -> bool:
         """Not revoked and not expired at `now`."""
         return self.revoked is None and now < self.expires
+
+
+# -- cluster bus: commands between nodes, notifications, notices --------------------
+
+
+@dataclass(frozen=True)
+class NodeCommand:
+    """A request of one node (`sender`) to another (`node`): `action` (pause, cancel)
+    on a transfer that node runs. `answered` once the target carried it out: `result`
+    is the status the transfer reached, or `error` says why nothing was done."""
+
+    id: int
+    node: str
+    transfer_id: int
+    action: str
+    sender: str
+    created: datetime
+    answered: datetime | None = None
+    result: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class NodeLease:
+    """A node's lease as the `nodes` table holds it (written by the node itself)."""
+
+    name: str
+    heartbeat: datetime
+    lease_seconds: float
+    stopped: datetime | None = None
+
+    def alive(self, now: datetime) -> bool:
+        """Not stopped, and its last heartbeat within its lease."""
+        return self.stopped is None and now - self.heartbeat <= timedelta(
+            seconds=self.lease_seconds
+        )
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What every node must reload (`name`, e.g. "rules"): a generation that moves
+    each time one node changes it."""
+
+    name: str
+    generation: int
+    changed: datetime
+    by_node: str = ""
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A message to the nodes listening on the database: `kind` is "command" (`node`
+    has a command to take, `value` its id), "answer" (`node` sent the command `value`
+    that is now answered), "notice" (`node` moved the notice `value`) or "due" (`node`
+    has new due transfers)."""
+
+    kind: str
+    node: str
+    value: str = ""
+
+
+class Listening:
+    """A listener started by `Store.listen`; `close()` stops it. This one hears
+    nothing: a database of one node (SQLite) has nobody to hear from."""
+
+    async def close(self) -> None:
+        """Stop listening."""
 
 
 class Store(ABC):
@@ -232,3 +299,65 @@ class Store(ABC):
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
         """Mark a token revoked at `at`; False when there is no such token or it was
         already revoked. Returns once committed."""
+
+    # -- cluster bus: commands between nodes, notifications, notices ----------------
+
+    @property
+    def shared(self) -> bool:
+        """Whether several nodes may share this database (PostgreSQL)."""
+        return False
+
+    @abstractmethod
+    async def save_transfer_if(self, transfer: Transfer, status: Status) -> bool:
+        """Save `transfer` (as `save_transfer`) only if its row's status is still
+        `status`; False, nothing written, when it changed meanwhile (another node
+        claimed the row). Pending saves are written first."""
+
+    @abstractmethod
+    async def post_command(
+        self, node: str, transfer_id: int, action: str, sender: str
+    ) -> NodeCommand:
+        """Record a command for `node`; on a shared database the node is notified
+        (a "command" notification) in the same commit."""
+
+    @abstractmethod
+    async def pending_commands(self, node: str) -> list[NodeCommand]:
+        """The commands of `node` not answered yet, oldest first."""
+
+    @abstractmethod
+    async def answer_command(self, command_id: int, result: str, error: str = "") -> bool:
+        """Answer a command (once: False when it was already answered, or is unknown);
+        its sender is notified (an "answer" notification) in the same commit."""
+
+    @abstractmethod
+    async def get_command(self, command_id: int) -> NodeCommand | None: ...
+
+    @abstractmethod
+    async def purge_commands(self, answered_before: datetime) -> int:
+        """Delete the commands answered before `answered_before`; returns how many."""
+
+    @abstractmethod
+    async def bump_notice(self, name: str, by_node: str) -> Notice:
+        """Move the notice `name` to its next generation (the first is 1); the nodes
+        are notified (a "notice" notification) in the same commit."""
+
+    @abstractmethod
+    async def get_notice(self, name: str) -> Notice | None:
+        """The notice `name` (None: it never moved)."""
+
+    @abstractmethod
+    async def node_lease(self, name: str) -> NodeLease | None:
+        """The lease of node `name` (None: no such node registered)."""
+
+    @abstractmethod
+    async def notify(self, notification: Notification) -> None:
+        """Tell every node listening (a no-op where nobody else can listen)."""
+
+    @abstractmethod
+    async def listen(
+        self, heard: Callable[[Notification], None], connected: Callable[[], None]
+    ) -> Listening:
+        """Call `heard` for every notification of any node (this one's included) until
+        the returned listener is closed. `connected` is called each time listening
+        (re)starts: notifications sent while it was down are lost, so the caller looks
+        at the database then. Callbacks run on the event loop and must not block."""

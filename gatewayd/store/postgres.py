@@ -33,7 +33,25 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from gatewayd.model import ErrorCode, Status, Step, Transfer
-from gatewayd.store.base import ApiToken, Store, TapisTask, TransferFilter
+from gatewayd.store.base import (
+    ApiToken,
+    Listening,
+    NodeCommand,
+    NodeLease,
+    Notice,
+    Notification,
+    Store,
+    TapisTask,
+    TransferFilter,
+)
+from gatewayd.store.bus_sql import (
+    CHANNEL,
+    BusStatements,
+    decode_command,
+    decode_lease,
+    decode_notice,
+    encode_notification,
+)
 from gatewayd.store.claims import Candidate, Limits, choose
 from gatewayd.store.codec import (
     COLUMNS,
@@ -62,6 +80,8 @@ if TYPE_CHECKING:
     from gatewayd.store.migrate import PgConnection
 
 _Q = Statements(POSTGRESQL)
+_BUS = BusStatements(POSTGRESQL)
+_NOTIFY = "SELECT pg_notify($1, $2)"
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 _ID = COLUMNS.index("id")
 _NEXT_IDS = "SELECT nextval(pg_get_serial_sequence('transfers', 'id')) FROM generate_series(1, $1)"
@@ -211,6 +231,8 @@ class PostgresStore(Store):
         self._inserting = 0
         self._inserted = asyncio.Event()
         self._inserted.set()
+        # How open() connected: the bus's listener connects the same way.
+        self._connect_args: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target.describe()!r}, node={self.node!r})"
@@ -226,6 +248,7 @@ class PostgresStore(Store):
         ssl_arg = await asyncio.to_thread(self.target.ssl_context)
         args = self.target.connect_args(ssl_arg)
         settings = {"application_name": f"gatewayd {self.node}"[:63]}
+        self._connect_args = {"server_settings": settings, **args}
         migrations = await asyncio.to_thread(load_migrations)
         # Its own connection: closing it releases the migration lock whatever happens.
         conn = await asyncpg.connect(server_settings=settings, **args)
@@ -549,3 +572,91 @@ class PostgresStore(Store):
         else:
             rows = await pool.fetch(_Q.list_user_tokens, user)
         return [decode_token(row) for row in rows]
+
+    # -- cluster bus: commands between nodes, notifications, notices ----------------
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    async def save_transfer_if(self, transfer: Transfer, status: Status) -> bool:
+        """Outside the writer, in a transaction of its own: a save of the same row
+        still queued in this node's writer could land after it, so this is for rows no
+        run of this node is saving (the service's changes of rows nobody runs here)."""
+        pool = self._live_pool()
+        transfer.updated = _now()
+        if transfer.status == Status.RUNNING:
+            transfer.owner = self.node
+        row = POSTGRESQL.values((*encode_update(transfer), status.value))
+        return await pool.fetchval(_BUS.save_if_status, *row) is not None
+
+    async def post_command(
+        self, node: str, transfer_id: int, action: str, sender: str
+    ) -> NodeCommand:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                _BUS.post_command, node, transfer_id, action, sender, encode_time(_now())
+            )
+            assert row is not None
+            command = decode_command(tuple(row))
+            await self._notify_in(conn, Notification("command", node, str(command.id)))
+        return command
+
+    async def pending_commands(self, node: str) -> list[NodeCommand]:
+        rows = await self._live_pool().fetch(_BUS.pending_commands, node)
+        return [decode_command(tuple(row)) for row in rows]
+
+    async def answer_command(self, command_id: int, result: str, error: str = "") -> bool:
+        values = POSTGRESQL.values((encode_time(_now()), result, error))
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(_BUS.answer_command, *values, command_id)
+            if row is None:
+                return False
+            command = decode_command(tuple(row))
+            await self._notify_in(conn, Notification("answer", command.sender, str(command_id)))
+        return True
+
+    async def get_command(self, command_id: int) -> NodeCommand | None:
+        row = await self._live_pool().fetchrow(_BUS.get_command, command_id)
+        return None if row is None else decode_command(tuple(row))
+
+    async def purge_commands(self, answered_before: datetime) -> int:
+        status = await self._live_pool().execute(_BUS.purge_commands, encode_time(answered_before))
+        return int(status.split()[-1]) if status.startswith("DELETE") else 0
+
+    async def bump_notice(self, name: str, by_node: str) -> Notice:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(_BUS.bump_notice, name, encode_time(_now()), by_node)
+            assert row is not None
+            notice = decode_notice(tuple(row))
+            await self._notify_in(conn, Notification("notice", by_node, name))
+        return notice
+
+    async def get_notice(self, name: str) -> Notice | None:
+        row = await self._live_pool().fetchrow(_BUS.get_notice, name)
+        return None if row is None else decode_notice(tuple(row))
+
+    async def node_lease(self, name: str) -> NodeLease | None:
+        row = await self._live_pool().fetchrow(_BUS.node_lease, name)
+        return None if row is None else decode_lease(tuple(row))
+
+    async def notify(self, notification: Notification) -> None:
+        await self._live_pool().execute(_NOTIFY, CHANNEL, encode_notification(notification))
+
+    @staticmethod
+    async def _notify_in(conn: PgConnection, notification: Notification) -> None:
+        # Inside the transaction: delivered at its commit, never before the row exists.
+        await conn.execute(_NOTIFY, CHANNEL, encode_notification(notification))
+
+    async def listen(
+        self, heard: Callable[[Notification], None], connected: Callable[[], None]
+    ) -> Listening:
+        from gatewayd.store.pg_listen import PgListening
+
+        self._live_pool()
+        args = dict(self._connect_args)
+
+        async def connect() -> asyncpg.Connection:
+            return await asyncpg.connect(**args)
+
+        return PgListening(connect, heard, connected)
