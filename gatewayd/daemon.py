@@ -208,6 +208,8 @@ async def _serve_with(
             event_loop=type(loop).__module__.split(".")[0],
         )
         reloader.gateway = gateway
+        # Rules changed through another node's API: reloaded here as a SIGHUP does.
+        gateway.bus.set_reload(reloader.request)
         notifier.ready()
         notifier.start_watchdog()
 

@@ -199,6 +199,13 @@ class DaemonConfig(Strict):
     # This node's name: the owner recorded on the transfers it runs. Default: the host
     # name; required with a PostgreSQL database, which several nodes may share.
     node: FileName | None = None
+    # Several nodes on one PostgreSQL database (the cluster bus): seconds a pause or
+    # cancel sent to this node waits for the node that runs the transfer; seconds
+    # between looks at the other nodes' commands and notices besides LISTEN/NOTIFY;
+    # `cluster_notify: false` = polling only.
+    command_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    cluster_poll: Annotated[float, Field(gt=0, le=60)] = 1.0
+    cluster_notify: bool = True
 
     def node_name(self) -> str:
         """`node`, else the host name."""
