@@ -175,7 +175,7 @@ class Gateway:
         try:
             await self.engine.run_planned(transfer)
         finally:
-            self.bus.ran(self.scheduler.queue_depth())
+            self.bus.slot_freed(self.scheduler.queue_depth(), self.engine.shutting_down)
 
     def _apply_from_api(self, loaded: LoadedConfig) -> None:
         self.apply_config(loaded)

@@ -8,9 +8,9 @@
   caller gets the transfer as it is then. An owner that does not answer in time, or
   whose lease expired, is named in the error; the row is never written behind the
   back of a node that may still run it.
-- **Wake-ups.** New due transfers (created, resumed, retried) and runs that end (a
-  partner slot freed) tell the other nodes' schedulers to look now; bursts coalesce
-  into one notification per `DUE_COALESCE`.
+- **Wake-ups.** New due transfers (created, resumed, retried) tell the other nodes'
+  schedulers to look now, and so do the runs that end on a node that stops (their
+  partner slots freed); bursts coalesce into one notification per `DUE_COALESCE`.
 - **Rule changes.** A rule changed through one node's API moves the notice "rules";
   the other nodes reload their configuration from their files, as a SIGHUP does. The
   rules folder must therefore be shared by the nodes (or kept identical).
@@ -308,10 +308,14 @@ class Bus:
                 log.warning("cannot wake the other nodes", error=str(exc))
             await asyncio.sleep(DUE_COALESCE)
 
-    def ran(self, queued: int) -> None:
-        """A run ended here: its partner's slot is free for every node, which matters
-        only while transfers wait (`queued`, as this node last saw them)."""
-        if queued > 0:
+    def slot_freed(self, queued: int, stopping: bool) -> None:
+        """A run of this node ended, freeing a slot here and one of its partner for
+        every node. This node's scheduler looks again at once and takes it, so the
+        others are told only when this node stops (it takes nothing more) while
+        transfers wait (`queued`, as this node last saw them): waking every node at
+        each end of a run would make them all look (and contend for the same rows)
+        for a slot that one of them takes anyway."""
+        if stopping and queued > 0:
             self.due()
 
     # ------------------------------------------------------------------ rule notices
