@@ -149,3 +149,29 @@ async def test_postgresql_notifies_the_other_nodes_and_listens_again(
                 assert await heard.get() == Notification("due", "node-a", "again")
         finally:
             await listening.close()
+
+
+async def test_a_claim_that_leaves_a_row_never_hides_it_from_another_node(
+    backend: Backend,
+) -> None:
+    """Node B's claims leave every row (its limit of the partner is 0); node A's, made
+    at the same moment, must take each one. (Rows B's claim had locked were skipped by
+    A's, and nobody took them until a node looked again, up to a minute later.)"""
+    if backend.dsn is None:
+        pytest.skip("PostgreSQL only: one SQLite node claims alone")
+    async with backend.make(node="node-a") as a, backend.make(node="node-b") as b:
+        now = datetime.now(UTC)
+        missed = 0
+        for _ in range(40):
+            t = await a.insert_transfer(planned())
+            got_b, got_a = await asyncio.gather(
+                b.claim_due(now, 256, "node-b", 5, {"p": 0}, 5),
+                a.claim_due(now, 256, "node-a", 5, {"p": 5}, 5),
+            )
+            assert got_b == []
+            missed += [x.id for x in got_a] != [t.id]
+            t.status = Status.DONE
+            await a.save_transfer_if(t, Status.RUNNING) or await a.save_transfer_if(
+                t, Status.PLANNED
+            )
+        assert missed == 0, f"{missed} of 40 rows hidden from node-a by node-b's claim"

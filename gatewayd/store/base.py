@@ -211,8 +211,9 @@ class Store(ABC):
         """Atomically take due transfers (as `due_transfers` finds them) for `node`:
         each becomes RUNNING (the lifecycle's LAUNCH) owned by `node`, in one
         transaction, and is returned (oldest first). A row is claimed once, whatever
-        the nodes claiming at the same time: PostgreSQL locks the rows it looks at
-        (`FOR UPDATE SKIP LOCKED`), rows another claim holds are left to it.
+        the nodes claiming at the same time: PostgreSQL launches a row only while it
+        is still PLANNED, and locks no row it does not take (a claim that leaves a row,
+        its node or the partner full, never hides it from another node's claim).
 
         At most `max_running` rows are taken: the node's free slots (the node counts
         its own runs: its RUNNING rows also include server transfers that partners

@@ -6,10 +6,11 @@ statements differ). What changes with several nodes writing:
 - transfer ids come from the database's sequence (taken before the insert, so that the
   caller knows them at once and an insert joins a batch like any save);
 - the migrations run once under an advisory lock (`gatewayd.store.migrate`);
-- a claim (`claim_due`) locks the due rows it looks at with `FOR UPDATE SKIP LOCKED` and
-  counts each partner's RUNNING rows under a transaction advisory lock of that partner,
-  so that two nodes never take the same row nor, between them, more than a partner's
-  limit;
+- a claim (`claim_due`) counts each partner's RUNNING rows under a transaction advisory
+  lock of that partner and launches only rows still PLANNED (the update locks them), so
+  that two nodes never take the same row nor, between them, more than a partner's limit;
+  it locks no row it does not take, so a node that cannot take a row never hides it
+  from one that can;
 - at start-up a node interrupts only the RUNNING rows it owns.
 
 Writes of rows go through a `PgWriter` (batched, in order); the other writes are
@@ -431,10 +432,15 @@ class PostgresStore(Store):
         full: set[str] = set()
         for _ in range(_CLAIM_ROUNDS):
             skipped = sorted(full)
+            # Read without locking: a claim that locked rows it then leaves (its node
+            # full, or the partner full by its node's limits) would hide them from the
+            # claims of other nodes skipping locked rows, and nobody would take them
+            # until some node looked again. The launch below takes a row only while it
+            # is still PLANNED, so a row taken meanwhile by another node is left to it.
             found = [
                 Candidate(row[0], row[1])
                 for row in await conn.fetch(
-                    _Q.claim_candidates(len(skipped), lock=True), at, at, *skipped, limit
+                    _Q.claim_candidates(len(skipped), lock=False), at, at, *skipped, limit
                 )
             ]
             partners = sorted({c.partner for c in found if c.partner} - running.keys())
@@ -452,7 +458,14 @@ class PostgresStore(Store):
             if chosen:
                 rows = await conn.fetch(_Q.launch(len(chosen)), node, encode_time(_now()), *chosen)
                 order = {transfer_id: i for i, transfer_id in enumerate(chosen)}
-                claimed += sorted((decode_row(r) for r in rows), key=lambda t: order[t.id or 0])
+                taken = sorted((decode_row(r) for r in rows), key=lambda t: order[t.id or 0])
+                claimed += taken
+                # Another node launched these since our read: it held the partner's
+                # lock then, so our count (made under that lock) holds them already.
+                lost = set(chosen) - {t.id for t in taken}
+                for c in found:
+                    if c.id in lost and c.partner is not None:
+                        running[c.partner] -= 1
             progress = bool(chosen) or bool(now_full - full)
             full |= now_full
             if len(found) < limit or len(claimed) >= limits.slots or not progress:
