@@ -236,6 +236,15 @@ class Bus:
             raise _Moved(owner)  # the sender asks the new owner itself
         lease = await self.store.node_lease(owner)
         now = _now()
+        if lease is not None and lease.stopped is not None:
+            raise OwnerUnavailable(
+                f"transfer {transfer_id} is RUNNING on node '{owner}', which stopped at "
+                f"{lease.stopped.isoformat(timespec='seconds')} without ending it: it is "
+                f"interrupted when that node starts again or another takes it over; "
+                f"{reason.value} it then",
+                owner,
+                lease.lease_seconds,
+            )
         if lease is not None and not lease.alive(now):
             ago = (now - lease.heartbeat).total_seconds()
             raise OwnerUnavailable(
