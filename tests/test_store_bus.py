@@ -57,9 +57,21 @@ async def test_commands_are_taken_by_their_node_and_answered_once(store: Store) 
     assert [c.id for c in await store.pending_commands("node-b")] == [second.id]
     assert await store.get_command(999_999) is None
 
+    # The target starts on one (once); its sender can no longer withdraw it then.
+    assert await store.take_command(second.id)
+    assert not await store.take_command(second.id), "taken once"
+    assert not await store.withdraw_command(second.id, "no answer in 5 s")
+    taken = await store.get_command(second.id)
+    assert taken is not None and (taken.result, taken.answered) == ("TAKEN", None)
     assert await store.answer_command(second.id, "", "cannot cancel a transfer that is DONE")
+    # A command nobody started on is withdrawn, and then cannot be taken.
+    late = await store.post_command("node-b", 10, "pause", "node-a")
+    assert await store.withdraw_command(late.id, "no answer in 5 s")
+    assert not await store.take_command(late.id)
+    gone = await store.get_command(late.id)
+    assert gone is not None and gone.answered is not None and gone.error == "no answer in 5 s"
     later = datetime.now(UTC) + timedelta(seconds=5)
-    assert await store.purge_commands(later) == 2, "both answered ones go"
+    assert await store.purge_commands(later) == 3, "the answered ones go"
     assert await store.get_command(first.id) is None
     assert [c.id for c in await store.pending_commands("node-c")] == [other.id], "kept"
 

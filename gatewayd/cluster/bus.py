@@ -36,6 +36,7 @@ from gatewayd.model import Transfer
 from gatewayd.pipeline.engine import StopReason
 from gatewayd.pipeline.service import NotFoundError, OwnerUnavailable, StateError, TransferService
 from gatewayd.store.base import Listening, NodeCommand, Notification, Store
+from gatewayd.store.bus_sql import TAKEN
 
 log = structlog.get_logger("gatewayd.cluster")
 
@@ -124,6 +125,11 @@ class Bus:
                 self._reload("changed just before this node started")
         with contextlib.suppress(Exception):
             await self.store.purge_commands(_now() - KEEP_ANSWERED)
+        for stale in await self.store.pending_commands(self._node):
+            if stale.result == TAKEN:  # started by this node's previous life
+                await self.store.answer_command(
+                    stale.id, "", f"node '{self._node}' restarted before answering"
+                )
         if self.use_notify:
             self._listening = await self.store.listen(self._heard, self._connected)
         self._poller = asyncio.create_task(self._poll_loop(), name="cluster-bus-poll")
@@ -179,7 +185,7 @@ class Bus:
 
     async def _take_pending(self) -> None:
         for command in await self.store.pending_commands(self._node):
-            if command.id not in self._applying:
+            if command.id not in self._applying and command.result != TAKEN:
                 self._spawn(self._apply(command), "cluster-bus-command")
 
     async def _take(self, command_id: int) -> None:
@@ -194,6 +200,15 @@ class Bus:
         if command.id in self._applying:
             return
         self._applying.add(command.id)
+        try:
+            # Once: not withdrawn by its sender meanwhile, not carried out already.
+            taken = await self.store.take_command(command.id)
+        except BaseException:
+            self._applying.discard(command.id)
+            raise
+        if not taken:
+            self._applying.discard(command.id)
+            return
         token = _applying.set(True)
         result, error = "", ""
         try:
@@ -256,18 +271,25 @@ class Bus:
             )
         command = await self.store.post_command(owner, transfer_id, reason.value, self._node)
         answer = await self._answer(command.id)
-        if answer is None or answer.answered is None:
-            # Withdrawn, so that the owner does not carry it out after we said it failed;
-            # an answer that came in the meantime wins.
-            if await self.store.answer_command(command.id, "", f"no answer in {self.timeout:g} s"):
+        if answer is None:
+            # Withdrawn, so that the owner never carries it out after we said it was not;
+            # unless the owner has started on it: then its answer is worth a while more.
+            if await self.store.withdraw_command(command.id, f"no answer in {self.timeout:g} s"):
                 raise OwnerUnavailable(
                     f"transfer {transfer_id} is RUNNING on node '{owner}', which did not "
                     f"answer within {self.timeout:g} s; nothing was changed",
                     owner,
                     self.timeout,
                 )
-            answer = await self.store.get_command(command.id)
-            assert answer is not None
+            answer = await self._answer(command.id)
+            if answer is None:
+                raise OwnerUnavailable(
+                    f"node '{owner}' is carrying out the {reason.value} of transfer "
+                    f"{transfer_id} but has not answered within {2 * self.timeout:g} s; "
+                    "look at the transfer again",
+                    owner,
+                    self.timeout,
+                )
         if answer.result == MOVED:
             return None
         if answer.error:

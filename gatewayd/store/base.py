@@ -78,7 +78,8 @@ class ApiToken:
 class NodeCommand:
     """A request of one node (`sender`) to another (`node`): `action` (pause, cancel)
     on a transfer that node runs. `answered` once the target carried it out: `result`
-    is the status the transfer reached, or `error` says why nothing was done."""
+    is the status the transfer reached, or `error` says why nothing was done (or the
+    sender withdrew it). Unanswered, `result` is "TAKEN" once the target started on it."""
 
     id: int
     node: str
@@ -329,6 +330,16 @@ class Store(ABC):
     async def answer_command(self, command_id: int, result: str, error: str = "") -> bool:
         """Answer a command (once: False when it was already answered, or is unknown);
         its sender is notified (an "answer" notification) in the same commit."""
+
+    @abstractmethod
+    async def take_command(self, command_id: int) -> bool:
+        """The target starts on a command (its result becomes "TAKEN"): False when it
+        was answered or withdrawn meanwhile, or another start took it."""
+
+    @abstractmethod
+    async def withdraw_command(self, command_id: int, error: str) -> bool:
+        """The sender gives up on a command, answering it with `error`, only while its
+        target has not started on it (False: answered or taken)."""
 
     @abstractmethod
     async def get_command(self, command_id: int) -> NodeCommand | None: ...

@@ -16,6 +16,8 @@ from gatewayd.store.dialect import Dialect
 CHANNEL = "gatewayd"
 COMMAND_COLUMNS = "id, node, transfer_id, action, sender, created, answered, result, error"
 NOTICE_COLUMNS = "name, generation, changed, by_node"
+# The result of a command its target has started on and not answered yet.
+TAKEN = "TAKEN"
 
 
 class BusStatements:
@@ -37,6 +39,16 @@ class BusStatements:
         self.answer_command = q(
             "UPDATE node_commands SET answered = ?, result = ?, error = ? "
             f"WHERE id = ? AND answered IS NULL RETURNING {COMMAND_COLUMNS}"
+        )
+        # The target starts on it: from now on the sender waits for its answer.
+        self.take_command = q(
+            "UPDATE node_commands SET result = ? "
+            "WHERE id = ? AND answered IS NULL AND result = '' RETURNING id"
+        )
+        # The sender gives up on it, only while the target has not started on it.
+        self.withdraw_command = q(
+            "UPDATE node_commands SET answered = ?, error = ? "
+            "WHERE id = ? AND answered IS NULL AND result = '' RETURNING id"
         )
         self.purge_commands = q(
             "DELETE FROM node_commands WHERE answered IS NOT NULL AND answered < ?"

@@ -47,6 +47,7 @@ from gatewayd.store.base import (
 )
 from gatewayd.store.bus_sql import (
     CHANNEL,
+    TAKEN,
     BusStatements,
     decode_command,
     decode_lease,
@@ -628,6 +629,15 @@ class PostgresStore(Store):
             command = decode_command(tuple(row))
             await self._notify_in(conn, Notification("answer", command.sender, str(command_id)))
         return True
+
+    async def take_command(self, command_id: int) -> bool:
+        found = await self._live_pool().fetchval(_BUS.take_command, TAKEN, command_id)
+        return found is not None
+
+    async def withdraw_command(self, command_id: int, error: str) -> bool:
+        values = POSTGRESQL.values((encode_time(_now()), error))
+        found = await self._live_pool().fetchval(_BUS.withdraw_command, *values, command_id)
+        return found is not None
 
     async def get_command(self, command_id: int) -> NodeCommand | None:
         row = await self._live_pool().fetchrow(_BUS.get_command, command_id)

@@ -33,7 +33,13 @@ from gatewayd.store.base import (
     TapisTask,
     TransferFilter,
 )
-from gatewayd.store.bus_sql import BusStatements, decode_command, decode_lease, decode_notice
+from gatewayd.store.bus_sql import (
+    TAKEN,
+    BusStatements,
+    decode_command,
+    decode_lease,
+    decode_notice,
+)
 from gatewayd.store.claims import Candidate, Limits, choose
 from gatewayd.store.codec import (
     decode_audit,
@@ -531,6 +537,20 @@ class SqliteStore(Store):
         async with writer.transaction() as conn:
             rows = await conn.execute_fetchall(
                 _BUS.answer_command, (encode_time(_now()), result, error, command_id)
+            )
+        return bool(list(rows))
+
+    async def take_command(self, command_id: int) -> bool:
+        writer = self._live_writer()
+        async with writer.transaction() as conn:
+            rows = await conn.execute_fetchall(_BUS.take_command, (TAKEN, command_id))
+        return bool(list(rows))
+
+    async def withdraw_command(self, command_id: int, error: str) -> bool:
+        writer = self._live_writer()
+        async with writer.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                _BUS.withdraw_command, (encode_time(_now()), error, command_id)
             )
         return bool(list(rows))
 
