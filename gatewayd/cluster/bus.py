@@ -70,6 +70,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+async def _logged(coro: Coroutine[Any, Any, None], name: str) -> None:
+    # A database that is down fails a look or an answer: the next poll tries again.
+    try:
+        await coro
+    except Exception as exc:
+        log.warning("cluster bus step failed", step=name, error=str(exc))
+
+
 class Bus:
     """One node's end of the bus; see the module's docstring. `wake` wakes this node's
     scheduler; `reload` re-reads the configuration from the files (the daemon's
@@ -146,7 +154,7 @@ class Bus:
             await asyncio.wait(list(self._tasks), timeout=self.timeout)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task = asyncio.get_running_loop().create_task(_logged(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
