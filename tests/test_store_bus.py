@@ -187,3 +187,21 @@ async def test_a_claim_that_leaves_a_row_never_hides_it_from_another_node(
                 t, Status.PLANNED
             )
         assert missed == 0, f"{missed} of 40 rows hidden from node-a by node-b's claim"
+
+
+async def test_the_next_due_time_after_now_is_one_aggregate(store: Store) -> None:
+    now = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    assert await store.next_due_after(now) is None
+    due = planned()  # due long ago
+    due.start = now - timedelta(minutes=5)
+    later = planned()
+    later.start = now + timedelta(seconds=30)
+    retry = planned()  # started long ago, its next attempt sooner than `later`
+    retry.start, retry.next_attempt = now - timedelta(hours=1), now + timedelta(seconds=10)
+    paused = planned()
+    paused.status, paused.start = Status.PAUSED, now + timedelta(seconds=1)
+    for t in (due, later, retry, paused):
+        await store.insert_transfer(t)
+    assert await store.next_due_after(now) == now + timedelta(seconds=10)
+    assert await store.next_due_after(now + timedelta(seconds=10)) == now + timedelta(seconds=30)
+    assert await store.next_due_after(now + timedelta(seconds=30)) is None

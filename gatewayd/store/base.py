@@ -362,6 +362,11 @@ class Store(ABC):
         """The lease of node `name` (None: no such node registered)."""
 
     @abstractmethod
+    async def next_due_after(self, now: datetime) -> datetime | None:
+        """The earliest time after `now` at which a PLANNED transfer becomes due (None:
+        none becomes due later); one aggregate, whatever the backlog."""
+
+    @abstractmethod
     async def notify(self, notification: Notification) -> None:
         """Tell every node listening (a no-op where nobody else can listen)."""
 

@@ -11,6 +11,7 @@ from typing import Any
 from gatewayd.store.base import NodeCommand, NodeLease, Notice, Notification
 from gatewayd.store.codec import UPDATE_COLUMNS, decode_time
 from gatewayd.store.dialect import Dialect
+from gatewayd.store.sql import LAUNCHABLE, status_list
 
 # The one channel every node listens on; the payload says what it is about.
 CHANNEL = "gatewayd"
@@ -61,6 +62,14 @@ class BusStatements:
         self.get_notice = q(f"SELECT {NOTICE_COLUMNS} FROM cluster_notices WHERE name = ?")
         self.node_lease = q(
             "SELECT name, heartbeat, lease_seconds, stopped FROM nodes WHERE name = ?"
+        )
+        # The scheduler's next wake-up when the due rows are held back by limits: the
+        # earliest due time still to come, computed by the database (reading and
+        # decoding every upcoming row made each look cost O(backlog)).
+        due_at = f"{dialect.greatest}(coalesce(start, created), coalesce(next_attempt, ''))"
+        self.next_due_after = q(
+            f"SELECT min({due_at}) FROM transfers WHERE status IN {status_list(LAUNCHABLE)} "
+            f"AND {due_at} > ?"
         )
         # A save that happens only while the row still has the status it was read with:
         # a row another node claimed meanwhile is left to it.

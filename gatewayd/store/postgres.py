@@ -663,6 +663,10 @@ class PostgresStore(Store):
         row = await self._live_pool().fetchrow(_BUS.node_lease, name)
         return None if row is None else decode_lease(tuple(row))
 
+    async def next_due_after(self, now: datetime) -> datetime | None:
+        value = await self._live_pool().fetchval(_BUS.next_due_after, encode_time(now))
+        return None if value is None else decode_time(value)
+
     async def notify(self, notification: Notification) -> None:
         await self._live_pool().execute(_NOTIFY, CHANNEL, encode_notification(notification))
 

@@ -580,6 +580,11 @@ class SqliteStore(Store):
         rows = list(await self._reader().execute_fetchall(_BUS.node_lease, (name,)))
         return decode_lease(rows[0]) if rows else None
 
+    async def next_due_after(self, now: datetime) -> datetime | None:
+        rows = list(await self._reader().execute_fetchall(_BUS.next_due_after, (encode_time(now),)))
+        value = rows[0][0]
+        return None if value is None else decode_time(value)
+
     async def notify(self, notification: Notification) -> None:
         return None
 
