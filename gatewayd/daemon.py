@@ -268,6 +268,8 @@ async def _serve_with(
         )
         membership.start(gateway.scheduler.resume_interrupted)
         reloader.gateway = gateway
+        # Rules changed through another node's API: reloaded here as a SIGHUP does.
+        gateway.bus.set_reload(reloader.request)
         notifier.ready()
         notifier.start_watchdog()
 

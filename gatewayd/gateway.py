@@ -19,6 +19,7 @@ import structlog
 
 from gatewayd import ports
 from gatewayd.clock import Clock, SystemClock
+from gatewayd.cluster.bus import Bus
 from gatewayd.config import LoadedConfig
 from gatewayd.config.files import FileError, server_tls_context
 from gatewayd.config.paths import absolute
@@ -119,7 +120,7 @@ class Gateway:
         scheduler = loaded.config.scheduler
         self.scheduler = Scheduler(
             store,
-            self.engine.run_planned,
+            self._run_planned,
             max_transfers=scheduler.max_transfers,
             max_per_partner=scheduler.max_per_partner,
             partner_limits=_partner_limits(loaded),
@@ -129,8 +130,21 @@ class Gateway:
         )
         self.expirer = Expirer(store, self.clock)
         self.service = TransferService(
-            self.engine, wake=self.scheduler.wake, preregistered=self.expirer.wake
+            self.engine, wake=self._new_work, preregistered=self.expirer.wake
         )
+        # Several nodes on one database: control from any node, wake-ups, rule notices.
+        daemon = loaded.config.daemon
+        self.bus = Bus(
+            store,
+            daemon.node_name(),
+            self.service,
+            wake=self.scheduler.wake,
+            timeout=daemon.command_timeout,
+            poll=daemon.cluster_poll,
+            notify=daemon.cluster_notify,
+        )
+        if self.bus.enabled:
+            self.service.forwarder = self.bus
         # One of each for every server: login failures and an account's transfers add
         # up whatever the protocol.
         self.logins = Logins(
@@ -154,6 +168,21 @@ class Gateway:
             if count is not None:
                 found.append((name, config.protocol if config else "", count))
         return found
+
+    def _new_work(self) -> None:
+        """Transfers were created or resumed: this node's scheduler and the others' look."""
+        self.scheduler.wake()
+        self.bus.due()
+
+    async def _run_planned(self, transfer: Transfer) -> None:
+        try:
+            await self.engine.run_planned(transfer)
+        finally:
+            self.bus.slot_freed(self.scheduler.queue_depth(), self.engine.shutting_down)
+
+    def _apply_from_api(self, loaded: LoadedConfig) -> None:
+        self.apply_config(loaded)
+        self.bus.rules_changed()
 
     async def _create_from_task(self, request: TransferRequest, *, parent: Transfer) -> Transfer:
         try:
@@ -213,6 +242,7 @@ class Gateway:
         """
         prepared, api_tls = await self.prepare()
         await self.scheduler.start()
+        await self.bus.start()
         for name, server_config, server in prepared:
             try:
                 await server.start()
@@ -257,7 +287,7 @@ class Gateway:
             service=self.service,
             clock=self.clock,
             config=lambda: self.loaded,
-            apply_config=self.apply_config,
+            apply_config=self._apply_from_api,
             listeners=lambda: self.servers,
             scheduler=scheduler,
             metrics=self.metrics.render,
@@ -323,6 +353,7 @@ class Gateway:
         if self.api is not None:
             await _all(left(), [("stop", "api", self.api.stop)])
         await _all(left(), [("stop", "expirer", self.expirer.stop)])
+        await _all(left(), [("stop", "cluster bus", self.bus.stop)])
         await _all(left(), [("stop", "scheduler", self.scheduler.stop)])
 
         await self.engine.stop_all(left())

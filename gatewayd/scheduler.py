@@ -36,10 +36,8 @@ Runner = Callable[[Transfer], Awaitable[None]]
 SAFETY_CAP = 60.0
 # After an unexpected failure of the loop itself (e.g. the database is unavailable).
 LOOP_ERROR_BACKOFF = 5.0
-# How many due rows a claim reads at a time (it reads on past full partners), and how
-# many upcoming rows a look reads to find the next due time.
+# How many due rows a claim reads at a time (it reads on past full partners).
 SCAN_BATCH = 256
-SCAN_MAX = 4096
 # Rows read per page when resuming interrupted transfers at start-up.
 RESUME_PAGE = 500
 # Longest error message recorded for a runner that crashed.
@@ -225,9 +223,7 @@ class Scheduler:
         return min(max(seconds, 0.0), SAFETY_CAP)
 
     async def _next_due_after(self, now: datetime) -> datetime | None:
-        upcoming = await self._store.due_transfers(now + timedelta(seconds=SAFETY_CAP), SCAN_MAX)
-        later = [d for t in upcoming if (d := due_time(t)) is not None and d > now]
-        return min(later, default=None)
+        return await self._store.next_due_after(now)
 
     async def _launch_due(self, now: datetime) -> int:
         """Claim and launch the due rows that fit; returns how many due rows are left."""

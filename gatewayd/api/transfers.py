@@ -12,11 +12,11 @@ import re
 from aiohttp import web
 
 from gatewayd.api.body import Query, read_object
-from gatewayd.api.errors import Problem, bad_request, conflict, not_found
+from gatewayd.api.errors import ApiError, Problem, bad_request, conflict, not_found
 from gatewayd.api.routes import Call, Param, route
 from gatewayd.api.shapes import transfer_json
 from gatewayd.model import Status, Transfer
-from gatewayd.pipeline.service import NotFoundError, StateError
+from gatewayd.pipeline.service import NotFoundError, OwnerUnavailable, StateError
 from gatewayd.requests import RequestError
 from gatewayd.store.base import SORT_FIELDS, TransferFilter
 
@@ -242,6 +242,13 @@ async def _operate(call: Call, name: str) -> Transfer:
         t = await operation(transfer_id)
     except NotFoundError:
         raise not_found(f"no transfer {transfer_id}") from None
+    except OwnerUnavailable as exc:
+        # Another node runs it and cannot be reached now: nothing changed, try later.
+        raise ApiError(
+            503,
+            [Problem(str(exc), "node_unavailable")],
+            {"Retry-After": str(max(1, round(exc.retry_after)))},
+        ) from None
     except StateError as exc:
         raise conflict(str(exc), "wrong_status") from None
     details = {"new": t.id} if name == "retry" else {"status": t.status.value}
@@ -252,6 +259,7 @@ async def _operate(call: Call, name: str) -> Transfer:
 _ACTION_RESPONSES: dict[int, tuple[str, str | None]] = {
     404: ("No such transfer", "Errors"),
     409: ("Not allowed from the transfer's status", "Errors"),
+    503: ("Another node runs the transfer and did not answer; nothing changed", "Errors"),
     **_ERRORS,
 }
 

@@ -205,6 +205,13 @@ class DaemonConfig(Strict):
     # once (systemd restarts it). Shorter: faster takeovers; longer: fewer false ones
     # when the database or the network hiccups.
     lease: Annotated[float, Field(ge=1, le=600)] = 10.0
+    # Several nodes on one PostgreSQL database (the cluster bus): seconds a pause or
+    # cancel sent to this node waits for the node that runs the transfer; seconds
+    # between looks at the other nodes' commands and notices besides LISTEN/NOTIFY;
+    # `cluster_notify: false` = polling only.
+    command_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    cluster_poll: Annotated[float, Field(gt=0, le=60)] = 1.0
+    cluster_notify: bool = True
 
     def node_name(self) -> str:
         """`node`, else the host name."""

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gatewayd import lifecycle, safepath
 from gatewayd.config.schema import RuleConfig
@@ -53,6 +53,36 @@ class StateError(Exception):
     """The operation is not allowed from the transfer's current status."""
 
 
+class OwnerUnavailable(StateError):
+    """The transfer runs on another node (`node`), which did not carry out the request:
+    it did not answer in time, or its lease expired (another node takes its transfers
+    over within `retry_after` seconds). Nothing was changed."""
+
+    def __init__(self, message: str, node: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.node = node
+        self.retry_after = retry_after
+
+
+class Forwarder(Protocol):
+    """Carries a pause or a cancel to the node that runs the transfer, when several
+    nodes share the database (gatewayd.cluster.bus). `node` is this node's name."""
+
+    @property
+    def node(self) -> str: ...
+
+    async def stop_elsewhere(self, transfer: Transfer, reason: StopReason) -> Transfer | None:
+        """Have the owner of RUNNING `transfer` (another node) stop it; returns the row
+        once the owner answered. None: the row moved on meanwhile (ended, or another
+        owner), read it again. Raises StateError for what the owner refused and
+        OwnerUnavailable when it cannot be reached."""
+
+
+# Reads of a row that changed under an operation (another node claimed it, or ended
+# it) before the operation gives up.
+_TRIES = 5
+
+
 def _relative_parts(value: str, field: str, errors: list[FieldError]) -> list[str]:
     parts = [p for p in value.replace("\\", "/").split("/") if p not in ("", ".")]
     if value.startswith("/") or not parts:
@@ -80,6 +110,8 @@ class TransferService:
         # Told of new work: the scheduler (due transfers), the expiry of pre-registrations.
         self.wake = wake
         self.preregistered = preregistered
+        # Set when several nodes share the database: a running transfer may be another's.
+        self.forwarder: Forwarder | None = None
 
     async def preregister(self, request: PreregisterRequest | Mapping[str, Any]) -> Transfer:
         """Validate and insert an AVAILABLE server transfer (see
@@ -318,49 +350,74 @@ class TransferService:
         return t
 
     async def pause(self, transfer_id: int) -> Transfer:
-        """PLANNED or RUNNING -> PAUSED; a running pipeline is stopped for real."""
-        t = await self._get(transfer_id)
-        if not lifecycle.allowed(t.status, Event.PAUSE):
-            raise StateError(f"cannot pause a transfer that is {t.status}")
-        if not await self.engine.stop(transfer_id, StopReason.PAUSE):
-            lifecycle.apply(t, Event.PAUSE)
-            t.stop = self.rt.clock.now()
-            await self.rt.store.save_transfer(t)
-        return await self._get(transfer_id)
+        """PLANNED or RUNNING -> PAUSED; a running pipeline is stopped for real, on
+        whichever node runs it."""
+        return await self._stop(transfer_id, StopReason.PAUSE, Event.PAUSE)
 
     async def resume(self, transfer_id: int) -> Transfer:
         """PAUSED, INTERRUPTED or ERROR -> PLANNED, to continue at its step, task and
         byte: a client transfer, or a server one whose data is complete (before that,
         only its partner can continue it)."""
-        t = await self._get(transfer_id)
-        refusal = lifecycle.resume_refusal(t)
-        if refusal is not None:
-            raise StateError(refusal)
-        if t.step == Step.ERROR_TASKS:  # died while running the error chain
-            t.step, t.task_number = t.error_step, 0
-        lifecycle.apply(t, Event.RESUME)
-        t.next_attempt = None
-        t.start = self.rt.clock.now()
-        await self.rt.store.save_transfer(t)
-        self.wake()
-        return t
+        for _ in range(_TRIES):
+            t = await self._get(transfer_id)
+            refusal = lifecycle.resume_refusal(t)
+            if refusal is not None:
+                raise StateError(refusal)
+            was = t.status
+            if t.step == Step.ERROR_TASKS:  # died while running the error chain
+                t.step, t.task_number = t.error_step, 0
+            lifecycle.apply(t, Event.RESUME)
+            t.next_attempt = None
+            t.start = self.rt.clock.now()
+            if await self.rt.store.save_transfer_if(t, was):
+                self.wake()
+                return t
+        raise self._changing(transfer_id)
 
     async def cancel(self, transfer_id: int) -> Transfer:
         """Any non-final status -> CANCELLED; a received temp file is removed."""
-        t = await self._get(transfer_id)
-        if not lifecycle.allowed(t.status, Event.CANCEL):
-            raise StateError(f"cannot cancel a transfer that is {t.status}")
-        if await self.engine.stop(transfer_id, StopReason.CANCEL):
-            return await self._get(transfer_id)
-        lifecycle.apply(t, Event.CANCEL)
-        t.stop = self.rt.clock.now()
-        await self.rt.store.save_transfer(t)
+        return await self._stop(transfer_id, StopReason.CANCEL, Event.CANCEL)
+
+    async def _stop(self, transfer_id: int, reason: StopReason, event: Event) -> Transfer:
+        """Pause or cancel: the run stopped where it runs (here, or through the
+        forwarder on its node); a row that nobody runs changed here, only if nobody
+        claimed it meanwhile."""
+        for _ in range(_TRIES):
+            t = await self._get(transfer_id)
+            if not lifecycle.allowed(t.status, event):
+                raise StateError(f"cannot {reason.value} a transfer that is {t.status}")
+            if await self.engine.stop(transfer_id, reason):
+                return await self._get(transfer_id)
+            forwarder = self.forwarder
+            if (
+                t.status == Status.RUNNING
+                and forwarder is not None
+                and t.owner not in (None, forwarder.node)
+            ):
+                stopped = await forwarder.stop_elsewhere(t, reason)
+                if stopped is not None:
+                    return stopped
+                continue
+            was = t.status
+            lifecycle.apply(t, event)
+            t.stop = self.rt.clock.now()
+            if not await self.rt.store.save_transfer_if(t, was):
+                continue
+            if event is Event.CANCEL:
+                await self._remove_temp(t)
+            return t
+        raise self._changing(transfer_id)
+
+    @staticmethod
+    def _changing(transfer_id: int) -> StateError:
+        return StateError(f"transfer {transfer_id} kept changing meanwhile; try again")
+
+    async def _remove_temp(self, t: Transfer) -> None:
         if t.tmp_filepath and not t.is_send:
             rule = self.rt.loaded.config.rules.get(t.rule)
             root = self.rt.loaded.paths.rule_folder(rule) if rule else self.rt.loaded.paths.data_dir
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(safepath.unlink, Beneath.of(root, t.tmp_filepath))
-        return t
 
     async def retry(self, transfer_id: int) -> Transfer:
         """A new transfer with the old one's request, from zero (the old one is kept)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gatewayd.model import Status, Transfer
@@ -70,6 +70,74 @@ class ApiToken:
     def active(self, now: datetime) -> bool:
         """Not revoked and not expired at `now`."""
         return self.revoked is None and now < self.expires
+
+
+# -- cluster bus: commands between nodes, notifications, notices --------------------
+
+
+@dataclass(frozen=True)
+class NodeCommand:
+    """A request of one node (`sender`) to another (`node`): `action` (pause, cancel)
+    on a transfer that node runs. `answered` once the target carried it out: `result`
+    is the status the transfer reached, or `error` says why nothing was done (or the
+    sender withdrew it). Unanswered, `result` is "TAKEN" once the target started on it."""
+
+    id: int
+    node: str
+    transfer_id: int
+    action: str
+    sender: str
+    created: datetime
+    answered: datetime | None = None
+    result: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class NodeLease:
+    """A node's lease as the `nodes` table holds it (written by the node itself)."""
+
+    name: str
+    heartbeat: datetime
+    lease_seconds: float
+    stopped: datetime | None = None
+
+    def alive(self, now: datetime) -> bool:
+        """Not stopped, and its last heartbeat within its lease."""
+        return self.stopped is None and now - self.heartbeat <= timedelta(
+            seconds=self.lease_seconds
+        )
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What every node must reload (`name`, e.g. "rules"): a generation that moves
+    each time one node changes it."""
+
+    name: str
+    generation: int
+    changed: datetime
+    by_node: str = ""
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A message to the nodes listening on the database: `kind` is "command" (`node`
+    has a command to take, `value` its id), "answer" (`node` sent the command `value`
+    that is now answered), "notice" (`node` moved the notice `value`) or "due" (`node`
+    has new due transfers)."""
+
+    kind: str
+    node: str
+    value: str = ""
+
+
+class Listening:
+    """A listener started by `Store.listen`; `close()` stops it. This one hears
+    nothing: a database of one node (SQLite) has nobody to hear from."""
+
+    async def close(self) -> None:
+        """Stop listening."""
 
 
 class Store(ABC):
@@ -145,8 +213,9 @@ class Store(ABC):
         """Atomically take due transfers (as `due_transfers` finds them) for `node`:
         each becomes RUNNING (the lifecycle's LAUNCH) owned by `node`, in one
         transaction, and is returned (oldest first). A row is claimed once, whatever
-        the nodes claiming at the same time: PostgreSQL locks the rows it looks at
-        (`FOR UPDATE SKIP LOCKED`), rows another claim holds are left to it.
+        the nodes claiming at the same time: PostgreSQL launches a row only while it
+        is still PLANNED, and locks no row it does not take (a claim that leaves a row,
+        its node or the partner full, never hides it from another node's claim).
 
         At most `max_running` rows are taken: the node's free slots (the node counts
         its own runs: its RUNNING rows also include server transfers that partners
@@ -281,6 +350,83 @@ class Store(ABC):
         lifecycle's CRASH) with `taken_over_by`/`taken_over_at` set, in one
         transaction; returns those rows. Whatever the nodes trying at the same time,
         one wins: the others get None (as does a live, stopped or taken node)."""
+
+    # -- cluster bus: commands between nodes, notifications, notices ----------------
+
+    @property
+    def shared(self) -> bool:
+        """Whether several nodes may share this database (PostgreSQL)."""
+        return False
+
+    @abstractmethod
+    async def save_transfer_if(self, transfer: Transfer, status: Status) -> bool:
+        """Save `transfer` (as `save_transfer`) only if its row's status is still
+        `status`; False, nothing written, when it changed meanwhile (another node
+        claimed the row). Pending saves are written first."""
+
+    @abstractmethod
+    async def post_command(
+        self, node: str, transfer_id: int, action: str, sender: str
+    ) -> NodeCommand:
+        """Record a command for `node`; on a shared database the node is notified
+        (a "command" notification) in the same commit."""
+
+    @abstractmethod
+    async def pending_commands(self, node: str) -> list[NodeCommand]:
+        """The commands of `node` not answered yet, oldest first."""
+
+    @abstractmethod
+    async def answer_command(self, command_id: int, result: str, error: str = "") -> bool:
+        """Answer a command (once: False when it was already answered, or is unknown);
+        its sender is notified (an "answer" notification) in the same commit."""
+
+    @abstractmethod
+    async def take_command(self, command_id: int) -> bool:
+        """The target starts on a command (its result becomes "TAKEN"): False when it
+        was answered or withdrawn meanwhile, or another start took it."""
+
+    @abstractmethod
+    async def withdraw_command(self, command_id: int, error: str) -> bool:
+        """The sender gives up on a command, answering it with `error`, only while its
+        target has not started on it (False: answered or taken)."""
+
+    @abstractmethod
+    async def get_command(self, command_id: int) -> NodeCommand | None: ...
+
+    @abstractmethod
+    async def purge_commands(self, answered_before: datetime) -> int:
+        """Delete the commands answered before `answered_before`; returns how many."""
+
+    @abstractmethod
+    async def bump_notice(self, name: str, by_node: str) -> Notice:
+        """Move the notice `name` to its next generation (the first is 1); the nodes
+        are notified (a "notice" notification) in the same commit."""
+
+    @abstractmethod
+    async def get_notice(self, name: str) -> Notice | None:
+        """The notice `name` (None: it never moved)."""
+
+    @abstractmethod
+    async def node_lease(self, name: str) -> NodeLease | None:
+        """The lease of node `name` (None: no such node registered)."""
+
+    @abstractmethod
+    async def next_due_after(self, now: datetime) -> datetime | None:
+        """The earliest time after `now` at which a PLANNED transfer becomes due (None:
+        none becomes due later); one aggregate, whatever the backlog."""
+
+    @abstractmethod
+    async def notify(self, notification: Notification) -> None:
+        """Tell every node listening (a no-op where nobody else can listen)."""
+
+    @abstractmethod
+    async def listen(
+        self, heard: Callable[[Notification], None], connected: Callable[[], None]
+    ) -> Listening:
+        """Call `heard` for every notification of any node (this one's included) until
+        the returned listener is closed. `connected` is called each time listening
+        (re)starts: notifications sent while it was down are lost, so the caller looks
+        at the database then. Callbacks run on the event loop and must not block."""
 
 
 class LeaseLost(RuntimeError):

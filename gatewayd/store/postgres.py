@@ -6,10 +6,11 @@ statements differ). What changes with several nodes writing:
 - transfer ids come from the database's sequence (taken before the insert, so that the
   caller knows them at once and an insert joins a batch like any save);
 - the migrations run once under an advisory lock (`gatewayd.store.migrate`);
-- a claim (`claim_due`) locks the due rows it looks at with `FOR UPDATE SKIP LOCKED` and
-  counts each partner's RUNNING rows under a transaction advisory lock of that partner,
-  so that two nodes never take the same row nor, between them, more than a partner's
-  limit;
+- a claim (`claim_due`) counts each partner's RUNNING rows under a transaction advisory
+  lock of that partner and launches only rows still PLANNED (the update locks them), so
+  that two nodes never take the same row nor, between them, more than a partner's limit;
+  it locks no row it does not take, so a node that cannot take a row never hides it
+  from one that can;
 - at start-up a node interrupts only the RUNNING rows it owns.
 
 Writes of rows go through a `PgWriter` (batched, in order); the other writes are
@@ -37,12 +38,26 @@ from gatewayd.model import ErrorCode, Status, Step, Transfer
 from gatewayd.store.base import (
     ApiToken,
     LeaseLost,
+    Listening,
+    NodeCommand,
+    NodeLease,
     NodeLocked,
     NodeRecord,
     NodeState,
+    Notice,
+    Notification,
     Store,
     TapisTask,
     TransferFilter,
+)
+from gatewayd.store.bus_sql import (
+    CHANNEL,
+    TAKEN,
+    BusStatements,
+    decode_command,
+    decode_lease,
+    decode_notice,
+    encode_notification,
 )
 from gatewayd.store.claims import Candidate, Limits, choose
 from gatewayd.store.codec import (
@@ -74,6 +89,8 @@ if TYPE_CHECKING:
 
 _Q = Statements(POSTGRESQL)
 _N = NodeStatements(POSTGRESQL)
+_BUS = BusStatements(POSTGRESQL)
+_NOTIFY = "SELECT pg_notify($1, $2)"
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 _ID = COLUMNS.index("id")
 _NEXT_IDS = "SELECT nextval(pg_get_serial_sequence('transfers', 'id')) FROM generate_series(1, $1)"
@@ -227,7 +244,8 @@ class PostgresStore(Store):
         self._inserting = 0
         self._inserted = asyncio.Event()
         self._inserted.set()
-        # How open() connected, for the guard's own connection; the guard itself.
+        # How open() connected, for the connections of the guard and of the bus's
+        # listener; the guard itself.
         self._connect: dict[str, Any] = {}
         self._guard: asyncpg.Connection | None = None
         self._guarded: str | None = None
@@ -448,10 +466,15 @@ class PostgresStore(Store):
         full: set[str] = set()
         for _ in range(_CLAIM_ROUNDS):
             skipped = sorted(full)
+            # Read without locking: a claim that locked rows it then leaves (its node
+            # full, or the partner full by its node's limits) would hide them from the
+            # claims of other nodes skipping locked rows, and nobody would take them
+            # until some node looked again. The launch below takes a row only while it
+            # is still PLANNED, so a row taken meanwhile by another node is left to it.
             found = [
                 Candidate(row[0], row[1])
                 for row in await conn.fetch(
-                    _Q.claim_candidates(len(skipped), lock=True), at, at, *skipped, limit
+                    _Q.claim_candidates(len(skipped), lock=False), at, at, *skipped, limit
                 )
             ]
             partners = sorted({c.partner for c in found if c.partner} - running.keys())
@@ -469,7 +492,14 @@ class PostgresStore(Store):
             if chosen:
                 rows = await conn.fetch(_Q.launch(len(chosen)), node, encode_time(_now()), *chosen)
                 order = {transfer_id: i for i, transfer_id in enumerate(chosen)}
-                claimed += sorted((decode_row(r) for r in rows), key=lambda t: order[t.id or 0])
+                taken = sorted((decode_row(r) for r in rows), key=lambda t: order[t.id or 0])
+                claimed += taken
+                # Another node launched these since our read: it held the partner's
+                # lock then, so our count (made under that lock) holds them already.
+                lost = set(chosen) - {t.id for t in taken}
+                for c in found:
+                    if c.id in lost and c.partner is not None:
+                        running[c.partner] -= 1
             progress = bool(chosen) or bool(now_full - full)
             full |= now_full
             if len(found) < limit or len(claimed) >= limits.slots or not progress:
@@ -670,3 +700,104 @@ class PostgresStore(Store):
                 return None
             rows = await conn.fetch(_N.interrupt_taken, by, at, encode_time(_now()), dead)
         return sorted((decode_row(tuple(row)) for row in rows), key=lambda t: t.id or 0)
+
+    # -- cluster bus: commands between nodes, notifications, notices ----------------
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    async def save_transfer_if(self, transfer: Transfer, status: Status) -> bool:
+        """Outside the writer, in a transaction of its own: a save of the same row
+        still queued in this node's writer could land after it, so this is for rows no
+        run of this node is saving (the service's changes of rows nobody runs here)."""
+        pool = self._live_pool()
+        transfer.updated = _now()
+        if transfer.status == Status.RUNNING:
+            transfer.owner = self.node
+        row = POSTGRESQL.values((*encode_update(transfer), status.value))
+        return await pool.fetchval(_BUS.save_if_status, *row) is not None
+
+    async def post_command(
+        self, node: str, transfer_id: int, action: str, sender: str
+    ) -> NodeCommand:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                _BUS.post_command, node, transfer_id, action, sender, encode_time(_now())
+            )
+            assert row is not None
+            command = decode_command(tuple(row))
+            await self._notify_in(conn, Notification("command", node, str(command.id)))
+        return command
+
+    async def pending_commands(self, node: str) -> list[NodeCommand]:
+        rows = await self._live_pool().fetch(_BUS.pending_commands, node)
+        return [decode_command(tuple(row)) for row in rows]
+
+    async def answer_command(self, command_id: int, result: str, error: str = "") -> bool:
+        values = POSTGRESQL.values((encode_time(_now()), result, error))
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(_BUS.answer_command, *values, command_id)
+            if row is None:
+                return False
+            command = decode_command(tuple(row))
+            await self._notify_in(conn, Notification("answer", command.sender, str(command_id)))
+        return True
+
+    async def take_command(self, command_id: int) -> bool:
+        found = await self._live_pool().fetchval(_BUS.take_command, TAKEN, command_id)
+        return found is not None
+
+    async def withdraw_command(self, command_id: int, error: str) -> bool:
+        values = POSTGRESQL.values((encode_time(_now()), error))
+        found = await self._live_pool().fetchval(_BUS.withdraw_command, *values, command_id)
+        return found is not None
+
+    async def get_command(self, command_id: int) -> NodeCommand | None:
+        row = await self._live_pool().fetchrow(_BUS.get_command, command_id)
+        return None if row is None else decode_command(tuple(row))
+
+    async def purge_commands(self, answered_before: datetime) -> int:
+        status = await self._live_pool().execute(_BUS.purge_commands, encode_time(answered_before))
+        return int(status.split()[-1]) if status.startswith("DELETE") else 0
+
+    async def bump_notice(self, name: str, by_node: str) -> Notice:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(_BUS.bump_notice, name, encode_time(_now()), by_node)
+            assert row is not None
+            notice = decode_notice(tuple(row))
+            await self._notify_in(conn, Notification("notice", by_node, name))
+        return notice
+
+    async def get_notice(self, name: str) -> Notice | None:
+        row = await self._live_pool().fetchrow(_BUS.get_notice, name)
+        return None if row is None else decode_notice(tuple(row))
+
+    async def node_lease(self, name: str) -> NodeLease | None:
+        row = await self._live_pool().fetchrow(_BUS.node_lease, name)
+        return None if row is None else decode_lease(tuple(row))
+
+    async def next_due_after(self, now: datetime) -> datetime | None:
+        value = await self._live_pool().fetchval(_BUS.next_due_after, encode_time(now))
+        return None if value is None else decode_time(value)
+
+    async def notify(self, notification: Notification) -> None:
+        await self._live_pool().execute(_NOTIFY, CHANNEL, encode_notification(notification))
+
+    @staticmethod
+    async def _notify_in(conn: PgConnection, notification: Notification) -> None:
+        # Inside the transaction: delivered at its commit, never before the row exists.
+        await conn.execute(_NOTIFY, CHANNEL, encode_notification(notification))
+
+    async def listen(
+        self, heard: Callable[[Notification], None], connected: Callable[[], None]
+    ) -> Listening:
+        from gatewayd.store.pg_listen import PgListening
+
+        self._live_pool()
+        args = dict(self._connect)
+
+        async def connect() -> asyncpg.Connection:
+            return await asyncpg.connect(**args)
+
+        return PgListening(connect, heard, connected)
