@@ -38,6 +38,7 @@ from aiohttp import web
 from gatewayd.api.errors import ApiError, Problem
 from gatewayd.api.refusals import CALLER, ReportBound
 from gatewayd.config.schema import ApiConfig
+from gatewayd.fsutil import create_exclusive
 from gatewayd.passwords import CredentialCache, HashingBusy, PasswordHashing
 from gatewayd.pipeline.auth_throttle import AuthThrottle, ThrottlePolicy
 from gatewayd.store.base import ApiToken, Store
@@ -123,19 +124,13 @@ def intersect(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
 
 def load_signing_key(state_dir: Path) -> bytes:
     """The key tokens are signed with: made at first start, kept in the state folder
-    with mode 0600 (blocking: call it in a thread)."""
+    with mode 0600 (blocking: call it in a thread). Nodes sharing the state folder share
+    the key, so a token one issued works on all: of nodes starting at once, the first
+    to put its key in place wins and the others read that one."""
     path = state_dir / KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return _read_key(path)
-    key = secrets.token_bytes(32)
-    try:
-        os.write(fd, key.hex().encode("ascii") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return key
+    if not path.exists():
+        create_exclusive(path, secrets.token_bytes(32).hex().encode("ascii") + b"\n", 0o600)
+    return _read_key(path)
 
 
 def _read_key(path: Path) -> bytes:
