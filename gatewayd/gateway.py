@@ -27,7 +27,7 @@ from gatewayd.errors import TaskError
 from gatewayd.metrics import GatewayMetrics, LiveState
 from gatewayd.model import Status, Transfer
 from gatewayd.passwords import Argon2Parameters, PasswordHashing
-from gatewayd.pipeline.auth_throttle import AuthThrottle
+from gatewayd.pipeline.auth_throttle import LoginThrottle
 from gatewayd.pipeline.clients import ClientPool
 from gatewayd.pipeline.engine import Engine, Hooks, Runtime
 from gatewayd.pipeline.limits import TransferLimits
@@ -35,6 +35,7 @@ from gatewayd.pipeline.logins import Logins
 from gatewayd.pipeline.preregister import Expirer
 from gatewayd.pipeline.server import CoreServerContext
 from gatewayd.pipeline.service import TransferService
+from gatewayd.pipeline.shared_throttle import login_throttle
 from gatewayd.pipeline.tree import VirtualTree
 from gatewayd.requests import RequestError, TransferRequest
 from gatewayd.scheduler import Scheduler
@@ -131,16 +132,20 @@ class Gateway:
         )
         # One of each for every server: login failures and an account's transfers add
         # up whatever the protocol.
+        # Counted in the database when nodes share it: guesses add up over the nodes.
         self.logins = Logins(
             lambda: self.config.accounts,
             on_failure=self.metrics.login_failed,
+            throttle=login_throttle(
+                store, "partners", shared=loaded.config.database.backend == "postgresql"
+            ),
             hashing=self.hashing,
         )
         self.limits = TransferLimits()
         self.tree = VirtualTree(self.engine)
 
     @property
-    def auth_throttle(self) -> AuthThrottle:
+    def auth_throttle(self) -> LoginThrottle:
         return self.logins.throttle
 
     def _sessions(self) -> list[tuple[str, str, int]]:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from gatewayd.model import Status, Transfer
+from gatewayd.store.login_failures import LoginFailures
 
 # Columns a listing may be sorted on (API names); anything else is refused by the API.
 SORT_FIELDS = ("id", "start", "stop", "status", "rule", "requester", "requested", "filesize")
@@ -232,3 +233,31 @@ class Store(ABC):
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
         """Mark a token revoked at `at`; False when there is no such token or it was
         already revoked. Returns once committed."""
+
+    # -- the login throttle across nodes (cluster: shared) ----------------------------
+
+    @abstractmethod
+    async def login_failures(self, keys: list[str]) -> list[LoginFailures]:
+        """The counts of those of `keys` that have failures recorded."""
+
+    @abstractmethod
+    async def add_login_failure(
+        self,
+        key: str,
+        now: datetime,
+        *,
+        window_start: datetime,
+        ban_start: datetime,
+        limit: int | None,
+    ) -> LoginFailures:
+        """Count one failure of `key` at `now` and return its count. The count starts
+        again at 1 when it is below `limit` and began before `window_start` (its window
+        passed), or reached `limit` (a ban) with its last failure before `ban_start`."""
+
+    @abstractmethod
+    async def clear_login_failures(self, key: str) -> None:
+        """Forget `key`'s failures (a good login of an account)."""
+
+    @abstractmethod
+    async def forget_login_failures(self, before: datetime) -> int:
+        """Drop the counts whose last failure is older than `before`; how many."""

@@ -34,6 +34,12 @@ from gatewayd.store.codec import (
     encode_update,
 )
 from gatewayd.store.dialect import SQLITE
+from gatewayd.store.login_failures import (
+    LoginFailures,
+    LoginFailureStatements,
+)
+from gatewayd.store.login_failures import add_params as login_failure_params
+from gatewayd.store.login_failures import decode as decode_login_failures
 from gatewayd.store.migrate import apply_migrations, current_version, load_migrations
 from gatewayd.store.sql import (
     CRASHED,
@@ -47,6 +53,7 @@ from gatewayd.store.sql import (
 from gatewayd.store.writer import BatchWriter
 
 _Q = Statements(SQLITE)
+_LF = LoginFailureStatements(SQLITE)
 # Within a batch, inserts go before the updates that may follow them.
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 
@@ -480,3 +487,34 @@ class SqliteStore(Store):
         else:
             rows = await self._reader().execute_fetchall(_Q.list_user_tokens, (user,))
         return [decode_token(row) for row in rows]
+
+    # -- the login throttle across nodes (cluster: shared) ----------------------------
+
+    async def login_failures(self, keys: list[str]) -> list[LoginFailures]:
+        if not keys:
+            return []
+        rows = await self._reader().execute_fetchall(_LF.select(len(keys)), tuple(keys))
+        return [decode_login_failures(row) for row in rows]
+
+    async def add_login_failure(
+        self,
+        key: str,
+        now: datetime,
+        *,
+        window_start: datetime,
+        ban_start: datetime,
+        limit: int | None,
+    ) -> LoginFailures:
+        params = login_failure_params(key, now, window_start, ban_start, limit)
+        async with self._live_writer().transaction() as conn:
+            rows = list(await conn.execute_fetchall(_LF.add, params))
+        return decode_login_failures(rows[0])
+
+    async def clear_login_failures(self, key: str) -> None:
+        async with self._live_writer().transaction() as conn:
+            await conn.execute(_LF.clear, (key,))
+
+    async def forget_login_failures(self, before: datetime) -> int:
+        async with self._live_writer().transaction() as conn:
+            cursor = await conn.execute(_LF.forget, (encode_time(before),))
+            return cursor.rowcount
