@@ -114,7 +114,6 @@ class SharedThrottle(LoginThrottle):
                     ban_start=now - timedelta(seconds=policy.ban),
                     limit=self._limit(kind),
                 )
-
                 if kind == "account":
                     self._remember(counted.key)
                 limit = self._limit(kind)
