@@ -92,7 +92,8 @@ class Gateway:
                 running=lambda: [run.transfer for run in list(self.engine.active.values())],
                 sessions=self._sessions,
                 queue_depth=lambda: self.scheduler.queue_depth(),
-            )
+            ),
+            node=loaded.config.daemon.node_name(),
         )
         store.observe_commits(self.metrics.db_write.observe)
         # Password hashes run in worker processes of their own (started by start()),
