@@ -1,8 +1,9 @@
 """Two real `gatewayd serve` nodes started at once on one PostgreSQL database and one
 state folder (names gw-a and gw-b, ports of their own): they present the same SSH host
 key (made by whichever came first), accept each other's API tokens, see one audit log,
-report their own name in `/metrics`, and count failed API logins together (failures
-through both add up to a ban on both)."""
+report their own name in `/metrics`, count failed API logins together (failures
+through both add up to a ban on both), and share one HTTP port with SO_REUSEPORT (the
+kernel gives connections to both)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import yaml
 from tests.conftest import DemoConfig
 from tests.daemon_proc import DaemonProcess
 from tests.pg_support import pg_raw
+from tests.sftp_peers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 NODES = ("gw-a", "gw-b")
@@ -27,6 +29,9 @@ ADMIN = {"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
 WRONG = {"Authorization": "Basic " + base64.b64encode(b"admin:wrong").decode()}
 # The API's throttle bans an address at its tenth failure (gatewayd.api.auth.THROTTLE).
 BAN_AT = 10
+# Uploads on new connections to the shared port: both nodes get some (all to one node by
+# chance: 2 in 2**UPLOADS).
+UPLOADS = 12
 
 
 def node_configs(demo_config: DemoConfig, dsn: str) -> list[Path]:
@@ -38,6 +43,7 @@ def node_configs(demo_config: DemoConfig, dsn: str) -> list[Path]:
         data["api"]["port"] = 0
         for server in data["servers"].values():
             server["port"] = 0
+        data["servers"]["http"].update(port=free_port(), reuse_port=True)
         data["logging"]["format"] = "json"
 
     demo_config.edit(change)
@@ -124,6 +130,26 @@ async def test_two_nodes_share_identity_tokens_audit_and_throttle(
                 assert f'node="{node}"' in text and "gatewayd_transfers_running" in text
                 other = NODES[1 - NODES.index(node)]
                 assert f'node="{other}"' not in text
+
+            # One port, two nodes: the uploads (each on a new connection) go to both.
+            http = port_of(daemons[0], "server listening", "http")
+            assert port_of(daemons[1], "server listening", "http") == http
+            for i in range(UPLOADS):
+                async with session.put(
+                    f"http://127.0.0.1:{http}/inbox/f{i}.txt",
+                    data=b"x" * 100,
+                    headers={
+                        "Authorization": "Basic " + base64.b64encode(b"demo:demo").decode(),
+                        "Connection": "close",
+                    },
+                ) as answer:
+                    assert answer.status in (200, 201, 204), await answer.text()
+            owners = await pg_raw(
+                pg_database,
+                "SELECT owner, count(*) FROM transfers WHERE is_server = 1 GROUP BY owner",
+            )
+            counts = {row[0]: row[1] for row in owners}
+            assert sorted(counts) == sorted(NODES) and sum(counts.values()) == UPLOADS, counts
 
             # Failed logins through both nodes add up: half through each, then both
             # refuse even the right password. The failures' answers are slowed down
