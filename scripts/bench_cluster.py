@@ -30,6 +30,7 @@ The last line is machine-readable:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
@@ -46,6 +47,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 sys.path.insert(0, str(CHECKOUT / "scripts"))
 
+import asyncpg  # noqa: E402
 from bench_sftp import free_port, make_data, wait_port  # noqa: E402
 
 MiB = 1 << 20
@@ -59,6 +61,8 @@ class Case:
     name: str
     slots: list[tuple[int, str, str, Path]]
     rates: list[float] = field(default_factory=list)
+    # Sessions each node took, per round (gatewayd cases).
+    split: list[str] = field(default_factory=list)
 
 
 class ClusterBench:
@@ -70,6 +74,7 @@ class ClusterBench:
         self.data = self.root / "data.bin"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.pg = None
+        self.dsn: str | None = None
         self.cases: list[Case] = []
 
     # ------------------------------------------------------------------ setup
@@ -84,7 +89,7 @@ class ClusterBench:
         from tests.pg_support import start_server
 
         self.pg = start_server()
-        dsn = self.pg.dsn() + "?sslmode=disable"
+        dsn = self.dsn = self.pg.dsn() + "?sslmode=disable"
         own = [free_port() for _ in NODES]
         shared = free_port()
         for index, node in enumerate(NODES):
@@ -181,11 +186,11 @@ class ClusterBench:
 
     # ------------------------------------------------------------------ runs
 
-    def _clients(self, case: Case, round_number: int) -> list[subprocess.Popen[str]]:
+    def _clients(self, case: Case, tag: str) -> list[subprocess.Popen[str]]:
         started = []
         for index, (port, user, folder, _) in enumerate(case.slots):
             batch = self.root / f"batch-{index}"
-            batch.write_text(f"put {self.data} {folder}/s{round_number}-{index}.bin\n")
+            batch.write_text(f"put {self.data} {folder}/{tag}-{index}.bin\n")
             argv = [
                 "sftp", "-q", "-b", str(batch), "-P", str(port), "-i", str(self.key),
                 "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
@@ -203,18 +208,35 @@ class ClusterBench:
                 for item in local.iterdir():
                     item.unlink()
         subprocess.run(["sync"], check=True)
+        tag = f"c{self.cases.index(case)}r{round_number}"
         began = time.perf_counter()
-        clients = self._clients(case, round_number)
+        clients = self._clients(case, tag)
         for client in clients:
             out, _ = client.communicate(timeout=3600)
             if client.returncode != 0:
                 raise SystemExit(f"sftp ({case.name}) failed:\n{out}")
         elapsed = time.perf_counter() - began
         landed = {local for _, _, _, local in case.slots}
-        count = sum(1 for folder in landed for _ in folder.glob(f"s{round_number}-*.bin"))
+        count = sum(1 for folder in landed for _ in folder.glob(f"{tag}-*.bin"))
         if count != len(case.slots):
             raise SystemExit(f"{case.name}: {count} files landed of {len(case.slots)}")
+        if case.name != "OpenSSH":
+            case.split.append(asyncio.run(self._owners(tag)))
         return len(case.slots) * self.args.size_mib / elapsed
+
+    async def _owners(self, tag: str) -> str:
+        """How many of the uploads tagged `tag` each node took, e.g. "5/3"."""
+        assert self.dsn is not None
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT owner, count(*) FROM transfers WHERE dest_filename LIKE $1 GROUP BY owner",
+                f"{tag}-%",
+            )
+        finally:
+            await conn.close()
+        counts = {row[0]: int(row[1]) for row in rows}
+        return "/".join(str(counts.get(node, 0)) for node in NODES)
 
     def run(self) -> None:
         for n in range(self.args.rounds):
@@ -222,7 +244,8 @@ class ClusterBench:
             for case in self.cases[shift:] + self.cases[:shift]:
                 rate = self.run_case(case, n)
                 case.rates.append(rate)
-                print(f"round {n + 1} {case.name:22} {rate:8.1f} MiB/s", flush=True)
+                split = f"  sessions per node {case.split[-1]}" if case.split else ""
+                print(f"round {n + 1} {case.name:22} {rate:8.1f} MiB/s{split}", flush=True)
 
     def claims(self) -> float | None:
         """PostgreSQL's claims/s over SQLite's (one node each), from bench_claims."""
@@ -256,10 +279,10 @@ class ClusterBench:
         rows = [
             (case.name, f"{medians[case.name]:.1f} MiB/s", f"{medians[case.name] / one:.2f}x",
              f"{medians[case.name] / ssh:.2f}x",
-             " ".join(f"{r:.0f}" for r in case.rates))
+             " ".join(f"{r:.0f}" for r in case.rates), " ".join(case.split))
             for case in self.cases
         ]  # fmt: skip
-        header = ("case", "aggregate", "vs 1 node", "vs OpenSSH", "rounds (MiB/s)")
+        header = ("case", "aggregate", "vs 1 node", "vs OpenSSH", "rounds (MiB/s)", "per node")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, tuple("-" * w for w in widths), *rows]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
