@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -63,6 +64,22 @@ class Case:
     rates: list[float] = field(default_factory=list)
     # Sessions each node took, per round (gatewayd cases).
     split: list[str] = field(default_factory=list)
+    # CPU seconds per GiB uploaded, of the servers and of the clients, per round.
+    server_cpu: list[float] = field(default_factory=list)
+    client_cpu: list[float] = field(default_factory=list)
+
+
+def _proc_cpu(pid: int, children: bool = False) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime: fields 14-17 of proc(5), after the name.
+    ticks = sum(int(x) for x in fields[11 : 15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this script's ended children: the sftp clients and their ssh."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class ClusterBench:
@@ -73,6 +90,7 @@ class ClusterBench:
         self.key = self.root / "client_key"
         self.data = self.root / "data.bin"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.sshd: subprocess.Popen[bytes] | None = None
         self.pg = None
         self.dsn: str | None = None
         self.cases: list[Case] = []
@@ -175,6 +193,7 @@ class ClusterBench:
             start_new_session=True,
         )
         self.procs.append(proc)
+        self.sshd = proc
         wait_port(port, proc, "sshd")
         user = (
             os.environ.get("USER")
@@ -209,6 +228,7 @@ class ClusterBench:
                     item.unlink()
         subprocess.run(["sync"], check=True)
         tag = f"c{self.cases.index(case)}r{round_number}"
+        servers, clients_before = self._server_cpu(case), _children_cpu()
         began = time.perf_counter()
         clients = self._clients(case, tag)
         for client in clients:
@@ -216,6 +236,9 @@ class ClusterBench:
             if client.returncode != 0:
                 raise SystemExit(f"sftp ({case.name}) failed:\n{out}")
         elapsed = time.perf_counter() - began
+        gib = len(case.slots) * self.args.size_mib / 1024
+        case.server_cpu.append((self._server_cpu(case) - servers) / gib)
+        case.client_cpu.append((_children_cpu() - clients_before) / gib)
         landed = {local for _, _, _, local in case.slots}
         count = sum(1 for folder in landed for _ in folder.glob(f"{tag}-*.bin"))
         if count != len(case.slots):
@@ -223,6 +246,14 @@ class ClusterBench:
         if case.name != "OpenSSH":
             case.split.append(asyncio.run(self._owners(tag)))
         return len(case.slots) * self.args.size_mib / elapsed
+
+    def _server_cpu(self, case: Case) -> float:
+        """CPU seconds used so far by the servers of `case`: the gatewayd nodes (every
+        thread), or sshd with its ended sessions (which it has waited for)."""
+        if case.name == "OpenSSH":
+            assert self.sshd is not None
+            return _proc_cpu(self.sshd.pid, children=True)
+        return sum(_proc_cpu(proc.pid) for proc in self.procs if proc is not self.sshd)
 
     async def _owners(self, tag: str) -> str:
         """How many of the uploads tagged `tag` each node took, e.g. "5/3"."""
@@ -245,7 +276,10 @@ class ClusterBench:
                 rate = self.run_case(case, n)
                 case.rates.append(rate)
                 split = f"  sessions per node {case.split[-1]}" if case.split else ""
-                print(f"round {n + 1} {case.name:22} {rate:8.1f} MiB/s{split}", flush=True)
+                cpu = (
+                    f"  CPU-s/GiB server {case.server_cpu[-1]:.1f} client {case.client_cpu[-1]:.1f}"
+                )
+                print(f"round {n + 1} {case.name:22} {rate:8.1f} MiB/s{cpu}{split}", flush=True)
 
     def claims(self) -> float | None:
         """PostgreSQL's claims/s over SQLite's (one node each), from bench_claims."""
@@ -279,10 +313,13 @@ class ClusterBench:
         rows = [
             (case.name, f"{medians[case.name]:.1f} MiB/s", f"{medians[case.name] / one:.2f}x",
              f"{medians[case.name] / ssh:.2f}x",
+             f"{statistics.median(case.server_cpu):.1f}",
+             f"{statistics.median(case.client_cpu):.1f}",
              " ".join(f"{r:.0f}" for r in case.rates), " ".join(case.split))
             for case in self.cases
         ]  # fmt: skip
-        header = ("case", "aggregate", "vs 1 node", "vs OpenSSH", "rounds (MiB/s)", "per node")
+        header = ("case", "aggregate", "vs 1 node", "vs OpenSSH", "server CPU-s/GiB",
+                  "client CPU-s/GiB", "rounds (MiB/s)", "per node")  # fmt: skip
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, tuple("-" * w for w in widths), *rows]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))

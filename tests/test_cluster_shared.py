@@ -1,8 +1,8 @@
 """Two real `gatewayd serve` nodes started at once on one PostgreSQL database and one
 state folder (names gw-a and gw-b, ports of their own): they present the same SSH host
 key (made by whichever came first), accept each other's API tokens, see one audit log,
-report their own name in `/metrics`, count failed API logins together (failures
-through both add up to a ban on both), and share one HTTP port with SO_REUSEPORT (the
+report their own name in `/metrics`, count failed logins together (SFTP and API
+failures through both add up to a ban on both), and share one HTTP port with SO_REUSEPORT (the
 kernel gives connections to both)."""
 
 from __future__ import annotations
@@ -73,6 +73,14 @@ async def wait_failures(dsn: str, key: str, count: int) -> None:
             if rows and rows[0][0] >= count:
                 return
             await asyncio.sleep(0.05)  # polling the database, bounded by the timeout
+
+
+async def sftp_login(port: int, password: str) -> None:
+    async with asyncssh.connect(
+        "127.0.0.1", port, username="demo", password=password, known_hosts=None,
+        preferred_auth="password", client_keys=None,
+    ) as conn:  # fmt: skip
+        await conn.run("true", check=False)
 
 
 async def test_two_nodes_share_identity_tokens_audit_and_throttle(
@@ -151,7 +159,26 @@ async def test_two_nodes_share_identity_tokens_audit_and_throttle(
             counts = {row[0]: row[1] for row in owners}
             assert sorted(counts) == sorted(NODES) and sum(counts.values()) == UPLOADS, counts
 
-            # Failed logins through both nodes add up: half through each, then both
+            # Partners' failed logins through both nodes add up: half through each SFTP
+            # port, then neither node lets even the right password in (the answers of
+            # the later failures are slowed down: the count is read in the database).
+            guesses = [
+                asyncio.ensure_future(sftp_login(sftp[i % 2], "wrong")) for i in range(BAN_AT)
+            ]
+            try:
+                await wait_failures(pg_database, "partners:address:127.0.0.1", BAN_AT)
+                for port in sftp:
+                    with pytest.raises(asyncssh.PermissionDenied):
+                        await sftp_login(port, "demo")
+            finally:
+                for guess in guesses:
+                    guess.cancel()
+                await asyncio.gather(*guesses, return_exceptions=True)
+            for daemon in daemons:
+                refused = [x for x in daemon.lines if "login refused: too many failures" in x]
+                assert len(refused) == 1, daemon.output
+
+            # Failed API logins through both nodes add up: half through each, then both
             # refuse even the right password. The failures' answers are slowed down
             # (up to 8 s): they are not awaited, the count is read in the database.
             wrong = [

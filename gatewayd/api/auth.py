@@ -11,10 +11,11 @@ credential on every request does not cost a full argon2 hash each time. Hashes a
 computed by the gateway's `PasswordHashing` (its worker processes); when its queue is
 full, a login is answered 503 with a Retry-After, without any hashing.
 
-Failed logins are throttled (`AuthThrottle`, an instance of the API's own: admin users
-are not partners' accounts): answers to failures slow down per user and per address,
-and an address with too many failures is refused (429) for a while, before any
-password check. Users are never banned: anyone could lock out `admin` otherwise.
+Failed logins are throttled (a `LoginThrottle` of the API's own: admin users are not
+partners' accounts; counted in the database across nodes on PostgreSQL, in memory on
+SQLite): answers to failures slow down per user and per address, and an address with
+too many failures is refused (429) for a while, before any password check. Users are
+never banned: anyone could lock out `admin` otherwise.
 """
 
 from __future__ import annotations
