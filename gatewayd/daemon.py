@@ -90,7 +90,10 @@ def run_daemon(config_path: Path) -> int:
         print(f"gatewayd: {refusal}", file=sys.stderr)
         return 1
 
-    lock = DaemonLock(_lock_file(loaded))
+    # One daemon per database file with SQLite; one per node name with PostgreSQL (its
+    # nodes may share a state folder; the database itself refuses a second daemon of a
+    # name, see `gatewayd.cluster.nodes`).
+    lock = DaemonLock(loaded.paths.lock_file)
     try:
         ensure_folders(loaded)
         # The demo checks made before the state folder existed, for the next start.
@@ -117,16 +120,6 @@ def run_daemon(config_path: Path) -> int:
         return 130
     finally:
         lock.release()
-
-
-def _lock_file(loaded: LoadedConfig) -> Path:
-    """The state folder's lock: one daemon per database file with SQLite; one per node
-    name with PostgreSQL (its nodes may share a state folder; the database itself
-    refuses a second daemon of a name, see `gatewayd.cluster.nodes`)."""
-    config = loaded.config
-    if config.database.backend == "postgresql":
-        return loaded.paths.node_lock_file(config.daemon.node_name())
-    return loaded.paths.lock_file
 
 
 def _fenced(why: str) -> None:

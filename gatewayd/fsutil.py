@@ -69,3 +69,34 @@ def rename_noreplace(
             raise FileExistsError(errno.EEXIST, "File exists", os.fsdecode(dst)) from None
     else:
         os.unlink(src, dir_fd=src_dir_fd)
+
+
+def create_exclusive(path: StrPath, data: bytes, mode: int) -> bool:
+    """Write `data` as the new file `path` unless it exists: False when another writer
+    (another node on a shared folder) made it first, whose file then stands.
+
+    The data is written and fsynced under a name of this process's own, then renamed
+    without replacing: a reader of `path` never sees a partial file, and of two writers
+    racing exactly one wins (the loser reads the winner's file).
+    """
+    target = os.fspath(path)
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask must not widen or narrow it
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        rename_noreplace(tmp, target)
+    except FileExistsError:
+        return False
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    fsync_dir(folder or ".")
+    return True

@@ -28,7 +28,7 @@ from gatewayd.errors import TaskError
 from gatewayd.metrics import GatewayMetrics, LiveState
 from gatewayd.model import Status, Transfer
 from gatewayd.passwords import Argon2Parameters, PasswordHashing
-from gatewayd.pipeline.auth_throttle import AuthThrottle
+from gatewayd.pipeline.auth_throttle import LoginThrottle
 from gatewayd.pipeline.clients import ClientPool
 from gatewayd.pipeline.engine import Engine, Hooks, Runtime
 from gatewayd.pipeline.limits import TransferLimits
@@ -36,6 +36,7 @@ from gatewayd.pipeline.logins import Logins
 from gatewayd.pipeline.preregister import Expirer
 from gatewayd.pipeline.server import CoreServerContext
 from gatewayd.pipeline.service import TransferService
+from gatewayd.pipeline.shared_throttle import login_throttle
 from gatewayd.pipeline.tree import VirtualTree
 from gatewayd.requests import RequestError, TransferRequest
 from gatewayd.scheduler import Scheduler
@@ -94,7 +95,8 @@ class Gateway:
                 running=lambda: [run.transfer for run in list(self.engine.active.values())],
                 sessions=self._sessions,
                 queue_depth=lambda: self.scheduler.queue_depth(),
-            )
+            ),
+            node=loaded.config.daemon.node_name(),
         )
         store.observe_commits(self.metrics.db_write.observe)
         # Password hashes run in worker processes of their own (started by start()),
@@ -147,9 +149,13 @@ class Gateway:
             self.service.forwarder = self.bus
         # One of each for every server: login failures and an account's transfers add
         # up whatever the protocol.
+        # Counted in the database when nodes share it: guesses add up over the nodes.
         self.logins = Logins(
             lambda: self.config.accounts,
             on_failure=self.metrics.login_failed,
+            throttle=login_throttle(
+                store, "partners", shared=loaded.config.database.backend == "postgresql"
+            ),
             hashing=self.hashing,
         )
         self.limits = TransferLimits()
@@ -157,7 +163,7 @@ class Gateway:
         self._prepared: tuple[list[_Prepared], ssl.SSLContext | None] | None = None
 
     @property
-    def auth_throttle(self) -> AuthThrottle:
+    def auth_throttle(self) -> LoginThrottle:
         return self.logins.throttle
 
     def _sessions(self) -> list[tuple[str, str, int]]:

@@ -6,6 +6,10 @@ latency). Gauges (running transfers, sessions, the scheduler's queue) are read f
 the running gateway at each scrape, so they can never drift.
 
 Each gateway has its own registry: several gateways in one process (tests) never mix.
+Every series carries the label `node` (`daemon.node`, else the host name): each node of a
+cluster reports its own, and a Prometheus scraping them all can tell them apart or add
+them up. It is added at scrape time (`_NodeLabel`), so the metrics are defined and fed
+without it.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ class GatewayMetrics(Observer):
     """The metrics of one gateway and the observer that feeds them (the engine's
     observer and the store's commit callback, given when they are built)."""
 
-    def __init__(self, state: LiveState) -> None:
+    def __init__(self, state: LiveState, node: str) -> None:
+        self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.started = Counter(
@@ -109,10 +114,12 @@ class GatewayMetrics(Observer):
         )
         r.register(_StateCollector(state))
         self._live: dict[int, _Live] = {}
+        self._exposed = CollectorRegistry(auto_describe=False)
+        self._exposed.register(_NodeLabel(self.registry, node))
 
     def render(self) -> bytes:
-        """The text exposition format of every metric."""
-        return generate_latest(self.registry)
+        """The text exposition format of every metric, each series labelled `node`."""
+        return generate_latest(self._exposed)
 
     # ------------------------------------------------------------------ the observer
 
@@ -191,3 +198,22 @@ class _StateCollector(Collector):
         yield running
         yield sessions
         yield queue
+
+
+class _NodeLabel(Collector):
+    """The metrics of `registry`, each sample with the label `node` added."""
+
+    def __init__(self, registry: CollectorRegistry, node: str) -> None:
+        self.registry = registry
+        self.node = node
+
+    def collect(self) -> Iterable[Metric]:
+        found = []
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                sample._replace(labels={**sample.labels, "node": self.node})
+                for sample in family.samples
+            ]
+            found.append(labelled)
+        return found

@@ -187,6 +187,12 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"{case:<22}{statistics.median(fig.drain):>18.0f}{statistics.median(fig.claim):>22.0f}"
         )
+    # Machine-readable (scripts/bench_cluster.py reads it): drain claims/s per case.
+    names = {"sqlite": "sqlite", "postgresql": "postgresql", "postgresql, 2 nodes": "postgresql-2"}
+    print(
+        "claims: "
+        + " ".join(f"{names[c]} {statistics.median(f.drain):.0f}" for c, f in figures.items())
+    )
 
 
 if __name__ == "__main__":

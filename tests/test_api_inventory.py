@@ -102,6 +102,7 @@ async def test_servers(env: ApiEnv) -> None:
         "state": "running",
         "boundPort": 4242,
         "options": {
+            "reuse_port": False,
             "max_uploads_per_account": 64,
             "max_downloads_per_account": 64,
             "banner": "hi",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,13 +23,17 @@ from tests.http_support import run_curl
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def parse(text: str) -> Samples:
-    """Every sample of a scrape by (name, labels)."""
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+def parse(text: str, node: str = socket.gethostname()) -> Samples:
+    """Every sample of a scrape by (name, labels), each checked to carry the label
+    `node` (this node's name: the host name unless `daemon.node` says), left out."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            assert labels.pop("node", None) == node, sample
+            found[(sample.name, frozenset(labels.items()))] = sample.value
+    assert found, "no sample at all"
+    return found
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

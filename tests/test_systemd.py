@@ -175,14 +175,19 @@ def test_the_environment_is_consumed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
-def test_the_unit_file_verifies(tmp_path: Path) -> None:
-    unit = (CHECKOUT / "systemd" / "gatewayd.service").read_text()
+@pytest.mark.parametrize(
+    ("shipped", "as_name"),
+    [("gatewayd.service", "gatewayd.service"), ("gatewayd@.service", "gatewayd@gw-1.service")],
+)
+def test_the_unit_file_verifies(tmp_path: Path, shipped: str, as_name: str) -> None:
+    unit = (CHECKOUT / "systemd" / shipped).read_text()
     exec_lines = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     assert len(exec_lines) == 1
     # systemd-analyze checks that the programs exist: point them at one that does.
     program = exec_lines[0].removeprefix("ExecStart=").split()[0]
     assert program.startswith("/")
-    copy = tmp_path / "gatewayd.service"
+    # The template is verified as an instance of it.
+    copy = tmp_path / as_name
     copy.write_text(unit.replace(program, str(shutil.which("true"))))
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(copy)],
@@ -199,3 +204,24 @@ def test_the_unit_file_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
     for setting in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec="):
         assert setting in unit
+
+
+def _settings(unit: str) -> list[str]:
+    return [x for x in unit.splitlines() if x and not x.startswith("#")]
+
+
+def test_the_template_unit_is_the_service_with_one_config_per_node() -> None:
+    service = _settings((CHECKOUT / "systemd" / "gatewayd.service").read_text())
+    template = _settings((CHECKOUT / "systemd" / "gatewayd@.service").read_text())
+    differ = sorted(set(service) ^ set(template))
+    assert differ == sorted(
+        [
+            "Description=gatewayd managed file-transfer gateway",
+            "Description=gatewayd managed file-transfer gateway, node %i",
+            "ExecStartPre=/opt/gatewayd/bin/gatewayd check-config -c /etc/gatewayd/gatewayd.yaml",
+            "ExecStartPre=/opt/gatewayd/bin/gatewayd check-config -c /etc/gatewayd/nodes/%i.yaml",
+            "ExecStart=/opt/gatewayd/bin/gatewayd serve -c /etc/gatewayd/gatewayd.yaml",
+            "ExecStart=/opt/gatewayd/bin/gatewayd serve -c /etc/gatewayd/nodes/%i.yaml",
+            "DefaultInstance=gw-1",
+        ]
+    ), "the same hardening and settings; only the node's config differs"

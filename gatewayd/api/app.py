@@ -123,6 +123,7 @@ class ApiServer:
             deps.config().paths.state_dir,
             deps.clock.now,
             hashing=deps.hashing,
+            shared=deps.config().config.database.backend == "postgresql",
         )
         started: datetime = deps.clock.now()
         context = ApiContext(**vars(deps), auth=self.auth, started=started)

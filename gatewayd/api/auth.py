@@ -11,10 +11,11 @@ credential on every request does not cost a full argon2 hash each time. Hashes a
 computed by the gateway's `PasswordHashing` (its worker processes); when its queue is
 full, a login is answered 503 with a Retry-After, without any hashing.
 
-Failed logins are throttled (`AuthThrottle`, an instance of the API's own: admin users
-are not partners' accounts): answers to failures slow down per user and per address,
-and an address with too many failures is refused (429) for a while, before any
-password check. Users are never banned: anyone could lock out `admin` otherwise.
+Failed logins are throttled (a `LoginThrottle` of the API's own: admin users are not
+partners' accounts; counted in the database across nodes on PostgreSQL, in memory on
+SQLite): answers to failures slow down per user and per address, and an address with
+too many failures is refused (429) for a while, before any password check. Users are
+never banned: anyone could lock out `admin` otherwise.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from aiohttp import web
 from gatewayd.api.errors import ApiError, Problem
 from gatewayd.api.refusals import CALLER, ReportBound
 from gatewayd.config.schema import ApiConfig
+from gatewayd.fsutil import create_exclusive
 from gatewayd.passwords import CredentialCache, HashingBusy, PasswordHashing
-from gatewayd.pipeline.auth_throttle import AuthThrottle, ThrottlePolicy
+from gatewayd.pipeline.auth_throttle import AuthThrottle, LoginThrottle, ThrottlePolicy
+from gatewayd.pipeline.shared_throttle import login_throttle
 from gatewayd.store.base import ApiToken, Store
 
 log = structlog.get_logger("gatewayd.api")
@@ -123,19 +126,13 @@ def intersect(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
 
 def load_signing_key(state_dir: Path) -> bytes:
     """The key tokens are signed with: made at first start, kept in the state folder
-    with mode 0600 (blocking: call it in a thread)."""
+    with mode 0600 (blocking: call it in a thread). Nodes sharing the state folder share
+    the key, so a token one issued works on all: of nodes starting at once, the first
+    to put its key in place wins and the others read that one."""
     path = state_dir / KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return _read_key(path)
-    key = secrets.token_bytes(32)
-    try:
-        os.write(fd, key.hex().encode("ascii") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return key
+    if not path.exists():
+        create_exclusive(path, secrets.token_bytes(32).hex().encode("ascii") + b"\n", 0o600)
+    return _read_key(path)
 
 
 def _read_key(path: Path) -> bytes:
@@ -183,6 +180,7 @@ class Authenticator:
         now: Callable[[], datetime],
         cache: CredentialCache | None = None,
         hashing: PasswordHashing | None = None,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self._config = api_config
         self._store = store
@@ -193,7 +191,7 @@ class Authenticator:
         # The API's share of the hashing workers: admin logins never take them all.
         self._hash_slots = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
         self._decoy: str | None = None
-        self.throttle = AuthThrottle(THROTTLE)
+        self.throttle: LoginThrottle = throttle or AuthThrottle(THROTTLE)
         # A banned address may knock thousands of times a second: one line a minute.
         self._ban_reports = ReportBound(burst=1, interval=60.0, total_burst=20, total_interval=1.0)
 
@@ -209,7 +207,7 @@ class Authenticator:
         basic = _basic_credentials(value.strip()) if scheme.lower() == "basic" else None
         if basic is not None:
             request[CALLER] = unverified(basic[0])  # for the audit of a refusal
-        self._refuse_if_banned(request, basic[0] if basic is not None else "")
+        await self._refuse_if_banned(request, basic[0] if basic is not None else "")
         if not header and tapis_token and request.path.startswith(TAPIS_PREFIX):
             # Tapis clients send their JWT there: one of our bearer tokens works.
             return await self._bearer(request, tapis_token)
@@ -223,11 +221,11 @@ class Authenticator:
             return await self._bearer(request, value.strip())
         raise self._unauthorized(f"unsupported authentication scheme '{scheme}'")
 
-    def _refuse_if_banned(self, request: web.Request, login: str) -> None:
+    async def _refuse_if_banned(self, request: web.Request, login: str) -> None:
         """429 for an address banned by the throttle, before any credential is checked
         (`login`: the one tried, for the log)."""
         remote = request.remote or ""
-        left = self.throttle.banned_for(remote, "")
+        left = await self.throttle.check(remote, "")
         if not left:
             return
         retry = max(1, math.ceil(left))
@@ -258,7 +256,7 @@ class Authenticator:
         the secret), wait as the throttle says (an asyncio sleep: no hashing slot held,
         no other request blocked), and return the 401 to raise."""
         remote = request.remote or ""
-        delay = self.throttle.failure(remote, login)
+        delay = await self.throttle.record_failure(remote, login)
         log.warning(
             "api login failed",
             method="token" if token else "password",
@@ -280,7 +278,7 @@ class Authenticator:
             else:
                 async with self._hash_slots:
                     # Requests queued for a slot while their address got banned stop here.
-                    self._refuse_if_banned(request, login)
+                    await self._refuse_if_banned(request, login)
                     ok = await self.hashing.verify(hashed, password, self.cache)
         except HashingBusy as busy:
             retry = max(1, math.ceil(busy.retry_after))
@@ -291,7 +289,7 @@ class Authenticator:
             ) from None
         if user is None or not ok:
             raise await self._failed(request, "bad user name or password", login=login)
-        self.throttle.success(request.remote or "", login)
+        await self.throttle.record_success(request.remote or "", login)
         return Principal(
             login, {str(a): p for a, p in user.permissions.items()}, manages_tokens=True
         )
@@ -390,6 +388,10 @@ async def open_authenticator(
     state_dir: Path,
     now: Callable[[], datetime],
     hashing: PasswordHashing | None = None,
+    shared: bool = False,
 ) -> Authenticator:
+    """The API's authenticator; with `shared` (nodes share the database) its login
+    throttle counts the failures of every node."""
     key = await asyncio.to_thread(load_signing_key, state_dir)
-    return Authenticator(api_config, store, key, now, hashing=hashing)
+    throttle = login_throttle(store, "api", shared=shared, policy=THROTTLE)
+    return Authenticator(api_config, store, key, now, hashing=hashing, throttle=throttle)

@@ -62,7 +62,8 @@ def save_demo_checks(state_dir: Path) -> None:
         text = json.dumps({k.hex(): v for k, v in _ANSWERS.items()})
         _unsaved = False
     target = state_dir / _SAVED
-    temp = state_dir / f".{_SAVED}.{os.getpid()}"
+    # A name of this process's own: nodes sharing the state folder may save at once.
+    temp = state_dir / f".{_SAVED}.{os.getpid()}.{os.urandom(4).hex()}"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:

@@ -28,6 +28,9 @@ class Paths:
     data_dir: Path
     rules_dir: Path
     database: Path
+    # Set when nodes share the database (PostgreSQL): the state folder may be shared too,
+    # and the lock is then this node's own.
+    node: str | None = None
 
     @classmethod
     def resolve(cls, config_file: Path, daemon: DaemonConfig, database: DatabaseConfig) -> Paths:
@@ -41,17 +44,16 @@ class Paths:
             data_dir=absolute(daemon.data_dir, home),
             rules_dir=absolute(daemon.rules_dir, home),
             database=absolute(database.path, home),
+            node=daemon.node_name() if database.backend == "postgresql" else None,
         )
 
     @property
     def lock_file(self) -> Path:
-        """Held by the running daemon: one daemon per database and data folder."""
+        """Held by the running daemon: one daemon per database and data folder (per node
+        name with a database that several nodes share)."""
+        if self.node is not None:
+            return self.state_dir / f"gatewayd-{self.node}.lock"
         return self.state_dir / "gatewayd.lock"
-
-    def node_lock_file(self, node: str) -> Path:
-        """Held by the running daemon of `node` when several nodes share the database
-        (PostgreSQL): one daemon per node name, and nodes may share a state folder."""
-        return self.state_dir / f"gatewayd-{node}.lock"
 
     def rule_folder(self, rule: RuleConfig) -> Path:
         """The rule's local folder: its `folder` (relative to home) or data_dir/<name>."""

@@ -282,6 +282,10 @@ class ServerConfig(Strict):
     address: str = "127.0.0.1"
     port: Port = 0
     enabled: bool = True
+    # SO_REUSEPORT: several nodes on one machine listen on the same port, and the kernel
+    # spreads the connections over them (README, "Cluster"). Every node of the port must
+    # set it (and run as the same user).
+    reuse_port: bool = False
     # Files one account may be uploading (downloading) at once through this server,
     # counted across every server and protocol of the gateway; 0 = unlimited. An
     # account's own `max_uploads` / `max_downloads` overrides them.

@@ -7,12 +7,17 @@ credential, until the ban expires. It knows no protocol: the core's
 `CoreServerContext.authenticate` consults it for every server, so that switching from
 SFTP to HTTP gains an attacker nothing. The admin API has an instance of its own (its
 users are not partners' accounts), whose policy bans addresses only.
+
+Callers use the asynchronous `LoginThrottle` interface: this in-memory `AuthThrottle`
+counts one node's failures; `gatewayd.pipeline.shared_throttle` counts those of every
+node sharing a PostgreSQL database, with the same policy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +51,7 @@ class ThrottlePolicy:
 _MAX_KEY_CHARS = 128
 
 
-def _account_key(login: str) -> str:
+def account_key(login: str) -> str:
     if len(login) <= _MAX_KEY_CHARS:
         return login
     return "sha256:" + hashlib.sha256(login.encode("utf-8", "surrogatepass")).hexdigest()
@@ -62,7 +67,46 @@ class _Counter:
         self.banned_until = 0.0
 
 
-class AuthThrottle:
+def failure_delay(policy: ThrottlePolicy, failures: int) -> float:
+    """How long to wait before answering a failure, the key's `failures`-th in its window."""
+    past_free = failures - policy.free_failures
+    if past_free <= 0:
+        return 0.0
+    return min(policy.base_delay * 2.0 ** (past_free - 1), policy.max_delay)
+
+
+def throttle_keys(remote: str, login: str) -> list[tuple[str, str]]:
+    """The (kind, key) counted for a login: its account's and its address's. An empty
+    login (a bad bearer token: nobody to name) counts for the address only."""
+    keys = [("account", account_key(login))] if login else []
+    if remote:
+        keys.append(("address", remote))
+    return keys
+
+
+class LoginThrottle(ABC):
+    """What logins consult: whether to refuse at once, how long to wait after a failure.
+    `policy` may be changed while running (tests do)."""
+
+    def __init__(self, policy: ThrottlePolicy | None = None) -> None:
+        self.policy = policy or ThrottlePolicy()
+        self.failures_total = 0
+        self.refused_total = 0
+
+    @abstractmethod
+    async def check(self, remote: str, login: str) -> float:
+        """Seconds left of a ban on `remote` or on `login` (0 when neither is banned)."""
+
+    @abstractmethod
+    async def record_failure(self, remote: str, login: str) -> float:
+        """Count a failed login; how long to wait before answering it."""
+
+    @abstractmethod
+    async def record_success(self, remote: str, login: str) -> None:
+        """A good login: the account's count is cleared."""
+
+
+class AuthThrottle(LoginThrottle):
     """Remembers recent login failures and says how long to wait or whether to refuse."""
 
     def __init__(
@@ -70,11 +114,18 @@ class AuthThrottle:
         policy: ThrottlePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.policy = policy or ThrottlePolicy()
+        super().__init__(policy)
         self._clock = clock
         self._counters: OrderedDict[tuple[str, str], _Counter] = OrderedDict()
-        self.failures_total = 0
-        self.refused_total = 0
+
+    async def check(self, remote: str, login: str) -> float:
+        return self.banned_for(remote, login)
+
+    async def record_failure(self, remote: str, login: str) -> float:
+        return self.failure(remote, login)
+
+    async def record_success(self, remote: str, login: str) -> None:
+        self.success(remote, login)
 
     def _get(self, kind: str, key: str, create: bool) -> _Counter | None:
         counter = self._counters.get((kind, key))
@@ -100,7 +151,7 @@ class AuthThrottle:
 
     def _keys(self, remote: str, login: str) -> list[tuple[str, str]]:
         # An empty login (a bad bearer token: nobody to name) counts for the address only.
-        keys = [("account", _account_key(login))] if login else []
+        keys = [("account", account_key(login))] if login else []
         if remote:
             keys.append(("address", remote))
         return keys
@@ -110,7 +161,7 @@ class AuthThrottle:
         A refusal counts in `refused_total`."""
         now = self._clock()
         left = 0.0
-        for kind, key in self._keys(remote, login):
+        for kind, key in throttle_keys(remote, login):
             counter = self._get(kind, key, create=False)
             if counter is not None and counter.banned_until > now:
                 left = max(left, counter.banned_until - now)
@@ -125,7 +176,7 @@ class AuthThrottle:
         now = self._clock()
         policy = self.policy
         worst = 0
-        for kind, key in self._keys(remote, login):
+        for kind, key in throttle_keys(remote, login):
             counter = self._get(kind, key, create=True)
             assert counter is not None
             counter.times.append(now)
@@ -136,12 +187,9 @@ class AuthThrottle:
                 counter.banned_until = now + policy.ban
                 counter.times.clear()
             worst = max(worst, len(counter.times))
-        past_free = worst - policy.free_failures
-        if past_free <= 0:
-            return 0.0
-        return min(policy.base_delay * 2.0 ** (past_free - 1), policy.max_delay)
+        return failure_delay(policy, worst)
 
     def success(self, remote: str, login: str) -> None:
         """A good login clears the account's count (not the address's: a valid login of
         one's own must not reset guesses at other accounts)."""
-        self._counters.pop(("account", _account_key(login)), None)
+        self._counters.pop(("account", account_key(login)), None)

@@ -13,7 +13,7 @@ import structlog
 
 from gatewayd.config.schema import AccountConfig
 from gatewayd.passwords import CredentialCache, DecoyHash, HashingBusy, PasswordHashing
-from gatewayd.pipeline.auth_throttle import AuthThrottle
+from gatewayd.pipeline.auth_throttle import AuthThrottle, LoginThrottle
 
 log = structlog.get_logger("gatewayd.server")
 
@@ -34,12 +34,12 @@ class Logins:
         accounts: Callable[[], dict[str, AccountConfig]],
         *,
         on_failure: Callable[[str, str], None] = lambda server, protocol: None,
-        throttle: AuthThrottle | None = None,
+        throttle: LoginThrottle | None = None,
         hashing: PasswordHashing | None = None,
     ) -> None:
         self._accounts = accounts
         self._on_failure = on_failure
-        self.throttle = throttle or AuthThrottle()
+        self.throttle: LoginThrottle = throttle or AuthThrottle()
         # Where passwords are checked: the gateway's worker processes (threads of its
         # own when none is given), never the event loop or the file I/O threads.
         self.hashing = hashing or PasswordHashing()
@@ -70,7 +70,7 @@ class Logins:
         answered ever slower, then refused for a while. When too many password checks
         are waiting already, a login is refused at once (not counted as a failure)."""
         where = {"server": server, "login": login, "remote": remote}
-        if self.throttle.banned_for(remote, login):
+        if await self.throttle.check(remote, login):
             log.warning("login refused: too many failures", **where)
             self._on_failure(server, protocol)
             return None
@@ -80,12 +80,12 @@ class Logins:
             self._refused_busy(busy, where)
             return None
         if ok:
-            self.throttle.success(remote, login)
+            await self.throttle.record_success(remote, login)
             return login
         if password is None:
             # A refused key is not a failure: clients offer each of their keys in turn.
             return None
-        delay = self.throttle.failure(remote, login)
+        delay = await self.throttle.record_failure(remote, login)
         log.warning("login failed", method="password", delay=delay, **where)
         self._on_failure(server, protocol)
         if delay:

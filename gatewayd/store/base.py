@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gatewayd.model import Status, Transfer
+from gatewayd.store.login_failures import LoginFailures
 
 # Columns a listing may be sorted on (API names); anything else is refused by the API.
 SORT_FIELDS = ("id", "start", "stop", "status", "rule", "requester", "requested", "filesize")
@@ -427,6 +428,34 @@ class Store(ABC):
         the returned listener is closed. `connected` is called each time listening
         (re)starts: notifications sent while it was down are lost, so the caller looks
         at the database then. Callbacks run on the event loop and must not block."""
+
+    # -- the login throttle across nodes (cluster: shared) ----------------------------
+
+    @abstractmethod
+    async def login_failures(self, keys: list[str]) -> list[LoginFailures]:
+        """The counts of those of `keys` that have failures recorded."""
+
+    @abstractmethod
+    async def add_login_failure(
+        self,
+        key: str,
+        now: datetime,
+        *,
+        window_start: datetime,
+        ban_start: datetime,
+        limit: int | None,
+    ) -> LoginFailures:
+        """Count one failure of `key` at `now` and return its count. The count starts
+        again at 1 when it is below `limit` and began before `window_start` (its window
+        passed), or reached `limit` (a ban) with its last failure before `ban_start`."""
+
+    @abstractmethod
+    async def clear_login_failures(self, key: str) -> None:
+        """Forget `key`'s failures (a good login of an account)."""
+
+    @abstractmethod
+    async def forget_login_failures(self, before: datetime) -> int:
+        """Drop the counts whose last failure is older than `before`; how many."""
 
 
 class LeaseLost(RuntimeError):

@@ -71,6 +71,12 @@ from gatewayd.store.codec import (
     encode_update,
 )
 from gatewayd.store.dialect import POSTGRESQL
+from gatewayd.store.login_failures import (
+    LoginFailures,
+    LoginFailureStatements,
+)
+from gatewayd.store.login_failures import add_params as login_failure_params
+from gatewayd.store.login_failures import decode as decode_login_failures
 from gatewayd.store.migrate import load_migrations, pg_apply_migrations, pg_current_version
 from gatewayd.store.nodes_sql import NodeStatements, decode_node, expired_before, record_values
 from gatewayd.store.pg_writer import PgWriter
@@ -91,6 +97,7 @@ _Q = Statements(POSTGRESQL)
 _N = NodeStatements(POSTGRESQL)
 _BUS = BusStatements(POSTGRESQL)
 _NOTIFY = "SELECT pg_notify($1, $2)"
+_LF = LoginFailureStatements(POSTGRESQL)
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 _ID = COLUMNS.index("id")
 _NEXT_IDS = "SELECT nextval(pg_get_serial_sequence('transfers', 'id')) FROM generate_series(1, $1)"
@@ -801,3 +808,31 @@ class PostgresStore(Store):
             return await asyncpg.connect(**args)
 
         return PgListening(connect, heard, connected)
+
+    # -- the login throttle across nodes (cluster: shared) ----------------------------
+
+    async def login_failures(self, keys: list[str]) -> list[LoginFailures]:
+        if not keys:
+            return []
+        rows = await self._live_pool().fetch(_LF.select(len(keys)), *keys)
+        return [decode_login_failures(row) for row in rows]
+
+    async def add_login_failure(
+        self,
+        key: str,
+        now: datetime,
+        *,
+        window_start: datetime,
+        ban_start: datetime,
+        limit: int | None,
+    ) -> LoginFailures:
+        params = login_failure_params(key, now, window_start, ban_start, limit)
+        row = await self._live_pool().fetchrow(_LF.add, *params)
+        return decode_login_failures(row)
+
+    async def clear_login_failures(self, key: str) -> None:
+        await self._live_pool().execute(_LF.clear, key)
+
+    async def forget_login_failures(self, before: datetime) -> int:
+        status = await self._live_pool().execute(_LF.forget, encode_time(before))
+        return int(status.split()[-1])

@@ -53,6 +53,12 @@ from gatewayd.store.codec import (
     encode_update,
 )
 from gatewayd.store.dialect import SQLITE
+from gatewayd.store.login_failures import (
+    LoginFailures,
+    LoginFailureStatements,
+)
+from gatewayd.store.login_failures import add_params as login_failure_params
+from gatewayd.store.login_failures import decode as decode_login_failures
 from gatewayd.store.migrate import apply_migrations, current_version, load_migrations
 from gatewayd.store.nodes_sql import NodeStatements, decode_node, expired_before, record_values
 from gatewayd.store.sql import (
@@ -69,6 +75,7 @@ from gatewayd.store.writer import BatchWriter
 _Q = Statements(SQLITE)
 _N = NodeStatements(SQLITE)
 _BUS = BusStatements(SQLITE)
+_LF = LoginFailureStatements(SQLITE)
 # Within a batch, inserts go before the updates that may follow them.
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 
@@ -637,3 +644,34 @@ class SqliteStore(Store):
         self, heard: Callable[[Notification], None], connected: Callable[[], None]
     ) -> Listening:
         return Listening()
+
+    # -- the login throttle across nodes (cluster: shared) ----------------------------
+
+    async def login_failures(self, keys: list[str]) -> list[LoginFailures]:
+        if not keys:
+            return []
+        rows = await self._reader().execute_fetchall(_LF.select(len(keys)), tuple(keys))
+        return [decode_login_failures(row) for row in rows]
+
+    async def add_login_failure(
+        self,
+        key: str,
+        now: datetime,
+        *,
+        window_start: datetime,
+        ban_start: datetime,
+        limit: int | None,
+    ) -> LoginFailures:
+        params = login_failure_params(key, now, window_start, ban_start, limit)
+        async with self._live_writer().transaction() as conn:
+            rows = list(await conn.execute_fetchall(_LF.add, params))
+        return decode_login_failures(rows[0])
+
+    async def clear_login_failures(self, key: str) -> None:
+        async with self._live_writer().transaction() as conn:
+            await conn.execute(_LF.clear, (key,))
+
+    async def forget_login_failures(self, before: datetime) -> int:
+        async with self._live_writer().transaction() as conn:
+            cursor = await conn.execute(_LF.forget, (encode_time(before),))
+            return cursor.rowcount

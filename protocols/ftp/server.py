@@ -99,6 +99,7 @@ class FtpServer(ProtocolServer):
             self.config.address,
             self.config.port,
             reuse_address=True,
+            reuse_port=self.config.reuse_port or None,
             limit=MAX_LINE,
         )
 

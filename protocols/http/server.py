@@ -156,6 +156,7 @@ class HttpServer(ProtocolServer):
             self.config.port,
             ssl_context=self._ssl_context,
             backlog=LISTEN_BACKLOG,
+            reuse_port=self.config.reuse_port or None,
         )
         try:
             await site.start()

@@ -141,6 +141,7 @@ class SftpServer(ProtocolServer):
             login_timeout=self.config.login_timeout,
             keepalive_interval=self.config.keepalive_interval,
             reuse_address=True,
+            reuse_port=self.config.reuse_port or None,
             backlog=_LISTEN_BACKLOG,
             encoding=None,
             server_version=GATEWAYD_SSH_VERSION,
