@@ -170,7 +170,7 @@ async def test_about(env: ApiEnv) -> None:
         "edge": {"protocol": "apitest", "state": "running", "address": "127.0.0.1", "port": 4242},
         "spare": {"protocol": "apitest", "state": "disabled", "address": "127.0.0.1", "port": 0},
     }
-    assert about["database"] == {"state": "ok", "backend": "sqlite", "schemaVersion": 6}
+    assert about["database"] == {"state": "ok", "backend": "sqlite", "schemaVersion": 7}
     assert about["scheduler"] == {"state": "running", "running": 0, "queued": 0}
     assert about["user"] == "ops"
 
