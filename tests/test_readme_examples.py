@@ -64,6 +64,13 @@ SKIPPED = {
     "gatewayd db copy -c /etc/gatewayd/gatewayd.yaml --to "
     "postgresql://gatewayd@db.example.org/gatewayd": "it needs a PostgreSQL server and a "
     "stopped gateway: tests/test_db_copy.py runs it against the tests' private server",
+    # Setting up the nodes of a machine under systemd: tests/test_systemd.py checks the
+    # template unit, tests/test_cluster_*.py run nodes.
+    "mkdir -p /etc/gatewayd/nodes": "it writes to the system's /etc",
+    "$EDITOR /etc/gatewayd/nodes/gw-1.yaml /etc/gatewayd/nodes/gw-2.yaml": "an editor",
+    "systemctl disable --now gatewayd && systemctl enable --now gatewayd@gw-1 gatewayd@gw-2": (
+        "it needs systemd as the init system and an installed gateway"
+    ),
 }
 
 
