@@ -229,6 +229,13 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_workers() -> int:
+    """Hashing processes when `passwords.workers` is 0: every core but one (at least
+    one). The event loop runs on one core at most; leaving it one keeps the partners'
+    bytes moving during a login rush, which then takes the other cores."""
+    return max(1, cores() - 1)
+
+
 def _worker_start(nice: int, daemon: int) -> None:
     """In each hashing process: the daemon alone decides when its workers end (a Ctrl-C
     or a SIGTERM sent to its whole process group must not break the pool in the middle
@@ -289,7 +296,7 @@ class PasswordHashing:
     """Computes password hashes for the whole daemon (partners' logins, API users,
     decoys), away from the event loop and from the file I/O threads.
 
-    `start()` makes a pool of `workers` processes (default: one per core); where no
+    `start()` makes a pool of `workers` processes (default: every core but one); where no
     process can be made, threads of its own are used instead (and before `start()`).
     At most `workers` checks run at once; at most `max_queue` more wait, in arrival
     order; beyond that, `verify()` and `hash()` raise `HashingBusy` at once. A caller
@@ -305,7 +312,7 @@ class PasswordHashing:
         params: Argon2Parameters = DEFAULT_PARAMETERS,
         nice: int = WORKER_NICE,
     ) -> None:
-        self.workers = workers or cores()
+        self.workers = workers or default_workers()
         self.max_queue = max_queue
         self.params = params
         self.nice = nice

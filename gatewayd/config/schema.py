@@ -255,7 +255,7 @@ class PasswordsConfig(Strict):
     """Where password hashes are computed: processes of their own, never the event loop
     nor the threads that write files."""
 
-    # Processes that check passwords; 0 = one per core.
+    # Processes that check passwords; 0 = every core but one (at least one).
     workers: Annotated[int, Field(ge=0, le=256)] = 0
     # Checks waiting for a free worker; a login beyond them is refused at once as busy
     # (SFTP: authentication fails; HTTP API: 503 with Retry-After) without any hashing.
