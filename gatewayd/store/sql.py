@@ -10,7 +10,7 @@ from typing import Any
 from gatewayd import lifecycle
 from gatewayd.lifecycle import Event
 from gatewayd.model import Status
-from gatewayd.store.base import SORT_FIELDS, ApiToken, TapisTask, TransferFilter
+from gatewayd.store.base import SORT_FIELDS, ApiToken, TapisTask, TransferFilter, WatchedFile
 from gatewayd.store.codec import (
     AUDIT_COLUMNS,
     COLUMNS,
@@ -58,7 +58,20 @@ TABLES: dict[str, tuple[str, ...]] = {
     "audit": AUDIT_COLUMNS,
     "api_tokens": tuple(c.strip() for c in TOKEN_COLUMNS.split(",")),
     "tapis_tasks": ("seq", *(c.strip() for c in TAPIS_COLUMNS.split(","))),
+    "watched_files": (
+        "id",
+        "watcher",
+        "path",
+        "inode",
+        "size",
+        "mtime_ns",
+        "transfers",
+        "taken",
+        "node",
+        "gone",
+    ),
 }
+WATCHED_COLUMNS = ", ".join(TABLES["watched_files"])
 
 
 class Statements:
@@ -128,6 +141,18 @@ class Statements:
         self.revoke_token = q(
             "UPDATE api_tokens SET revoked = ? WHERE id = ? AND revoked IS NULL RETURNING id"
         )
+
+        # -- watchers
+        self.insert_watched = q(
+            f"INSERT INTO watched_files ({', '.join(TABLES['watched_files'][1:])}) "
+            f"VALUES ({placeholders(9)}) "
+            "ON CONFLICT (watcher, path, inode, size, mtime_ns) DO NOTHING RETURNING id"
+        )
+        self.live_watched = q(
+            f"SELECT {WATCHED_COLUMNS} FROM watched_files WHERE watcher = ? AND gone IS NULL"
+        )
+        self.watched_gone = q("UPDATE watched_files SET gone = ? WHERE id = ? AND gone IS NULL")
+        self.count_watched = q("SELECT count(*) FROM watched_files WHERE watcher = ?")
 
     def plan_interrupted(self, ids: int) -> str:
         """`ids` rows PLANNED if INTERRUPTED (parameters: updated, the ids)."""
@@ -264,4 +289,37 @@ def decode_token(row: Iterable[Any]) -> ApiToken:
         expires=decode_time(expires),
         revoked=None if revoked is None else decode_time(revoked),
         manage_tokens=bool(manage_tokens),
+    )
+
+
+# -- watchers
+
+
+def encode_watched(record: WatchedFile) -> tuple[Any, ...]:
+    """The row of a watched file, without its id."""
+    return (
+        record.watcher,
+        record.path,
+        record.inode,
+        record.size,
+        record.mtime_ns,
+        json.dumps(record.transfers),
+        encode_time(record.taken),
+        record.node,
+        None if record.gone is None else encode_time(record.gone),
+    )
+
+
+def decode_watched(row: Any) -> WatchedFile:
+    return WatchedFile(
+        id=int(row[0]),
+        watcher=row[1],
+        path=row[2],
+        inode=int(row[3]),
+        size=int(row[4]),
+        mtime_ns=int(row[5]),
+        transfers=[int(i) for i in json.loads(row[6])],
+        taken=decode_time(row[7]),
+        node=row[8],
+        gone=None if row[9] is None else decode_time(row[9]),
     )

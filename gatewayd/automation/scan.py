@@ -1,0 +1,80 @@
+"""One listing of a watched folder, off the event loop: what is there, what is excluded.
+
+Links are never followed (neither to files nor to folders); the gateway's own `.tmp`
+folder is never entered. Globs match the file name, or the path below the watched
+folder when they hold a '/'.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A regular file: its path below the watched folder ('/' separated) and identity."""
+
+    path: str
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @property
+    def ident(self) -> tuple[int, int, int]:
+        return (self.inode, self.size, self.mtime_ns)
+
+
+@dataclass
+class Listing:
+    entries: list[Entry] = field(default_factory=list)
+    excluded: int = 0
+    # Every regular file's path, excluded ones too (a taken file still there).
+    present: set[str] = field(default_factory=set)
+
+
+def matches(path: str, patterns: tuple[str, ...]) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return any(fnmatchcase(path if "/" in p else name, p) for p in patterns)
+
+
+def list_folder(
+    folder: Path, *, recursive: bool, include: tuple[str, ...], exclude: tuple[str, ...]
+) -> Listing:
+    """The regular files of `folder` (and below it when `recursive`). Raises OSError
+    when `folder` itself cannot be read; a subfolder that cannot be is skipped."""
+    listing = Listing()
+    stack: list[tuple[str, str]] = [(str(folder), "")]
+    first = True
+    while stack:
+        where, prefix = stack.pop()
+        try:
+            with os.scandir(where) as it:
+                items = list(it)
+        except OSError:
+            if first:
+                raise
+            continue
+        first = False
+        for item in items:
+            rel = f"{prefix}{item.name}"
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:
+                continue  # gone meanwhile
+            if stat.S_ISDIR(st.st_mode):
+                if recursive and item.name != ".tmp" and not matches(rel, exclude):
+                    stack.append((item.path, f"{rel}/"))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue  # links, sockets, fifos: never taken
+            listing.present.add(rel)
+            if not matches(rel, include) or matches(rel, exclude):
+                listing.excluded += 1
+                continue
+            listing.entries.append(Entry(rel, st.st_ino, st.st_size, st.st_mtime_ns))
+    listing.entries.sort(key=lambda e: e.path)
+    return listing
