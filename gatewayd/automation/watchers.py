@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import posixpath
 import time
 from collections import Counter
@@ -150,15 +151,8 @@ class _Watch:
         loaded = owner.loaded()
         rule = loaded.config.rules[config.rule]
         folder = watched_folder(loaded.paths, rule, config)
-        if not folder.is_dir() and folder == Path(loaded.paths.rule_folder(rule)):
-            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        listing = await asyncio.to_thread(
-            list_folder,
-            folder,
-            recursive=config.recursive,
-            include=config.include,
-            exclude=config.exclude,
-        )
+        root = Path(os.path.normpath(loaded.paths.rule_folder(rule)))
+        listing = await asyncio.to_thread(_list, folder, root, config)
         live = await owner.store.live_watched(config.name)
         now = time.monotonic() if owner.real_time else owner.clock.now().timestamp()
         candidates = self._settled(listing, live, now, result)
@@ -273,6 +267,15 @@ class _Watch:
         output = substitute(config.output, ctx) if config.output is not None else entry.path
         request = request.model_copy(update={"output": output, "transfer_info": info})
         return service.build(request)
+
+
+def _list(folder: Path, rule_folder: Path, config: WatcherConfig) -> Listing:
+    """Blocking: the listing; the rule's own folder is made when missing (as at start)."""
+    if folder == rule_folder and not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+    return list_folder(
+        folder, recursive=config.recursive, include=config.include, exclude=config.exclude
+    )
 
 
 def _error_text(exc: Exception) -> str:

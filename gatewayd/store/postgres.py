@@ -854,8 +854,13 @@ class PostgresStore(Store):
     # -- watchers ----------------------------------------------------------------------
 
     async def insert_watched(self, items: list[tuple[WatchedFile, list[Transfer]]]) -> list[int]:
-        pool = self._live_pool()
-        rows = [await self._new_rows(pool, transfers) for _, transfers in items]
+        # Ids for every transfer at once (one trip to the sequence), then split per file.
+        every = [t for _, transfers in items for t in transfers]
+        flat = await self._new_rows(self._live_pool(), every)
+        rows: list[list[tuple[Any, ...]]] = []
+        for _, transfers in items:
+            rows.append(flat[: len(transfers)])
+            flat = flat[len(transfers) :]
         recorded: list[int] = []
         try:
             async with self._transaction() as conn:
