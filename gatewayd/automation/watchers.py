@@ -151,7 +151,7 @@ class _Watch:
         loaded = owner.loaded()
         rule = loaded.config.rules[config.rule]
         folder = watched_folder(loaded.paths, rule, config)
-        root = Path(os.path.normpath(loaded.paths.rule_folder(rule)))
+        root = loaded.paths.rule_folder(rule)
         listing = await asyncio.to_thread(_list, folder, root, config)
         live = await owner.store.live_watched(config.name)
         now = time.monotonic() if owner.real_time else owner.clock.now().timestamp()
@@ -271,7 +271,7 @@ class _Watch:
 
 def _list(folder: Path, rule_folder: Path, config: WatcherConfig) -> Listing:
     """Blocking: the listing; the rule's own folder is made when missing (as at start)."""
-    if folder == rule_folder and not folder.is_dir():
+    if folder == Path(os.path.normpath(rule_folder)) and not folder.is_dir():
         folder.mkdir(parents=True, exist_ok=True)
     return list_folder(
         folder, recursive=config.recursive, include=config.include, exclude=config.exclude
