@@ -121,7 +121,7 @@ class GatewayMetrics(Observer):
         self.watcher_files = Counter(
             "gatewayd_watcher_files",
             "Files seen by each local watcher's scans, by what became of them "
-            "(taken, too_young, too_small, already_sent, excluded)",
+            "(taken, too_young, too_small, already_sent, excluded, refused)",
             ["watcher", "outcome"],
             registry=r,
         )

@@ -143,6 +143,25 @@ async def test_resend_changed_and_min_size_and_output_markers(env: GatewayEnv) -
         await env.stop()
 
 
+async def test_a_name_that_cannot_be_sent_is_refused_and_the_others_go_on(
+    env: GatewayEnv,
+) -> None:
+    write_watcher(env, "names", settle=0)
+    await env.start()
+    try:
+        folder = env.folder("out")
+        (folder / "bad\nname").write_bytes(b"x")
+        make_file(folder / "good.bin", 100)
+        result = await env.gw.watchers.fire("names")
+        assert result.outcomes["refused"] == 1 and result.outcomes["taken"] == 1, result
+        assert "bad" in result.error, result.error
+        await done_files(env, 1)
+        state = env.gw.watchers.get("names")
+        assert state is not None and state.state.state == "error"
+    finally:
+        await env.stop()
+
+
 def test_check_config_reports_each_mistake_with_its_line(env: GatewayEnv) -> None:
     env.rule("inbox", "receive")
     env.write()

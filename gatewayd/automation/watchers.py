@@ -49,7 +49,9 @@ from gatewayd.tasks.markers import substitute
 
 log = structlog.get_logger("gatewayd.watchers")
 
-OUTCOMES = ("taken", "too_young", "too_small", "already_sent", "excluded")
+# What becomes of each file a scan sees. `refused`: the transfer service refused it (a
+# name that cannot be sent): the scan's error says why, the other files go on.
+OUTCOMES = ("taken", "too_young", "too_small", "already_sent", "excluded", "refused")
 
 
 class WatcherObserver(Protocol):
@@ -121,12 +123,12 @@ class _Watch:
         if state.paused and not forced:
             state.state = "paused"
             return ScanResult(skipped="paused")
-        if not await store.try_watch_lock(config.name):
-            state.state = "standby"
-            return ScanResult(skipped="another node scans this watcher")
         began = time.monotonic()
         result = ScanResult()
         try:
+            if not await store.try_watch_lock(config.name):
+                state.state = "standby"
+                return ScanResult(skipped="another node scans this watcher")
             await self._take(result)
         except (OSError, RequestError) as exc:
             result.error = _error_text(exc)
@@ -231,7 +233,12 @@ class _Watch:
         taken_at = owner.clock.now()
         for entry in entries:
             file = posixpath.join(below, entry.path) if below else entry.path
-            transfers = [self._build(loaded, p, file, entry) for p in config.targets]
+            try:
+                transfers = [self._build(loaded, p, file, entry) for p in config.targets]
+            except RequestError as exc:
+                result.outcomes["refused"] += 1
+                result.error = f"{entry.path}: {exc}"
+                continue
             record = WatchedFile(
                 watcher=config.name,
                 path=entry.path,
@@ -242,6 +249,8 @@ class _Watch:
                 node=owner.node,
             )
             items.append((record, transfers))
+        if not items:
+            return
         recorded = await owner.service.insert_watched(items)
         result.outcomes["taken"] += len(recorded)
         # Files recorded by someone else meanwhile (another node, before a crash).
