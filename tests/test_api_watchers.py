@@ -4,13 +4,15 @@ the metrics per watcher."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.api_support import ApiEnv
+from gatewayd import cli
+from tests.api_support import PASSWORD, ApiEnv
 from tests.gateway_env import make_file
 
 
@@ -23,7 +25,9 @@ async def env(tmp_path: Path) -> AsyncIterator[ApiEnv]:
     await environment.stop()
 
 
-async def test_watchers_through_the_api(env: ApiEnv) -> None:
+async def test_watchers_through_the_api(
+    env: ApiEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     await env.start()
     folder = env.folder("out")
     bad = {
@@ -69,6 +73,21 @@ async def test_watchers_through_the_api(env: ApiEnv) -> None:
     assert shown["status"]["taken"] == 1 and shown["status"]["skipped"]["already_sent"] >= 1
     assert shown["status"]["lastScan"] is not None and shown["status"]["lastError"] == ""
 
+    # The CLI, through the same API (its client blocks: in a thread).
+    monkeypatch.setenv("GATEWAYD_API_URL", env.api.base)
+    monkeypatch.setenv("GATEWAYD_API_USER", "admin")
+    monkeypatch.setenv("GATEWAYD_API_PASSWORD", PASSWORD)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(env.root / "xdg"))
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli.main, ["watcher", "list"]) == 0
+    table = capsys.readouterr().out
+    assert "NAME" in table and "w " in table and "running" in table, table
+    make_file(folder / "two.bin", 99)
+    assert await asyncio.to_thread(cli.main, ["watcher", "fire", "w"]) == 0
+    assert "taken 1" in capsys.readouterr().out
+    assert await asyncio.to_thread(cli.main, ["watcher", "get", "w"]) == 0
+    assert "  taken: 2\n" in capsys.readouterr().out
+
     paused = await env.api.call("POST", "/api/watchers/w/pause")
     assert paused.status == 200 and paused.body["status"]["state"] == "paused", paused.text
     resumed = await env.api.call("POST", "/api/watchers/w/resume")
@@ -82,7 +101,7 @@ async def test_watchers_through_the_api(env: ApiEnv) -> None:
         and 'watcher="w"' in line
         and 'outcome="taken"' in line
     ]
-    assert len(taken) == 1 and taken[0].endswith(" 1.0"), metrics.text[-3000:]
+    assert len(taken) == 1 and taken[0].endswith(" 2.0"), metrics.text[-3000:]
 
     replaced = await env.api.call("PUT", "/api/watchers/w", json_body={**body, "min_size": 5000})
     assert replaced.status == 200 and replaced.body["min_size"] == 5000, replaced.text
