@@ -27,6 +27,7 @@ sys.path.insert(0, str(CHECKOUT))
 import yaml  # noqa: E402
 
 from gatewayd.automation.scan import list_folder  # noqa: E402
+from gatewayd.safepath import Beneath  # noqa: E402
 from tests.gateway_env import GatewayEnv  # noqa: E402
 
 
@@ -57,7 +58,7 @@ async def one(n: int) -> tuple[float, float, float]:
             assert result.outcomes["taken"] == n, result
             began = time.perf_counter()
             await asyncio.to_thread(
-                list_folder, folder, recursive=False, include=("*",), exclude=()
+                list_folder, Beneath(folder), recursive=False, include=("*",), exclude=()
             )
             listing = time.perf_counter() - began
             began = time.perf_counter()

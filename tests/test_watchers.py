@@ -162,6 +162,32 @@ async def test_a_name_that_cannot_be_sent_is_refused_and_the_others_go_on(
         await env.stop()
 
 
+async def test_links_are_never_followed(env: GatewayEnv, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    make_file(outside / "secret.bin", 10)
+    write_watcher(env, "deep", settle=0, recursive=True)
+    await env.start()
+    try:
+        folder = env.folder("out")
+        (folder / "sub").symlink_to(outside)
+        (folder / "file-link").symlink_to(outside / "secret.bin")
+        make_file(folder / "real" / "ok.bin", 10)
+        result = await env.gw.watchers.fire("deep")
+        assert result.seen == 1 and result.outcomes["taken"] == 1, result
+        rows = await done_files(env, 1)
+        assert [r.remote_filepath for r in rows] == ["real/ok.bin"]
+        # The watched folder itself swapped for a link: refused, named.
+        (folder / "real" / "ok.bin").unlink()
+        (folder / "real").rmdir()
+        (folder / "real").symlink_to(outside)
+        write_watcher(env, "linked", settle=0, folder="real")
+        env.gw.apply_config(env.load())
+        linked = await env.gw.watchers.fire("linked")
+        assert linked.seen == 0 and "real" in linked.error, linked
+    finally:
+        await env.stop()
+
+
 def test_check_config_reports_each_mistake_with_its_line(env: GatewayEnv) -> None:
     env.rule("inbox", "receive")
     env.write()

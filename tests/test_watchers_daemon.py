@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
 import sqlite3
 import time
 from datetime import datetime
@@ -88,14 +89,15 @@ async def test_200_files_some_written_slowly_each_sent_once_when_complete(
         finished: dict[str, float] = {}
 
         async def write_slowly(name: str, seed: int) -> None:
-            # Five pieces 0.4 s apart (less than the settle time), 2 s in all.
+            # Five pieces 0.4 s apart (less than the settle time), 1.6 s in all.
             piece = hashlib.sha256(str(seed).encode()).digest() * 1000
             with open(folder / name, "wb") as f:
-                for _ in range(5):
+                for i in range(5):
+                    if i:
+                        await asyncio.sleep(0.4)
                     f.write(piece)
                     f.flush()
-                    await asyncio.sleep(0.4)
-            finished[name] = time.time()
+                finished[name] = time.time()  # the last piece is in
 
         await asyncio.gather(*(write_slowly(n, 1000 + i) for i, n in enumerate(slow)))
         await wait_until(lambda: all_done(db, 200), "sent all 200", daemon)
@@ -142,7 +144,17 @@ async def test_kill_9_mid_batch_then_restart_completes_without_duplicates(
     try:
         await second.wait_for("gatewayd ready")
         await wait_until(lambda: all_done(db, len(names)), "sent all after the restart", second)
+        exactly_once(db, folder, env.share, names)
+        # A watcher added by hand is loaded on SIGHUP.
+        (folder.parent / "late").mkdir()
+        spec = {"name": "late", "rule": "out", "partner": "share", "folder": "late"}
+        (tmp_path / "watchers" / "late.yaml").write_text(yaml.safe_dump({**spec, "settle": 0}))
+        mark = len(second.lines)
+        second.proc.send_signal(signal.SIGHUP)
+        await second.wait_for("configuration reloaded", since=mark)
+        make_file(folder.parent / "late" / "new.bin", 777, seed=9)
+        await wait_until(lambda: all_done(db, len(names) + 1), "sent the late one", second)
     finally:
         assert await second.stop() == 0, second.output[-3000:]
-    exactly_once(db, folder, env.share, names)
+    assert (env.share / "new.bin").read_bytes() == (folder.parent / "late" / "new.bin").read_bytes()
     print(f"kill -9 with {taken} of {len(names)} taken, {done} done; all done after restart")

@@ -1,6 +1,7 @@
 """One listing of a watched folder, off the event loop: what is there, what is excluded.
 
-Links are never followed (neither to files nor to folders); the gateway's own `.tmp`
+Links are never followed (neither to files nor to folders, nor on the way from the
+rule's folder to the watched one); the gateway's own `.tmp`
 folder is never entered. Globs match the file name, or the path below the watched
 folder when they hold a '/'.
 """
@@ -11,7 +12,11 @@ import os
 import stat
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from pathlib import Path
+
+from gatewayd import safepath
+from gatewayd.safepath import Beneath
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -42,39 +47,50 @@ def matches(path: str, patterns: tuple[str, ...]) -> bool:
 
 
 def list_folder(
-    folder: Path, *, recursive: bool, include: tuple[str, ...], exclude: tuple[str, ...]
+    where: Beneath, *, recursive: bool, include: tuple[str, ...], exclude: tuple[str, ...]
 ) -> Listing:
-    """The regular files of `folder` (and below it when `recursive`). Raises OSError
-    when `folder` itself cannot be read; a subfolder that cannot be is skipped."""
+    """The regular files of folder `where` (and below it when `recursive`), reached
+    through no link (each folder opened from its parent's descriptor, as the transfers
+    open their files). Raises OSError (LinkRefused for a link) when `where` itself
+    cannot be read; a subfolder that cannot be is skipped."""
     listing = Listing()
-    stack: list[tuple[str, str]] = [(str(folder), "")]
-    first = True
-    while stack:
-        where, prefix = stack.pop()
-        try:
-            with os.scandir(where) as it:
-                items = list(it)
-        except OSError:
-            if first:
-                raise
-            continue
-        first = False
-        for item in items:
-            rel = f"{prefix}{item.name}"
-            try:
-                st = item.stat(follow_symlinks=False)
-            except OSError:
-                continue  # gone meanwhile
-            if stat.S_ISDIR(st.st_mode):
-                if recursive and item.name != ".tmp" and not matches(rel, exclude):
-                    stack.append((item.path, f"{rel}/"))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue  # links, sockets, fifos: never taken
-            listing.present.add(rel)
-            if not matches(rel, include) or matches(rel, exclude):
-                listing.excluded += 1
-                continue
-            listing.entries.append(Entry(rel, st.st_ino, st.st_size, st.st_mtime_ns))
+    with safepath.folder(where) as fd:
+        _walk(fd, "", listing, recursive, include, exclude)
     listing.entries.sort(key=lambda e: e.path)
     return listing
+
+
+def _walk(
+    fd: int,
+    prefix: str,
+    listing: Listing,
+    recursive: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+) -> None:
+    with os.scandir(fd) as it:
+        items = list(it)
+    for item in items:
+        rel = f"{prefix}{item.name}"
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError:
+            continue  # gone meanwhile
+        if stat.S_ISDIR(st.st_mode):
+            if recursive and item.name != ".tmp" and not matches(rel, exclude):
+                try:
+                    child = os.open(item.name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # unreadable, or swapped for a link meanwhile
+                try:
+                    _walk(child, f"{rel}/", listing, recursive, include, exclude)
+                finally:
+                    os.close(child)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue  # links, sockets, fifos: never taken
+        listing.present.add(rel)
+        if not matches(rel, include) or matches(rel, exclude):
+            listing.excluded += 1
+            continue
+        listing.entries.append(Entry(rel, st.st_ino, st.st_size, st.st_mtime_ns))

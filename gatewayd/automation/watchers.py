@@ -40,9 +40,11 @@ from gatewayd.automation.scan import Entry, Listing, list_folder
 from gatewayd.clock import Clock
 from gatewayd.config import LoadedConfig
 from gatewayd.config.watchers import WatcherConfig, watched_folder
+from gatewayd.errors import TransferError
 from gatewayd.model import Transfer
 from gatewayd.pipeline.service import TransferService
 from gatewayd.requests import RequestError, TransferRequest
+from gatewayd.safepath import Beneath
 from gatewayd.store.base import Store, WatchedFile
 from gatewayd.tasks.base import TaskContext
 from gatewayd.tasks.markers import substitute
@@ -130,7 +132,7 @@ class _Watch:
                 state.state = "standby"
                 return ScanResult(skipped="another node scans this watcher")
             await self._take(result)
-        except (OSError, RequestError) as exc:
+        except (OSError, RequestError, TransferError) as exc:
             result.error = _error_text(exc)
         except Exception as exc:  # the database refused (lease lost, connection)
             result.error = f"{type(exc).__name__}: {exc}"
@@ -280,10 +282,14 @@ class _Watch:
 
 def _list(folder: Path, rule_folder: Path, config: WatcherConfig) -> Listing:
     """Blocking: the listing; the rule's own folder is made when missing (as at start)."""
-    if folder == Path(os.path.normpath(rule_folder)) and not folder.is_dir():
+    root = Path(os.path.normpath(rule_folder))
+    if folder == root and not folder.is_dir():
         folder.mkdir(parents=True, exist_ok=True)
     return list_folder(
-        folder, recursive=config.recursive, include=config.include, exclude=config.exclude
+        Beneath.of(root, folder),
+        recursive=config.recursive,
+        include=config.include,
+        exclude=config.exclude,
     )
 
 
