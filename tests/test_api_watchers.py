@@ -71,6 +71,7 @@ async def test_watchers_through_the_api(
     [shown] = listed["watchers"]
     assert shown["name"] == "w" and shown["status"]["state"] == "running", shown
     assert shown["status"]["taken"] == 1 and shown["status"]["skipped"]["already_sent"] >= 1
+    assert shown["status"]["recorded"] == 1
     assert shown["status"]["lastScan"] is not None and shown["status"]["lastError"] == ""
 
     # The CLI, through the same API (its client blocks: in a thread).

@@ -63,8 +63,9 @@ def scan_json(result: ScanResult) -> dict[str, Any]:
     }
 
 
-def watcher_json(call: Call, config: WatcherConfig) -> dict[str, Any]:
-    """A watcher's configuration (the YAML's field names) and its state on this node."""
+async def watcher_json(call: Call, config: WatcherConfig) -> dict[str, Any]:
+    """A watcher's configuration (the YAML's field names), its state on this node, and
+    the files it ever took (the database's records, whichever node took them)."""
     body = config.model_dump(mode="json", exclude={"source"})
     watchers = call.ctx.watchers
     watch = watchers.get(config.name) if watchers is not None else None
@@ -79,6 +80,7 @@ def watcher_json(call: Call, config: WatcherConfig) -> dict[str, Any]:
         "taken": totals.pop("taken"),
         "skipped": totals,
         "lastResult": scan_json(state.last_result) if state.last_result is not None else None,
+        "recorded": await call.ctx.store.count_watched(config.name),
     }
     return body
 
@@ -94,7 +96,7 @@ def watcher_json(call: Call, config: WatcherConfig) -> dict[str, Any]:
 )
 async def list_watchers(call: Call) -> web.StreamResponse:
     found = sorted(call.ctx.loaded.watchers.values(), key=lambda w: w.name)
-    return web.json_response({"watchers": [watcher_json(call, w) for w in found]})
+    return web.json_response({"watchers": [await watcher_json(call, w) for w in found]})
 
 
 @route(
@@ -107,7 +109,8 @@ async def list_watchers(call: Call) -> web.StreamResponse:
     responses={200: ("The watcher", "Watcher"), **_MISSING, **_ERRORS},
 )
 async def get_watcher(call: Call) -> web.StreamResponse:
-    return web.json_response(watcher_json(call, _watcher(call, call.request.match_info["name"])))
+    watcher = _watcher(call, call.request.match_info["name"])
+    return web.json_response(await watcher_json(call, watcher))
 
 
 def _checked(
@@ -175,7 +178,7 @@ async def _save(call: Call, url_name: str | None) -> tuple[WatcherConfig, bool]:
 async def create_watcher(call: Call) -> web.StreamResponse:
     watcher, _ = await _save(call, None)
     return web.json_response(
-        watcher_json(call, watcher),
+        await watcher_json(call, watcher),
         status=201,
         headers={"Location": f"/api/watchers/{watcher.name}"},
     )
@@ -202,7 +205,7 @@ async def replace_watcher(call: Call) -> web.StreamResponse:
     watcher, created = await _save(call, call.request.match_info["name"])
     headers = {"Location": f"/api/watchers/{watcher.name}"} if created else None
     return web.json_response(
-        watcher_json(call, watcher), status=201 if created else 200, headers=headers
+        await watcher_json(call, watcher), status=201 if created else 200, headers=headers
     )
 
 
@@ -241,7 +244,7 @@ async def _act(call: Call, action: str) -> web.StreamResponse:
     else:
         watchers.resume(name)
     await call.audit(f"watcher.{action}", f"watcher/{name}", {})
-    return web.json_response(watcher_json(call, config))
+    return web.json_response(await watcher_json(call, config))
 
 
 @route(
@@ -342,6 +345,10 @@ SCHEMAS["Watcher"] = {
                         "seen": _INT,
                         "taken": _INT,
                         "skipped": _SKIPPED,
+                        "recorded": {
+                            **_INT,
+                            "description": "Files ever taken (every node, every run)",
+                        },
                         "lastResult": {
                             "oneOf": [
                                 {"$ref": "#/components/schemas/WatcherScan"},
