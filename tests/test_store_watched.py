@@ -13,6 +13,7 @@ import pytest
 
 from gatewayd.model import Status, Transfer
 from gatewayd.store.base import Store, TransferFilter, WatchedFile
+from gatewayd.store.codec import encode_time
 from tests.store_backends import Backend
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,3 +101,23 @@ async def test_one_holder_of_a_watcher_lock(backend: Backend) -> None:
     # b's store closed: its session ended, and its locks with it.
     async with backend.make(node="node-c") as c:
         assert await c.try_watch_lock("w")
+
+
+async def test_a_holder_whose_node_is_dead_loses_the_lock(backend: Backend) -> None:
+    if backend.name != "postgresql":
+        pytest.skip("SQLite: one daemon, always the holder")
+    async with backend.make(node="node-a") as a, backend.make(node="node-b") as b:
+        assert await a.try_watch_lock("w")
+        assert not await b.try_watch_lock("w"), "node-a has no lease row: not known dead"
+        long_ago = encode_time(datetime(2020, 1, 1, tzinfo=UTC))
+        await backend.raw(
+            "INSERT INTO nodes (name, started, heartbeat, lease_seconds) VALUES (?, ?, ?, ?)",
+            "node-a",
+            long_ago,
+            long_ago,
+            2.0,
+        )
+        # node-a's lease ran out long ago (frozen): its session is ended, b takes over.
+        async with asyncio.timeout(10):
+            while not await b.try_watch_lock("w"):
+                await asyncio.sleep(0.05)

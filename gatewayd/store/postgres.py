@@ -120,6 +120,13 @@ _ID_CHUNK = 500
 _WATCH_LOCK = 0x77617463
 _TRY_WATCH_LOCK = "SELECT pg_try_advisory_lock($1, hashtext('gatewayd-watcher:' || $2))"
 _WATCH_UNLOCK = "SELECT pg_advisory_unlock($1, hashtext('gatewayd-watcher:' || $2))"
+# The sessions that hold a watcher's lock, with the node they say they are.
+_WATCH_HOLDERS = (
+    "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = $1::oid "
+    "AND l.objid = hashtext('gatewayd-watcher:' || $2)::oid"
+)
+_APP_PREFIX = "gatewayd "
 # Tries of a claim that met a deadlock: partner locks taken in a later round of the
 # claim are out of order with another node's.
 _CLAIM_TRIES = 5
@@ -908,9 +915,28 @@ class PostgresStore(Store):
             if conn is None:
                 conn = self._watch_conn = await asyncpg.connect(**self._connect)
             got = bool(await conn.fetchval(_TRY_WATCH_LOCK, _WATCH_LOCK, watcher))
+            if not got and await self._end_dead_holders(conn, watcher):
+                got = bool(await conn.fetchval(_TRY_WATCH_LOCK, _WATCH_LOCK, watcher))
             if got:
                 self._watch_held.add(watcher)
             return got
+
+    async def _end_dead_holders(self, conn: asyncpg.Connection, watcher: str) -> bool:
+        """A holder whose node's lease ran out (frozen, cut off from us but not from the
+        database) keeps its session, and the lock with it: end that session. Whether one
+        was ended."""
+        now = await self.db_now()
+        ended = False
+        for pid, app in await conn.fetch(_WATCH_HOLDERS, _WATCH_LOCK, watcher):
+            if not isinstance(app, str) or not app.startswith(_APP_PREFIX) or len(app) >= 63:
+                continue  # not a node of ours, or its name cut short: left alone
+            node = app[len(_APP_PREFIX) :]
+            if node == self.node:
+                continue
+            lease = await self.node_lease(node)
+            if lease is not None and not lease.alive(now):
+                ended = bool(await conn.fetchval("SELECT pg_terminate_backend($1)", pid)) or ended
+        return ended
 
     async def release_watch_lock(self, watcher: str) -> None:
         async with self._watch_lock:
