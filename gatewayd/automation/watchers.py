@@ -341,16 +341,15 @@ class Watchers:
         if not self.running:
             return
         for name in [n for n in self.watches if n not in loaded.watchers]:
-            watch = self.watches.pop(name)
-            self._cancel(watch)
+            self._cancel(self.watches.pop(name))
         for name, config in loaded.watchers.items():
-            watch = self.watches.get(name)
-            if watch is None:
+            known = self.watches.get(name)
+            if known is None:
                 watch = self.watches[name] = _Watch(self, config)
                 watch.task = asyncio.create_task(watch.run(), name=f"watcher {name}")
             else:
-                watch.config = config
-                watch.wake.set()
+                known.config = config
+                known.wake.set()
 
     def _cancel(self, watch: _Watch) -> None:
         if watch.task is not None:
