@@ -110,7 +110,7 @@ async def test_200_files_some_written_slowly_each_sent_once_when_complete(
                 created = datetime.fromisoformat(t["created"]).timestamp()
                 # Taken once unchanged for the settle time after its last piece.
                 assert created >= finished[name] + 0.9, (name, created - finished[name])
-        print(f"200 files (10 written in 1.6 s each, settle 1 s): all DONE {elapsed:.2f} s after the drop")
+        print(f"200 files (10 written over 1.6 s, settle 1 s): all DONE in {elapsed:.2f} s")
     finally:
         assert await daemon.stop() == 0, daemon.output[-3000:]
     assert len(transfers(db)) == 200
