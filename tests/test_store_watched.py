@@ -6,6 +6,7 @@ PostgreSQL one holder of a watcher's lock at a time, released by its session's e
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -56,7 +57,12 @@ async def test_a_file_is_recorded_once_with_its_transfers(store: Store, backend:
     ids = [t.id for t in first[0][1]]
     assert all(ids) and await count(store) == 2
     [a, b] = sorted(await store.live_watched("w"), key=lambda r: r.path)
-    assert (a.path, a.inode, a.transfers, a.node) == ("a", 1, ids, "node-a")
+    assert (a.path, a.inode, a.size, a.mtime_ns) == ("a", 1, 10, 5)
+    [(transfers, node)] = await backend.raw(
+        "SELECT transfers, node FROM watched_files WHERE id = ?", a.id
+    )
+    assert (json.loads(transfers), node) == (ids, "node-a")
+    assert [r.path for r in await store.live_watched("w", after_id=a.id)] == ["b"]
     # The same file again (a rescan after a crash), with a new one: only the new one.
     again = [(record("a", inode=1), [planned("a")]), (record("c", inode=3), [planned("c")])]
     assert await store.insert_watched(again) == [1]
@@ -66,7 +72,7 @@ async def test_a_file_is_recorded_once_with_its_transfers(store: Store, backend:
     # Changed (another size): a new record.
     assert await store.insert_watched([(record("a", inode=1, size=11), [])]) == [0]
     assert await store.count_watched("w") == 4
-    await store.mark_watched_gone([a.id or 0, b.id or 0], AT)
+    await store.mark_watched_gone([a.id, b.id], AT)
     assert sorted(r.path for r in await store.live_watched("w")) == ["a", "c"]
     rows = await backend.raw("SELECT count(*) FROM watched_files WHERE gone IS NOT NULL")
     assert rows[0][0] == 2

@@ -12,6 +12,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import NamedTuple
 
 from gatewayd import safepath
 from gatewayd.safepath import Beneath
@@ -19,8 +20,7 @@ from gatewayd.safepath import Beneath
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """A regular file: its path below the watched folder ('/' separated) and identity."""
 
     path: str

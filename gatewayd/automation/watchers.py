@@ -45,7 +45,7 @@ from gatewayd.model import Transfer
 from gatewayd.pipeline.service import TransferService
 from gatewayd.requests import RequestError, TransferRequest
 from gatewayd.safepath import Beneath
-from gatewayd.store.base import Store, WatchedFile
+from gatewayd.store.base import LiveWatched, Store, WatchedFile
 from gatewayd.tasks.base import TaskContext
 from gatewayd.tasks.markers import substitute
 
@@ -53,6 +53,9 @@ log = structlog.get_logger("gatewayd.watchers")
 
 # What becomes of each file a scan sees. `refused`: the transfer service refused it (a
 # name that cannot be sent): the scan's error says why, the other files go on.
+# Seconds between two full reads of a watcher's records (a safety net: the records are
+# read incrementally in between).
+FULL_RELOAD = 60.0
 OUTCOMES = ("taken", "too_young", "too_small", "already_sent", "excluded", "refused")
 
 
@@ -101,6 +104,11 @@ class _Watch:
         self.wake = asyncio.Event()
         self.lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
+        # The records not gone (see `_live`): valid while this node holds the watcher.
+        self.live: dict[int, LiveWatched] = {}
+        self.live_upto = 0
+        self.live_loaded = 0.0
+        self.live_valid = False
 
     async def run(self) -> None:
         while True:
@@ -130,12 +138,15 @@ class _Watch:
         try:
             if not await store.try_watch_lock(config.name):
                 state.state = "standby"
+                self.live_valid = False  # the holder records files meanwhile
                 return ScanResult(skipped="another node scans this watcher")
             await self._take(result)
         except (OSError, RequestError, TransferError) as exc:
             result.error = _error_text(exc)
         except Exception as exc:  # the database refused (lease lost, connection)
             result.error = f"{type(exc).__name__}: {exc}"
+        if result.error:
+            self.live_valid = False
         result.seconds = time.monotonic() - began
         state.last_scan = self.owner.clock.now()
         state.last_result = result
@@ -157,19 +168,37 @@ class _Watch:
         folder = watched_folder(loaded.paths, rule, config)
         root = loaded.paths.rule_folder(rule)
         listing = await asyncio.to_thread(_list, folder, root, config)
-        live = await owner.store.live_watched(config.name)
+        live = await self._live()
         now = time.monotonic() if owner.real_time else owner.clock.now().timestamp()
-        candidates = self._settled(listing, live, now, result)
-        await self._gone(listing, live)
+        # Pure computation, but thousands of files long: off the event loop too.
+        candidates, gone = await asyncio.to_thread(self._compare, listing, live, now, result)
+        if gone:
+            await self.owner.store.mark_watched_gone(gone, self.owner.clock.now())
+            for record_id in gone:
+                self.live.pop(record_id, None)
         if candidates:
             await self._record(loaded, folder, candidates[: config.batch], result)
 
+    async def _live(self) -> list[LiveWatched]:
+        """The records not gone, kept in memory while this node holds the watcher: each
+        scan reads only those recorded since, and all of them again now and then."""
+        store, name = self.owner.store, self.config.name
+        if not self.live_valid or time.monotonic() - self.live_loaded > FULL_RELOAD:
+            self.live = {r.id: r for r in await store.live_watched(name)}
+            self.live_loaded = time.monotonic()
+            self.live_valid = True
+        else:
+            for record in await store.live_watched(name, after_id=self.live_upto):
+                self.live[record.id] = record
+        self.live_upto = max(self.live_upto, max(self.live, default=0))
+        return list(self.live.values())
+
     def _settled(
-        self, listing: Listing, live: list[WatchedFile], now: float, result: ScanResult
+        self, listing: Listing, live: list[LiveWatched], now: float, result: ScanResult
     ) -> list[Entry]:
         config = self.config
-        by_path = {r.path: r for r in sorted(live, key=lambda r: r.id or 0)}
-        idents = {(r.inode, r.size, r.mtime_ns) for r in live}
+        by_path = {r.path: r for r in live}  # by id: the newest record of a path wins
+        idents = {r.ident for r in live}
         outcomes = result.outcomes
         result.seen = len(listing.entries) + listing.excluded
         outcomes["excluded"] += listing.excluded
@@ -203,9 +232,17 @@ class _Watch:
             del self.first_seen[path]
         return candidates
 
-    async def _gone(self, listing: Listing, live: list[WatchedFile]) -> None:
+    def _compare(
+        self, listing: Listing, live: list[LiveWatched], now: float, result: ScanResult
+    ) -> tuple[list[Entry], list[int]]:
+        """The files to take, and the records gone (a worker thread: the scan holds the
+        watcher's lock, nothing else touches its memory meanwhile)."""
+        return self._settled(listing, live, now, result), self._gone(listing, live)
+
+    @staticmethod
+    def _gone(listing: Listing, live: list[LiveWatched]) -> list[int]:
         """Records whose path is missing, or holds another file now."""
-        by_path: dict[str, list[WatchedFile]] = {}
+        by_path: dict[str, list[LiveWatched]] = {}
         for record in live:
             by_path.setdefault(record.path, []).append(record)
         current = {e.path: e for e in listing.entries}
@@ -215,14 +252,10 @@ class _Watch:
         for path, records in by_path.items():
             entry = current.get(path)
             for record in records:
-                if record.id is None:
-                    continue
-                ident = (record.inode, record.size, record.mtime_ns)
-                missing = path not in listing.present and ident not in idents
+                missing = path not in listing.present and record.ident not in idents
                 if missing or (entry is not None and entry.inode != record.inode):
                     gone.append(record.id)
-        if gone:
-            await self.owner.store.mark_watched_gone(gone, self.owner.clock.now())
+        return gone
 
     async def _record(
         self, loaded: LoadedConfig, folder: Path, entries: list[Entry], result: ScanResult
@@ -233,7 +266,9 @@ class _Watch:
         below = folder.relative_to(root).as_posix() if folder != root else ""
         items: list[tuple[WatchedFile, list[Transfer]]] = []
         taken_at = owner.clock.now()
-        for entry in entries:
+        for index, entry in enumerate(entries):
+            if index and not index % 50:
+                await asyncio.sleep(0)  # building is CPU: let the servers and the API in
             file = posixpath.join(below, entry.path) if below else entry.path
             try:
                 transfers = [self._build(loaded, p, file, entry) for p in config.targets]
@@ -349,6 +384,7 @@ class Watchers:
                 watch.task = asyncio.create_task(watch.run(), name=f"watcher {name}")
             else:
                 known.config = config
+                known.live_valid = False
                 known.wake.set()
 
     def _cancel(self, watch: _Watch) -> None:

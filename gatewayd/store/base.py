@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from gatewayd.model import Status, Transfer
 from gatewayd.store.login_failures import LoginFailures
@@ -467,8 +467,9 @@ class Store(ABC):
         the indexes of `items` recorded now."""
 
     @abstractmethod
-    async def live_watched(self, watcher: str) -> list[WatchedFile]:
-        """The files `watcher` took that were not seen gone since."""
+    async def live_watched(self, watcher: str, after_id: int = 0) -> list[LiveWatched]:
+        """The files `watcher` took that were not seen gone since (those recorded after
+        record `after_id` only, for a watcher that keeps the others in memory)."""
 
     @abstractmethod
     async def mark_watched_gone(self, ids: list[int], at: datetime) -> None:
@@ -486,6 +487,20 @@ class Store(ABC):
 
     async def release_watch_lock(self, watcher: str) -> None:  # noqa: B027
         """Let another node scan `watcher`."""
+
+
+class LiveWatched(NamedTuple):
+    """What a scan compares with each file it sees: a record not seen gone yet."""
+
+    id: int
+    path: str
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @property
+    def ident(self) -> tuple[int, int, int]:
+        return (self.inode, self.size, self.mtime_ns)
 
 
 @dataclass(frozen=True)

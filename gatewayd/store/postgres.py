@@ -39,6 +39,7 @@ from gatewayd.store.base import (
     ApiToken,
     LeaseLost,
     Listening,
+    LiveWatched,
     NodeCommand,
     NodeLease,
     NodeLocked,
@@ -85,9 +86,9 @@ from gatewayd.store.sql import (
     CRASHED,
     EXPIRED,
     Statements,
+    decode_live,
     decode_tapis,
     decode_token,
-    decode_watched,
     encode_tapis,
     encode_token,
     encode_watched,
@@ -891,9 +892,9 @@ class PostgresStore(Store):
                     t.id = None
         return recorded
 
-    async def live_watched(self, watcher: str) -> list[WatchedFile]:
-        rows = await self._live_pool().fetch(_Q.live_watched, watcher)
-        return [decode_watched(tuple(row)) for row in rows]
+    async def live_watched(self, watcher: str, after_id: int = 0) -> list[LiveWatched]:
+        rows = await self._live_pool().fetch(_Q.live_watched, watcher, after_id)
+        return [decode_live(tuple(row)) for row in rows]
 
     async def mark_watched_gone(self, ids: list[int], at: datetime) -> None:
         if ids:

@@ -10,7 +10,14 @@ from typing import Any
 from gatewayd import lifecycle
 from gatewayd.lifecycle import Event
 from gatewayd.model import Status
-from gatewayd.store.base import SORT_FIELDS, ApiToken, TapisTask, TransferFilter, WatchedFile
+from gatewayd.store.base import (
+    SORT_FIELDS,
+    ApiToken,
+    LiveWatched,
+    TapisTask,
+    TransferFilter,
+    WatchedFile,
+)
 from gatewayd.store.codec import (
     AUDIT_COLUMNS,
     COLUMNS,
@@ -149,7 +156,8 @@ class Statements:
             "ON CONFLICT (watcher, path, inode, size, mtime_ns) DO NOTHING RETURNING id"
         )
         self.live_watched = q(
-            f"SELECT {WATCHED_COLUMNS} FROM watched_files WHERE watcher = ? AND gone IS NULL"
+            "SELECT id, path, inode, size, mtime_ns FROM watched_files "
+            "WHERE watcher = ? AND gone IS NULL AND id > ? ORDER BY id"
         )
         self.watched_gone = q("UPDATE watched_files SET gone = ? WHERE id = ? AND gone IS NULL")
         self.count_watched = q("SELECT count(*) FROM watched_files WHERE watcher = ?")
@@ -310,16 +318,5 @@ def encode_watched(record: WatchedFile) -> tuple[Any, ...]:
     )
 
 
-def decode_watched(row: Any) -> WatchedFile:
-    return WatchedFile(
-        id=int(row[0]),
-        watcher=row[1],
-        path=row[2],
-        inode=int(row[3]),
-        size=int(row[4]),
-        mtime_ns=int(row[5]),
-        transfers=[int(i) for i in json.loads(row[6])],
-        taken=decode_time(row[7]),
-        node=row[8],
-        gone=None if row[9] is None else decode_time(row[9]),
-    )
+def decode_live(row: Any) -> LiveWatched:
+    return LiveWatched(int(row[0]), row[1], int(row[2]), int(row[3]), int(row[4]))

@@ -26,6 +26,7 @@ from gatewayd.model import ErrorCode, Status, Step, Transfer
 from gatewayd.store.base import (
     ApiToken,
     Listening,
+    LiveWatched,
     NodeCommand,
     NodeLease,
     NodeRecord,
@@ -67,9 +68,9 @@ from gatewayd.store.sql import (
     CRASHED,
     EXPIRED,
     Statements,
+    decode_live,
     decode_tapis,
     decode_token,
-    decode_watched,
     encode_tapis,
     encode_token,
     encode_watched,
@@ -709,9 +710,9 @@ class SqliteStore(Store):
                     t.id = None
         return recorded
 
-    async def live_watched(self, watcher: str) -> list[WatchedFile]:
-        rows = await self._reader().execute_fetchall(_Q.live_watched, (watcher,))
-        return [decode_watched(row) for row in rows]
+    async def live_watched(self, watcher: str, after_id: int = 0) -> list[LiveWatched]:
+        rows = await self._reader().execute_fetchall(_Q.live_watched, (watcher, after_id))
+        return [decode_live(row) for row in rows]
 
     async def mark_watched_gone(self, ids: list[int], at: datetime) -> None:
         if not ids:
