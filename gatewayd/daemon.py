@@ -433,7 +433,11 @@ class _Reloader:
             log.warning(str(warning))
         if unapplied:
             log.warning("some changes apply only after a restart", sections=",".join(unapplied))
-        log.info("configuration reloaded", rules=len(loaded.config.rules))
+        log.info(
+            "configuration reloaded",
+            rules=len(loaded.config.rules),
+            watchers=len(loaded.watchers),
+        )
 
 
 # ------------------------------------------------------------------ demo secrets exposed

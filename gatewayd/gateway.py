@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gatewayd import ports
+from gatewayd.automation.watchers import Watchers
 from gatewayd.clock import Clock, SystemClock
 from gatewayd.cluster.bus import Bus
 from gatewayd.config import LoadedConfig
@@ -133,6 +134,16 @@ class Gateway:
         self.expirer = Expirer(store, self.clock)
         self.service = TransferService(
             self.engine, wake=self._new_work, preregistered=self.expirer.wake
+        )
+        # Local folder watchers: they make client transfers through the service.
+        self.watchers = Watchers(
+            loaded,
+            store,
+            self.service,
+            self.clock,
+            self.metrics,
+            node=loaded.config.daemon.node_name(),
+            real_time=isinstance(self.clock, SystemClock),
         )
         # Several nodes on one database: control from any node, wake-ups, rule notices.
         daemon = loaded.config.daemon
@@ -266,6 +277,7 @@ class Gateway:
                 port=server.bound_port,
             )
         self.expirer.start()
+        await self.watchers.start()
         if self.config.api.enabled:
             from gatewayd.api import ApiServer  # the API pulls in aiohttp: only when used
 
@@ -298,6 +310,7 @@ class Gateway:
             scheduler=scheduler,
             metrics=self.metrics.render,
             hashing=self.hashing,
+            watchers=self.watchers,
         )
 
     async def _prepare_api_tls(self) -> ssl.SSLContext | None:
@@ -325,6 +338,7 @@ class Gateway:
         self.config = loaded.config
         self.rt.loaded = loaded
         self.clients.loaded = loaded
+        self.watchers.apply(loaded)
         scheduler = loaded.config.scheduler
         self.scheduler.set_limits(
             max_transfers=scheduler.max_transfers,
@@ -359,6 +373,7 @@ class Gateway:
         if self.api is not None:
             await _all(left(), [("stop", "api", self.api.stop)])
         await _all(left(), [("stop", "expirer", self.expirer.stop)])
+        await _all(left(), [("stop", "watchers", self.watchers.stop)])
         await _all(left(), [("stop", "cluster bus", self.bus.stop)])
         await _all(left(), [("stop", "scheduler", self.scheduler.stop)])
 

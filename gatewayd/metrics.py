@@ -112,6 +112,26 @@ class GatewayMetrics(Observer):
             buckets=DB_BUCKETS,
             registry=r,
         )
+        self.watcher_scans = Counter(
+            "gatewayd_watcher_scans",
+            "Scans of its folder by each local watcher, by how they ended (ok, error)",
+            ["watcher", "result"],
+            registry=r,
+        )
+        self.watcher_files = Counter(
+            "gatewayd_watcher_files",
+            "Files seen by each local watcher's scans, by what became of them "
+            "(taken, too_young, too_small, already_sent, excluded, refused)",
+            ["watcher", "outcome"],
+            registry=r,
+        )
+        self.watcher_scan_seconds = Histogram(
+            "gatewayd_watcher_scan_seconds",
+            "Time of one scan of a local watcher (listing, settle, recording)",
+            ["watcher"],
+            buckets=DB_BUCKETS,
+            registry=r,
+        )
         r.register(_StateCollector(state))
         self._live: dict[int, _Live] = {}
         self._exposed = CollectorRegistry(auto_describe=False)
@@ -155,6 +175,16 @@ class GatewayMetrics(Observer):
 
     def login_failed(self, server: str, protocol: str) -> None:
         self.login_failures.labels(server, protocol).inc()
+
+    def watcher_scanned(
+        self, watcher: str, seconds: float, outcomes: dict[str, int], error: bool
+    ) -> None:
+        """One scan of `watcher` ended (the watchers' observer)."""
+        self.watcher_scans.labels(watcher, "error" if error else "ok").inc()
+        self.watcher_scan_seconds.labels(watcher).observe(seconds)
+        for outcome, count in outcomes.items():
+            if count:
+                self.watcher_files.labels(watcher, outcome).inc(count)
 
 
 class _StateCollector(Collector):

@@ -79,7 +79,7 @@ async def raw(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
 async def test_migrations_from_empty(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "folder" / "g.db"
     async with SqliteStore(path) as store:
-        assert await store.schema_version() == len(load_migrations()) == 7
+        assert await store.schema_version() == len(load_migrations())
     assert [m.filename for m in load_migrations()] == [
         "0001_transfers.sql",
         "0002_audit.sql",
@@ -88,6 +88,7 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         "0005_token_manage.sql",
         "0006_owner.sql",
         "0007_cluster.sql",
+        "0008_watchers.sql",
     ]
     objects = {
         (kind, name)
@@ -113,10 +114,11 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         "audit_at",
         "api_tokens_user",
         "node_commands_pending",
+        "watched_files_live",
     }
     columns = [row[1] for row in await raw(path, "PRAGMA table_info(transfers)")]
     assert sorted(columns) == sorted(f.name for f in dataclasses.fields(Transfer))
-    assert (await raw(path, "PRAGMA user_version"))[0][0] == 7
+    assert (await raw(path, "PRAGMA user_version"))[0][0] == len(load_migrations())
     assert (await raw(path, "PRAGMA journal_mode"))[0][0] == "wal"
     assert await raw(path, "PRAGMA foreign_key_list(transfers)")
 

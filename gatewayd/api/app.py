@@ -25,6 +25,7 @@ from gatewayd.api import (  # noqa: F401
     tapis,
     tokens,
     transfers,
+    watchers,
 )
 from gatewayd.api.auth import Authenticator, claimed_caller, open_authenticator
 from gatewayd.api.errors import Handler, error_middleware

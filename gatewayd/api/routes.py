@@ -16,6 +16,7 @@ from aiohttp import web
 from gatewayd.api.auth import Authenticator, Principal
 
 if TYPE_CHECKING:
+    from gatewayd.automation.watchers import Watchers
     from gatewayd.clock import Clock
     from gatewayd.config import LoadedConfig
     from gatewayd.passwords import PasswordHashing
@@ -51,6 +52,8 @@ class ApiDeps:
     metrics: Callable[[], bytes]
     # Password checks and hashes, off the event loop (shared with the protocol servers).
     hashing: PasswordHashing
+    # The local folder watchers (None: a gateway without them, e.g. some tests).
+    watchers: Watchers | None
 
 
 @dataclass

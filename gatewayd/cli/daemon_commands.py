@@ -135,6 +135,8 @@ def _check_config(args: argparse.Namespace) -> int:
             _count(len(config.rules), "rule"),
         )
     )
+    if loaded.watchers:
+        counts += f", {_count(len(loaded.watchers), 'watcher')}"
     print(f"{path}: OK ({counts})")
     return Exit.OK
 

@@ -43,6 +43,7 @@ from gatewayd.config.schema import (
     name_problem,
 )
 from gatewayd.config.timezones import gateway_timezone
+from gatewayd.config.watchers import CheckedWatcher, WatcherConfig, check_watcher, watcher_files
 from gatewayd.config.yamlsource import DataPath, YamlSource, describe_key, parse_yaml, read_yaml
 from gatewayd.names import check_name
 
@@ -61,6 +62,8 @@ class LoadedConfig:
     # Who still uses a demo password: "account 'demo'", "API user 'admin'".
     demo_secrets: tuple[str, ...] = ()
     rule_origins: dict[str, RuleOrigin] = field(default_factory=dict, repr=False)
+    # The local folder watchers (gatewayd.config.watchers), by name.
+    watchers: dict[str, WatcherConfig] = field(default_factory=dict)
 
     def rule_folder(self, rule: RuleConfig) -> Path:
         """The rule's local folder (its `folder`, or data_dir/<name>)."""
@@ -76,6 +79,13 @@ class LoadedConfig:
         if rule is not None and rule.source is not None:
             return rule.source
         return self.paths.rules_dir / f"{name}.yaml"
+
+    def watcher_file(self, name: str) -> Path:
+        """Where watcher `name` is (or would be) written."""
+        watcher = self.watchers.get(name)
+        if watcher is not None and watcher.source is not None:
+            return watcher.source
+        return self.paths.watchers_dir / f"{name}.yaml"
 
 
 def load_config(path: Path | str) -> LoadedConfig:
@@ -130,6 +140,15 @@ def load_config(path: Path | str) -> LoadedConfig:
         _check_rule_folders(folders, paths, item)
     problems += duplicate_problems([item.keys for item in checked])
     problems += folders.problems
+    valid_rules = {item.rule.name: item.rule for item in checked if item.rule is not None}
+    folders.check(paths.watchers_dir, source, ("daemon", "watchers_dir"), writable=False)
+    invalid = frozenset(i.keys.name for i in checked if i.rule is None and i.keys.name)
+    watchers, errors = _load_watchers(
+        paths, source, valid_rules, _declared(data, "partners"), invalid
+    )
+    problems += errors
+    for watcher in watchers:
+        problems += watcher.problems
     if problems or config is None:
         raise ConfigError(problems)
 
@@ -151,6 +170,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         warnings=warnings,
         demo_secrets=tuple(demo),
         rule_origins={item.rule.name: item.origin for item in checked if item.rule is not None},
+        watchers={w.watcher.name: w.watcher for w in watchers if w.watcher is not None},
     )
 
 
@@ -184,6 +204,23 @@ def load_rule_text(loaded: LoadedConfig, text: str, source_name: str) -> RuleCon
     if problems or checked.rule is None:
         raise ConfigError(problems)
     return checked.rule.model_copy(update={"source": loaded.rule_file(checked.rule.name)})
+
+
+def load_watcher_text(loaded: LoadedConfig, text: str, source_name: str) -> WatcherConfig:
+    """Check one watcher given as YAML text against a loaded configuration, as the admin
+    API does before writing it to `loaded.watcher_file(name)`. Raises ConfigError."""
+    source = parse_yaml(text, Path(source_name))
+    checked = check_watcher(
+        source,
+        loaded.config.rules,
+        loaded.config.partners,
+        loaded.paths,
+        check_file_name=False,
+    )
+    if checked.problems or checked.watcher is None:
+        raise ConfigError(checked.problems)
+    watcher = checked.watcher
+    return watcher.model_copy(update={"source": loaded.watcher_file(watcher.name)})
 
 
 def demo_secrets_in_use(loaded: LoadedConfig) -> list[str]:
@@ -420,3 +457,24 @@ def _load_rules(
         return [], [source.problem(("daemon", "rules_dir"), message)]
     accounts, partners = set(accounts), set(partners)
     return [check_rule(read_yaml(file), accounts, partners) for file in files], []
+
+
+def _load_watchers(
+    paths: Paths,
+    source: YamlSource,
+    rules: dict[str, RuleConfig],
+    partners: set[str],
+    invalid_rules: frozenset[str],
+) -> tuple[list[CheckedWatcher], list[Problem]]:
+    if not paths.watchers_dir.is_dir():
+        return [], []  # no folder, no watchers
+    try:
+        files = watcher_files(paths.watchers_dir)
+    except OSError as exc:
+        message = f"cannot read the watchers folder {paths.watchers_dir}: {exc.strerror}"
+        return [], [source.problem(("daemon", "watchers_dir"), message)]
+    checked = [
+        check_watcher(read_yaml(file), rules, partners, paths, invalid_rules=invalid_rules)
+        for file in files
+    ]
+    return checked, []

@@ -28,6 +28,8 @@ class Paths:
     data_dir: Path
     rules_dir: Path
     database: Path
+    # Before `node`: built by keyword everywhere, but a default keeps old callers valid.
+    watchers_dir: Path = Path("watchers")
     # Set when nodes share the database (PostgreSQL): the state folder may be shared too,
     # and the lock is then this node's own.
     node: str | None = None
@@ -43,6 +45,7 @@ class Paths:
             state_dir=absolute(daemon.state_dir, home),
             data_dir=absolute(daemon.data_dir, home),
             rules_dir=absolute(daemon.rules_dir, home),
+            watchers_dir=absolute(daemon.watchers_dir, home),
             database=absolute(database.path, home),
             node=daemon.node_name() if database.backend == "postgresql" else None,
         )
@@ -68,7 +71,13 @@ class Paths:
 
     def daemon_folders(self) -> list[Path]:
         """Folders the daemon writes to, besides the rule folders."""
-        return [self.state_dir, self.data_dir, self.rules_dir, self.database.parent]
+        return [
+            self.state_dir,
+            self.data_dir,
+            self.rules_dir,
+            self.watchers_dir,
+            self.database.parent,
+        ]
 
 
 def folder_problem(folder: Path, *, writable: bool = True) -> tuple[Path, str] | None:

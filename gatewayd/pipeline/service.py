@@ -31,7 +31,7 @@ from gatewayd.requests import (
     parse,
 )
 from gatewayd.safepath import Beneath
-from gatewayd.store.base import TapisTask
+from gatewayd.store.base import TapisTask, WatchedFile
 
 
 @dataclass
@@ -156,6 +156,14 @@ class TransferService:
         """Record a Tapis transfer task with its children, all in one commit."""
         await self.rt.store.insert_tapis_task(task, children)
         self.wake()
+
+    async def insert_watched(self, items: list[tuple[WatchedFile, list[Transfer]]]) -> list[int]:
+        """Record files a watcher took with their transfers (made by `build`), in one
+        commit; a file recorded already is skipped. The indexes of those recorded."""
+        recorded = await self.rt.store.insert_watched(items)
+        if recorded:
+            self.wake()
+        return recorded
 
     async def plan_folder(
         self,

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from gatewayd.model import Status, Transfer
 from gatewayd.store.login_failures import LoginFailures
@@ -456,6 +456,68 @@ class Store(ABC):
     @abstractmethod
     async def forget_login_failures(self, before: datetime) -> int:
         """Drop the counts whose last failure is older than `before`; how many."""
+
+    # -- watchers ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def insert_watched(self, items: list[tuple[WatchedFile, list[Transfer]]]) -> list[int]:
+        """Record each file a watcher took together with its transfers, all in one
+        commit. A file whose key (watcher, path, inode, size, mtime_ns) is recorded
+        already is skipped: its transfers are not inserted (their ids stay None). Returns
+        the indexes of `items` recorded now."""
+
+    @abstractmethod
+    async def live_watched(self, watcher: str, after_id: int = 0) -> list[LiveWatched]:
+        """The files `watcher` took that were not seen gone since (those recorded after
+        record `after_id` only, for a watcher that keeps the others in memory)."""
+
+    @abstractmethod
+    async def mark_watched_gone(self, ids: list[int], at: datetime) -> None:
+        """The files of these records are no longer where they were taken."""
+
+    @abstractmethod
+    async def count_watched(self, watcher: str) -> int:
+        """How many files `watcher` ever took."""
+
+    async def try_watch_lock(self, watcher: str) -> bool:
+        """Whether this node may scan `watcher` now. One node per database (SQLite):
+        always. PostgreSQL: a session advisory lock, held until `release_watch_lock`
+        or until this node's connection ends (its death)."""
+        return True
+
+    async def release_watch_lock(self, watcher: str) -> None:  # noqa: B027
+        """Let another node scan `watcher`."""
+
+
+class LiveWatched(NamedTuple):
+    """What a scan compares with each file it sees: a record not seen gone yet."""
+
+    id: int
+    path: str
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @property
+    def ident(self) -> tuple[int, int, int]:
+        return (self.inode, self.size, self.mtime_ns)
+
+
+@dataclass(frozen=True)
+class WatchedFile:
+    """A file a watcher took: where it was (`path`, below the watched folder, '/'
+    separated), what it was, and the transfers it became."""
+
+    watcher: str
+    path: str
+    inode: int
+    size: int
+    mtime_ns: int
+    taken: datetime
+    transfers: list[int] = field(default_factory=list)
+    node: str = ""
+    gone: datetime | None = None
+    id: int | None = None
 
 
 class LeaseLost(RuntimeError):

@@ -38,7 +38,7 @@ from gatewayd.store.sql import CRASHED, CRASHED_FROM, TABLES
 # Rows read from SQLite and sent with PostgreSQL's COPY at a time.
 CHUNK = 5000
 # The column of each table that a sequence numbers.
-_SERIAL = {"transfers": "id", "audit": "id", "tapis_tasks": "seq"}
+_SERIAL = {"transfers": "id", "audit": "id", "tapis_tasks": "seq", "watched_files": "id"}
 _STATUS = COLUMNS.index("status")
 _CRASHED_FROM = frozenset(s.value for s in CRASHED_FROM)
 

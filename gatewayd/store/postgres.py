@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +39,7 @@ from gatewayd.store.base import (
     ApiToken,
     LeaseLost,
     Listening,
+    LiveWatched,
     NodeCommand,
     NodeLease,
     NodeLocked,
@@ -49,6 +50,7 @@ from gatewayd.store.base import (
     Store,
     TapisTask,
     TransferFilter,
+    WatchedFile,
 )
 from gatewayd.store.bus_sql import (
     CHANNEL,
@@ -84,10 +86,12 @@ from gatewayd.store.sql import (
     CRASHED,
     EXPIRED,
     Statements,
+    decode_live,
     decode_tapis,
     decode_token,
     encode_tapis,
     encode_token,
+    encode_watched,
 )
 
 if TYPE_CHECKING:
@@ -114,6 +118,16 @@ _CLAIM_ROUNDS = 16
 _NODE_LOCK = 0x6E6F6465
 _TRY_NODE_LOCK = "SELECT pg_try_advisory_lock($1, hashtext('gatewayd-node:' || $2))"
 _ID_CHUNK = 500
+_WATCH_LOCK = 0x77617463
+_TRY_WATCH_LOCK = "SELECT pg_try_advisory_lock($1, hashtext('gatewayd-watcher:' || $2))"
+_WATCH_UNLOCK = "SELECT pg_advisory_unlock($1, hashtext('gatewayd-watcher:' || $2))"
+# The sessions that hold a watcher's lock, with the node they say they are.
+_WATCH_HOLDERS = (
+    "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = $1::oid "
+    "AND l.objid = hashtext('gatewayd-watcher:' || $2)::oid"
+)
+_APP_PREFIX = "gatewayd "
 # Tries of a claim that met a deadlock: partner locks taken in a later round of the
 # claim are out of order with another node's.
 _CLAIM_TRIES = 5
@@ -255,6 +269,11 @@ class PostgresStore(Store):
         # listener; the guard itself.
         self._connect: dict[str, Any] = {}
         self._guard: asyncpg.Connection | None = None
+        # The watchers' advisory locks, on a connection of their own (its end, with the
+        # node's, releases them), and the watchers they hold.
+        self._watch_conn: asyncpg.Connection | None = None
+        self._watch_held: set[str] = set()
+        self._watch_lock = asyncio.Lock()
         self._guarded: str | None = None
         # Writes are refused past this time.monotonic() (hold_lease).
         self._lease_until: float | None = None
@@ -292,6 +311,9 @@ class PostgresStore(Store):
     async def close(self) -> None:
         """Write everything pending, stop the writer, close the pool. Idempotent."""
         self._closed = True
+        watch, self._watch_conn = self._watch_conn, None
+        if watch is not None:
+            await watch.close()
         try:
             await self._inserted.wait()
             if self._writer is not None:
@@ -836,3 +858,92 @@ class PostgresStore(Store):
     async def forget_login_failures(self, before: datetime) -> int:
         status = await self._live_pool().execute(_LF.forget, encode_time(before))
         return int(status.split()[-1])
+
+    # -- watchers ----------------------------------------------------------------------
+
+    async def insert_watched(self, items: list[tuple[WatchedFile, list[Transfer]]]) -> list[int]:
+        # Ids for every transfer at once (one trip to the sequence), then split per file.
+        every = [t for _, transfers in items for t in transfers]
+        flat = await self._new_rows(self._live_pool(), every)
+        rows: list[list[tuple[Any, ...]]] = []
+        for _, transfers in items:
+            rows.append(flat[: len(transfers)])
+            flat = flat[len(transfers) :]
+        recorded: list[int] = []
+        try:
+            async with self._transaction() as conn:
+                for index, ((record, transfers), new) in enumerate(zip(items, rows, strict=True)):
+                    ids = [t.id for t in transfers if t.id is not None]
+                    values = POSTGRESQL.values(encode_watched(replace(record, transfers=ids)))
+                    if await conn.fetchval(_Q.insert_watched, *values) is None:
+                        continue  # taken already (another node, a rescan): the key decides
+                    if new:
+                        await conn.executemany(_Q.insert, new)
+                    recorded.append(index)
+        except BaseException:
+            for _, transfers in items:
+                for t in transfers:
+                    t.id = None
+            raise
+        taken = set(recorded)
+        for index, (_, transfers) in enumerate(items):
+            if index not in taken:
+                for t in transfers:
+                    t.id = None
+        return recorded
+
+    async def live_watched(self, watcher: str, after_id: int = 0) -> list[LiveWatched]:
+        rows = await self._live_pool().fetch(_Q.live_watched, watcher, after_id)
+        return [decode_live(tuple(row)) for row in rows]
+
+    async def mark_watched_gone(self, ids: list[int], at: datetime) -> None:
+        if ids:
+            async with self._transaction() as conn:
+                await conn.executemany(_Q.watched_gone, [(encode_time(at), i) for i in ids])
+
+    async def count_watched(self, watcher: str) -> int:
+        return int(await self._live_pool().fetchval(_Q.count_watched, watcher))
+
+    async def try_watch_lock(self, watcher: str) -> bool:
+        async with self._watch_lock:
+            self._live_pool()
+            conn = self._watch_conn
+            if conn is not None and conn.is_closed():
+                conn, self._watch_conn = None, None
+                self._watch_held.clear()  # the server dropped them with the session
+            if watcher in self._watch_held:
+                return True
+            if conn is None:
+                conn = self._watch_conn = await asyncpg.connect(**self._connect)
+            got = bool(await conn.fetchval(_TRY_WATCH_LOCK, _WATCH_LOCK, watcher))
+            if not got and await self._end_dead_holders(conn, watcher):
+                got = bool(await conn.fetchval(_TRY_WATCH_LOCK, _WATCH_LOCK, watcher))
+            if got:
+                self._watch_held.add(watcher)
+            return got
+
+    async def _end_dead_holders(self, conn: asyncpg.Connection, watcher: str) -> bool:
+        """A holder whose node's lease ran out (frozen, cut off from us but not from the
+        database) keeps its session, and the lock with it: end that session. Whether one
+        was ended."""
+        now = await self.db_now()
+        ended = False
+        for pid, app in await conn.fetch(_WATCH_HOLDERS, _WATCH_LOCK, watcher):
+            if not isinstance(app, str) or not app.startswith(_APP_PREFIX) or len(app) >= 63:
+                continue  # not a node of ours, or its name cut short: left alone
+            node = app[len(_APP_PREFIX) :]
+            if node == self.node:
+                continue
+            lease = await self.node_lease(node)
+            if lease is not None and not lease.alive(now):
+                ended = bool(await conn.fetchval("SELECT pg_terminate_backend($1)", pid)) or ended
+        return ended
+
+    async def release_watch_lock(self, watcher: str) -> None:
+        async with self._watch_lock:
+            conn = self._watch_conn
+            if watcher not in self._watch_held or conn is None or conn.is_closed():
+                self._watch_held.discard(watcher)
+                return
+            self._watch_held.discard(watcher)
+            await conn.fetchval(_WATCH_UNLOCK, _WATCH_LOCK, watcher)

@@ -10,7 +10,14 @@ from typing import Any
 from gatewayd import lifecycle
 from gatewayd.lifecycle import Event
 from gatewayd.model import Status
-from gatewayd.store.base import SORT_FIELDS, ApiToken, TapisTask, TransferFilter
+from gatewayd.store.base import (
+    SORT_FIELDS,
+    ApiToken,
+    LiveWatched,
+    TapisTask,
+    TransferFilter,
+    WatchedFile,
+)
 from gatewayd.store.codec import (
     AUDIT_COLUMNS,
     COLUMNS,
@@ -58,7 +65,20 @@ TABLES: dict[str, tuple[str, ...]] = {
     "audit": AUDIT_COLUMNS,
     "api_tokens": tuple(c.strip() for c in TOKEN_COLUMNS.split(",")),
     "tapis_tasks": ("seq", *(c.strip() for c in TAPIS_COLUMNS.split(","))),
+    "watched_files": (
+        "id",
+        "watcher",
+        "path",
+        "inode",
+        "size",
+        "mtime_ns",
+        "transfers",
+        "taken",
+        "node",
+        "gone",
+    ),
 }
+WATCHED_COLUMNS = ", ".join(TABLES["watched_files"])
 
 
 class Statements:
@@ -128,6 +148,19 @@ class Statements:
         self.revoke_token = q(
             "UPDATE api_tokens SET revoked = ? WHERE id = ? AND revoked IS NULL RETURNING id"
         )
+
+        # -- watchers
+        self.insert_watched = q(
+            f"INSERT INTO watched_files ({', '.join(TABLES['watched_files'][1:])}) "
+            f"VALUES ({placeholders(9)}) "
+            "ON CONFLICT (watcher, path, inode, size, mtime_ns) DO NOTHING RETURNING id"
+        )
+        self.live_watched = q(
+            "SELECT id, path, inode, size, mtime_ns FROM watched_files "
+            "WHERE watcher = ? AND gone IS NULL AND id > ? ORDER BY id"
+        )
+        self.watched_gone = q("UPDATE watched_files SET gone = ? WHERE id = ? AND gone IS NULL")
+        self.count_watched = q("SELECT count(*) FROM watched_files WHERE watcher = ?")
 
     def plan_interrupted(self, ids: int) -> str:
         """`ids` rows PLANNED if INTERRUPTED (parameters: updated, the ids)."""
@@ -265,3 +298,25 @@ def decode_token(row: Iterable[Any]) -> ApiToken:
         revoked=None if revoked is None else decode_time(revoked),
         manage_tokens=bool(manage_tokens),
     )
+
+
+# -- watchers
+
+
+def encode_watched(record: WatchedFile) -> tuple[Any, ...]:
+    """The row of a watched file, without its id."""
+    return (
+        record.watcher,
+        record.path,
+        record.inode,
+        record.size,
+        record.mtime_ns,
+        json.dumps(record.transfers),
+        encode_time(record.taken),
+        record.node,
+        None if record.gone is None else encode_time(record.gone),
+    )
+
+
+def decode_live(row: Any) -> LiveWatched:
+    return LiveWatched(int(row[0]), row[1], int(row[2]), int(row[3]), int(row[4]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +26,7 @@ from gatewayd.model import ErrorCode, Status, Step, Transfer
 from gatewayd.store.base import (
     ApiToken,
     Listening,
+    LiveWatched,
     NodeCommand,
     NodeLease,
     NodeRecord,
@@ -34,6 +36,7 @@ from gatewayd.store.base import (
     Store,
     TapisTask,
     TransferFilter,
+    WatchedFile,
 )
 from gatewayd.store.bus_sql import (
     TAKEN,
@@ -65,10 +68,12 @@ from gatewayd.store.sql import (
     CRASHED,
     EXPIRED,
     Statements,
+    decode_live,
     decode_tapis,
     decode_token,
     encode_tapis,
     encode_token,
+    encode_watched,
 )
 from gatewayd.store.writer import BatchWriter
 
@@ -675,3 +680,46 @@ class SqliteStore(Store):
         async with self._live_writer().transaction() as conn:
             cursor = await conn.execute(_LF.forget, (encode_time(before),))
             return cursor.rowcount
+
+    # -- watchers ----------------------------------------------------------------------
+
+    async def insert_watched(self, items: list[tuple[WatchedFile, list[Transfer]]]) -> list[int]:
+        writer = self._live_writer()
+        rows = [self._new_rows(transfers) for _, transfers in items]
+        recorded: list[int] = []
+        try:
+            async with writer.transaction() as conn:
+                for index, ((record, transfers), new) in enumerate(zip(items, rows, strict=True)):
+                    ids = [t.id for t in transfers if t.id is not None]
+                    done = replace(record, transfers=ids)
+                    row = encode_watched(done)
+                    if not list(await conn.execute_fetchall(_Q.insert_watched, row)):
+                        continue  # taken already (a rescan after a crash): the key decides
+                    if new:
+                        await conn.executemany(_Q.insert, new)
+                    recorded.append(index)
+        except BaseException:
+            for _, transfers in items:
+                for t in transfers:
+                    t.id = None
+            raise
+        taken = set(recorded)
+        for index, (_, transfers) in enumerate(items):
+            if index not in taken:
+                for t in transfers:
+                    t.id = None
+        return recorded
+
+    async def live_watched(self, watcher: str, after_id: int = 0) -> list[LiveWatched]:
+        rows = await self._reader().execute_fetchall(_Q.live_watched, (watcher, after_id))
+        return [decode_live(row) for row in rows]
+
+    async def mark_watched_gone(self, ids: list[int], at: datetime) -> None:
+        if not ids:
+            return
+        async with self._live_writer().transaction() as conn:
+            await conn.executemany(_Q.watched_gone, [(encode_time(at), i) for i in ids])
+
+    async def count_watched(self, watcher: str) -> int:
+        rows = list(await self._reader().execute_fetchall(_Q.count_watched, (watcher,)))
+        return int(rows[0][0])

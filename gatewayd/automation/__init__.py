@@ -1,0 +1,1 @@
+"""Automation: what makes client transfers without anyone asking (local folder watchers)."""
