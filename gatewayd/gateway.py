@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gatewayd import ports
+from gatewayd.automation.schedules import ScheduleService
 from gatewayd.clock import Clock, SystemClock
 from gatewayd.cluster.bus import Bus
 from gatewayd.config import LoadedConfig
@@ -147,6 +148,9 @@ class Gateway:
         )
         if self.bus.enabled:
             self.service.forwarder = self.bus
+        self.schedules = ScheduleService(
+            store, self.service, self.clock, loaded, daemon.node_name()
+        )
         # One of each for every server: login failures and an account's transfers add
         # up whatever the protocol.
         # Counted in the database when nodes share it: guesses add up over the nodes.
@@ -249,6 +253,7 @@ class Gateway:
         prepared, api_tls = await self.prepare()
         await self.scheduler.start()
         await self.bus.start()
+        await self.schedules.start()
         for name, server_config, server in prepared:
             try:
                 await server.start()
@@ -331,6 +336,7 @@ class Gateway:
             max_per_partner=scheduler.max_per_partner,
             partner_limits=_partner_limits(loaded),
         )
+        self.schedules.reload(loaded)
 
     async def stop(self, timeout: float) -> Stopped:
         """Stop within about `timeout` seconds, so that no partner loses an answer:
@@ -359,6 +365,7 @@ class Gateway:
         if self.api is not None:
             await _all(left(), [("stop", "api", self.api.stop)])
         await _all(left(), [("stop", "expirer", self.expirer.stop)])
+        await _all(left(), [("stop", "schedules", self.schedules.stop)])
         await _all(left(), [("stop", "cluster bus", self.bus.stop)])
         await _all(left(), [("stop", "scheduler", self.scheduler.stop)])
 

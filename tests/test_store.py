@@ -79,8 +79,8 @@ async def raw(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
 async def test_migrations_from_empty(tmp_path: Path) -> None:
     path = tmp_path / "missing" / "folder" / "g.db"
     async with SqliteStore(path) as store:
-        assert await store.schema_version() == len(load_migrations()) == 7
-    assert [m.filename for m in load_migrations()] == [
+        assert await store.schema_version() == len(load_migrations())
+    assert [m.filename for m in load_migrations()][:7] == [
         "0001_transfers.sql",
         "0002_audit.sql",
         "0003_tokens.sql",
@@ -116,7 +116,7 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
     }
     columns = [row[1] for row in await raw(path, "PRAGMA table_info(transfers)")]
     assert sorted(columns) == sorted(f.name for f in dataclasses.fields(Transfer))
-    assert (await raw(path, "PRAGMA user_version"))[0][0] == 7
+    assert (await raw(path, "PRAGMA user_version"))[0][0] == len(load_migrations())
     assert (await raw(path, "PRAGMA journal_mode"))[0][0] == "wal"
     assert await raw(path, "PRAGMA foreign_key_list(transfers)")
 

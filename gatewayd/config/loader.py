@@ -33,6 +33,7 @@ from gatewayd.config.rules import (
     duplicate_problems,
     rule_files,
 )
+from gatewayd.config.schedules import ScheduleConfig, load_schedules
 from gatewayd.config.schema import (
     Config,
     DaemonConfig,
@@ -61,6 +62,8 @@ class LoadedConfig:
     # Who still uses a demo password: "account 'demo'", "API user 'admin'".
     demo_secrets: tuple[str, ...] = ()
     rule_origins: dict[str, RuleOrigin] = field(default_factory=dict, repr=False)
+    # The schedules of `daemon.schedules_dir` (gatewayd.config.schedules).
+    schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
 
     def rule_folder(self, rule: RuleConfig) -> Path:
         """The rule's local folder (its `folder`, or data_dir/<name>)."""
@@ -130,10 +133,12 @@ def load_config(path: Path | str) -> LoadedConfig:
         _check_rule_folders(folders, paths, item)
     problems += duplicate_problems([item.keys for item in checked])
     problems += folders.problems
+    rules = {item.rule.name: item.rule for item in checked if item.rule is not None}
+    schedules, errors = _load_schedules(paths, source, rules, _declared(data, "partners"))
+    problems += errors
     if problems or config is None:
         raise ConfigError(problems)
 
-    rules = {item.rule.name: item.rule for item in checked if item.rule is not None}
     config = config.model_copy(
         update={
             "servers": servers,
@@ -151,6 +156,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         warnings=warnings,
         demo_secrets=tuple(demo),
         rule_origins={item.rule.name: item.origin for item in checked if item.rule is not None},
+        schedules=schedules,
     )
 
 
@@ -420,3 +426,15 @@ def _load_rules(
         return [], [source.problem(("daemon", "rules_dir"), message)]
     accounts, partners = set(accounts), set(partners)
     return [check_rule(read_yaml(file), accounts, partners) for file in files], []
+
+
+def _load_schedules(
+    paths: Paths, source: YamlSource, rules: dict[str, RuleConfig], partners: set[str]
+) -> tuple[dict[str, ScheduleConfig], list[Problem]]:
+    if paths.schedules_dir is None:
+        return {}, []
+    try:
+        return load_schedules(paths.schedules_dir, rules, partners)
+    except OSError as exc:
+        message = f"cannot read the schedules folder {paths.schedules_dir}: {exc.strerror}"
+        return {}, [source.problem(("daemon", "schedules_dir"), message)]

@@ -28,6 +28,7 @@ class Paths:
     data_dir: Path
     rules_dir: Path
     database: Path
+    schedules_dir: Path | None = None
     # Set when nodes share the database (PostgreSQL): the state folder may be shared too,
     # and the lock is then this node's own.
     node: str | None = None
@@ -45,6 +46,7 @@ class Paths:
             rules_dir=absolute(daemon.rules_dir, home),
             database=absolute(database.path, home),
             node=daemon.node_name() if database.backend == "postgresql" else None,
+            schedules_dir=absolute(daemon.schedules_dir, home),
         )
 
     @property

@@ -184,6 +184,8 @@ class DaemonConfig(Strict):
     state_dir: LaxPath = Path("var")
     data_dir: LaxPath = Path("var/data")
     rules_dir: LaxPath = Path("rules")
+    # One YAML file per schedule (gatewayd.config.schedules); a missing folder: none.
+    schedules_dir: LaxPath = Path("schedules")
     # An IANA zone name (Europe/Paris); default: the system's zone.
     timezone: str | None = None
     shutdown_timeout: Annotated[float, Field(gt=0)] = 10.0

@@ -457,6 +457,37 @@ class Store(ABC):
     async def forget_login_failures(self, before: datetime) -> int:
         """Drop the counts whose last failure is older than `before`; how many."""
 
+    # -- schedules and pollers ----------------------------------------------------------
+
+    @abstractmethod
+    async def ensure_schedules(self, names: list[str], now: datetime) -> None:
+        """Record the schedules of `names` not known yet as known since `now` (one
+        already known keeps its date)."""
+
+    @abstractmethod
+    async def schedule_states(self) -> list[ScheduleState]:
+        """Every schedule the database knows, by name."""
+
+    @abstractmethod
+    async def schedule_state(self, name: str) -> ScheduleState | None:
+        """The schedule `name`, if the database knows it."""
+
+    @abstractmethod
+    async def insert_fire(
+        self, schedule: str, fire_time: datetime, transfers: list[Transfer], node: str
+    ) -> bool:
+        """Record the firing of `schedule` at `fire_time` and insert its transfers in
+        the same commit. False (nothing inserted, the transfers keep no id) when that
+        firing is recorded already: by another node, or before a restart."""
+
+    @abstractmethod
+    async def set_schedule_paused(self, name: str, paused: bool, now: datetime) -> bool:
+        """Pause or resume a known schedule; False when it is not known."""
+
+    @abstractmethod
+    async def set_schedule_error(self, name: str, error: str, now: datetime) -> None:
+        """Record the last error of a schedule ("" once a firing succeeded)."""
+
 
 class LeaseLost(RuntimeError):
     """A write refused: this node's lease may have run out, its rows may be another
@@ -499,3 +530,20 @@ class NodeState:
     taken_over_at: datetime | None
     running: int  # RUNNING rows it owns
     alive: bool  # its lease holds (not stopped, not taken over)
+
+
+# -- schedules and pollers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """What the database knows of a schedule: since when (missed firings count from
+    then or from the last firing), paused or not, the last error, and its firings."""
+
+    name: str
+    since: datetime
+    paused: bool = False
+    last_error: str = ""
+    last_fire: datetime | None = None
+    last_transfer_id: int | None = None
+    fires: int = 0

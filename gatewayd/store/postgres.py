@@ -46,6 +46,7 @@ from gatewayd.store.base import (
     NodeState,
     Notice,
     Notification,
+    ScheduleState,
     Store,
     TapisTask,
     TransferFilter,
@@ -80,6 +81,8 @@ from gatewayd.store.login_failures import decode as decode_login_failures
 from gatewayd.store.migrate import load_migrations, pg_apply_migrations, pg_current_version
 from gatewayd.store.nodes_sql import NodeStatements, decode_node, expired_before, record_values
 from gatewayd.store.pg_writer import PgWriter
+from gatewayd.store.schedules_sql import ScheduleStatements
+from gatewayd.store.schedules_sql import decode_state as decode_schedule_state
 from gatewayd.store.sql import (
     CRASHED,
     EXPIRED,
@@ -98,6 +101,7 @@ _N = NodeStatements(POSTGRESQL)
 _BUS = BusStatements(POSTGRESQL)
 _NOTIFY = "SELECT pg_notify($1, $2)"
 _LF = LoginFailureStatements(POSTGRESQL)
+_S = ScheduleStatements(POSTGRESQL)
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 _ID = COLUMNS.index("id")
 _NEXT_IDS = "SELECT nextval(pg_get_serial_sequence('transfers', 'id')) FROM generate_series(1, $1)"
@@ -836,3 +840,62 @@ class PostgresStore(Store):
     async def forget_login_failures(self, before: datetime) -> int:
         status = await self._live_pool().execute(_LF.forget, encode_time(before))
         return int(status.split()[-1])
+
+    # -- schedules and pollers ----------------------------------------------------------
+
+    async def ensure_schedules(self, names: list[str], now: datetime) -> None:
+        if not names:
+            return
+        at = encode_time(now)
+        async with self._transaction() as conn:
+            await conn.executemany(_S.ensure, [(name, at, at) for name in names])
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        rows = await self._live_pool().fetch(_S.states)
+        return [decode_schedule_state(tuple(row)) for row in rows]
+
+    async def schedule_state(self, name: str) -> ScheduleState | None:
+        row = await self._live_pool().fetchrow(_S.state, name)
+        return None if row is None else decode_schedule_state(tuple(row))
+
+    async def insert_fire(
+        self, schedule: str, fire_time: datetime, transfers: list[Transfer], node: str
+    ) -> bool:
+        rows = await self._new_rows(self._live_pool(), transfers)
+        claim = (
+            schedule,
+            encode_time(fire_time),
+            transfers[0].id if transfers else None,
+            node,
+            encode_time(_now()),
+        )
+        try:
+            async with self._transaction() as conn:
+                # The key decides: a second node (or a restart) trying the same firing
+                # gets nothing back and inserts nothing.
+                if await conn.fetchval(_S.claim_fire, *claim) is None:
+                    raise _AlreadyFired
+                if rows:
+                    await conn.executemany(_Q.insert, rows)
+        except _AlreadyFired:
+            for t in transfers:
+                t.id = None
+            return False
+        except BaseException:
+            for t in transfers:
+                t.id = None
+            raise
+        return True
+
+    async def set_schedule_paused(self, name: str, paused: bool, now: datetime) -> bool:
+        async with self._transaction() as conn:
+            found = await conn.fetchval(_S.set_paused, int(paused), encode_time(now), name)
+        return found is not None
+
+    async def set_schedule_error(self, name: str, error: str, now: datetime) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(_S.set_error, *POSTGRESQL.values((error, encode_time(now), name)))
+
+
+class _AlreadyFired(Exception):
+    """Rolls back a firing that another commit recorded first."""

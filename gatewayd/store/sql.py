@@ -58,6 +58,9 @@ TABLES: dict[str, tuple[str, ...]] = {
     "audit": AUDIT_COLUMNS,
     "api_tokens": tuple(c.strip() for c in TOKEN_COLUMNS.split(",")),
     "tapis_tasks": ("seq", *(c.strip() for c in TAPIS_COLUMNS.split(","))),
+    # -- schedules and pollers
+    "schedule_state": ("name", "since", "paused", "last_error", "updated"),
+    "schedule_runs": ("schedule", "fire_time", "transfer_id", "node", "created"),
 }
 
 
