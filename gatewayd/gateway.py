@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gatewayd import ports
+from gatewayd.automation.pollers import PollerService
 from gatewayd.automation.schedules import ScheduleService
 from gatewayd.clock import Clock, SystemClock
 from gatewayd.cluster.bus import Bus
@@ -151,6 +152,9 @@ class Gateway:
         self.schedules = ScheduleService(
             store, self.service, self.clock, loaded, daemon.node_name()
         )
+        self.pollers = PollerService(
+            store, self.service, self.clients, self.clock, loaded, daemon.node_name()
+        )
         # One of each for every server: login failures and an account's transfers add
         # up whatever the protocol.
         # Counted in the database when nodes share it: guesses add up over the nodes.
@@ -254,6 +258,7 @@ class Gateway:
         await self.scheduler.start()
         await self.bus.start()
         await self.schedules.start()
+        await self.pollers.start()
         for name, server_config, server in prepared:
             try:
                 await server.start()
@@ -337,6 +342,7 @@ class Gateway:
             partner_limits=_partner_limits(loaded),
         )
         self.schedules.reload(loaded)
+        self.pollers.reload(loaded)
 
     async def stop(self, timeout: float) -> Stopped:
         """Stop within about `timeout` seconds, so that no partner loses an answer:
@@ -365,7 +371,10 @@ class Gateway:
         if self.api is not None:
             await _all(left(), [("stop", "api", self.api.stop)])
         await _all(left(), [("stop", "expirer", self.expirer.stop)])
-        await _all(left(), [("stop", "schedules", self.schedules.stop)])
+        await _all(
+            left(),
+            [("stop", "schedules", self.schedules.stop), ("stop", "pollers", self.pollers.stop)],
+        )
         await _all(left(), [("stop", "cluster bus", self.bus.stop)])
         await _all(left(), [("stop", "scheduler", self.scheduler.stop)])
 

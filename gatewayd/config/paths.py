@@ -29,6 +29,7 @@ class Paths:
     rules_dir: Path
     database: Path
     schedules_dir: Path | None = None
+    pollers_dir: Path | None = None
     # Set when nodes share the database (PostgreSQL): the state folder may be shared too,
     # and the lock is then this node's own.
     node: str | None = None
@@ -47,6 +48,7 @@ class Paths:
             database=absolute(database.path, home),
             node=daemon.node_name() if database.backend == "postgresql" else None,
             schedules_dir=absolute(daemon.schedules_dir, home),
+            pollers_dir=absolute(daemon.pollers_dir, home),
         )
 
     @property

@@ -54,7 +54,7 @@ def _cron(value: str) -> str:
     return value
 
 
-def _zone(value: str) -> str:
+def checked_zone(value: str) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
@@ -87,7 +87,7 @@ class ScheduledTransfer(Strict):
 class ScheduleConfig(Strict):
     name: FileName
     cron: Annotated[str, AfterValidator(_cron)]
-    timezone: Annotated[str, AfterValidator(_zone)] | None = None
+    timezone: Annotated[str, AfterValidator(checked_zone)] | None = None
     catch_up: Literal["once", "skip"] = "once"
     enabled: bool = True
     transfer: ScheduledTransfer

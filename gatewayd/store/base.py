@@ -488,6 +488,18 @@ class Store(ABC):
     async def set_schedule_error(self, name: str, error: str, now: datetime) -> None:
         """Record the last error of a schedule ("" once a firing succeeded)."""
 
+    @abstractmethod
+    async def poller_taken(self, poller: str) -> set[tuple[str, int, str]]:
+        """The remote files `poller` made a transfer of: (name, size, mtime text)."""
+
+    @abstractmethod
+    async def insert_take(
+        self, poller: str, key: tuple[str, int, str], transfer: Transfer, node: str
+    ) -> bool:
+        """Record that `poller` took remote file `key` (name, size, mtime text) and
+        insert its transfer, in one commit. False (nothing inserted, the transfer keeps
+        no id) when that file was taken already."""
+
 
 class LeaseLost(RuntimeError):
     """A write refused: this node's lease may have run out, its rows may be another

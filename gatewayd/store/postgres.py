@@ -896,6 +896,28 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             await conn.execute(_S.set_error, *POSTGRESQL.values((error, encode_time(now), name)))
 
+    async def poller_taken(self, poller: str) -> set[tuple[str, int, str]]:
+        rows = await self._live_pool().fetch(_S.taken, poller)
+        return {(row[0], int(row[1]), row[2]) for row in rows}
+
+    async def insert_take(
+        self, poller: str, key: tuple[str, int, str], transfer: Transfer, node: str
+    ) -> bool:
+        rows = await self._new_rows(self._live_pool(), [transfer])
+        claim = POSTGRESQL.values((poller, *key, transfer.id, node, encode_time(_now())))
+        try:
+            async with self._transaction() as conn:
+                if await conn.fetchval(_S.claim_file, *claim) is None:
+                    raise _AlreadyFired
+                await conn.executemany(_Q.insert, rows)
+        except _AlreadyFired:
+            transfer.id = None
+            return False
+        except BaseException:
+            transfer.id = None
+            raise
+        return True
+
 
 class _AlreadyFired(Exception):
     """Rolls back a firing that another commit recorded first."""

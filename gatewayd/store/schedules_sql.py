@@ -1,5 +1,6 @@
-"""The statements of schedules (their firings and their shared state), written once for
-both backends like `gatewayd.store.sql`."""
+"""The statements of schedules (their firings and their shared state) and of remote
+pollers (the remote files taken), written once for both backends like
+`gatewayd.store.sql`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from gatewayd.store.dialect import Dialect
 
 STATE_COLUMNS = "name, since, paused, last_error, updated"
 RUN_COLUMNS = "schedule, fire_time, transfer_id, node, created"
+TAKEN_COLUMNS = "poller, name, size, mtime, transfer_id, node, created"
 # A state with what its firings say: the last one, its transfer, how many.
 _STATE = (
     "SELECT s.name, s.since, s.paused, s.last_error, "
@@ -43,6 +45,11 @@ class ScheduleStatements:
         )
         self.set_paused = q(
             "UPDATE schedule_state SET paused = ?, updated = ? WHERE name = ? RETURNING name"
+        )
+        self.taken = q("SELECT name, size, mtime FROM poller_files WHERE poller = ?")
+        self.claim_file = q(
+            f"INSERT INTO poller_files ({TAKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (poller, name, size, mtime) DO NOTHING RETURNING poller"
         )
         self.set_error = q(
             "UPDATE schedule_state SET last_error = ?, updated = ? WHERE name = ? RETURNING name"

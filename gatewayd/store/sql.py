@@ -61,6 +61,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     # -- schedules and pollers
     "schedule_state": ("name", "since", "paused", "last_error", "updated"),
     "schedule_runs": ("schedule", "fire_time", "transfer_id", "node", "created"),
+    "poller_files": ("poller", "name", "size", "mtime", "transfer_id", "node", "created"),
 }
 
 

@@ -736,6 +736,28 @@ class SqliteStore(Store):
         async with self._live_writer().transaction() as conn:
             await conn.execute_fetchall(_S.set_error, (error, encode_time(now), name))
 
+    async def poller_taken(self, poller: str) -> set[tuple[str, int, str]]:
+        rows = await self._reader().execute_fetchall(_S.taken, (poller,))
+        return {(name, int(size), mtime) for name, size, mtime in rows}
+
+    async def insert_take(
+        self, poller: str, key: tuple[str, int, str], transfer: Transfer, node: str
+    ) -> bool:
+        try:
+            async with self._live_writer().transaction() as conn:
+                rows = self._new_rows([transfer])
+                claim = (poller, *key, transfer.id, node, encode_time(_now()))
+                if not list(await conn.execute_fetchall(_S.claim_file, claim)):
+                    raise _AlreadyFired
+                await conn.executemany(_Q.insert, rows)
+        except _AlreadyFired:
+            transfer.id = None
+            return False
+        except BaseException:
+            transfer.id = None
+            raise
+        return True
+
 
 class _AlreadyFired(Exception):
     """Rolls back a firing that another commit recorded first."""

@@ -22,3 +22,18 @@ CREATE TABLE schedule_state (
     last_error TEXT NOT NULL DEFAULT '',
     updated TEXT NOT NULL
 ) STRICT;
+
+-- Remote pollers: one row per remote file (name, size, modification time) a poller
+-- made a receive transfer of, inserted in the same commit as that transfer: a file is
+-- fetched once, whichever node polled it; the same name with another size or time
+-- is another file. `mtime` is the codec's UTC text, '' when the partner gives none.
+CREATE TABLE poller_files (
+    poller TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime TEXT NOT NULL,
+    transfer_id INTEGER,
+    node TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL,
+    PRIMARY KEY (poller, name, size, mtime)
+) STRICT;
