@@ -308,6 +308,8 @@ class Gateway:
             scheduler=scheduler,
             metrics=self.metrics.render,
             hashing=self.hashing,
+            schedules=self.schedules,
+            pollers=self.pollers,
         )
 
     async def _prepare_api_tls(self) -> ssl.SSLContext | None:

@@ -389,3 +389,63 @@ def test_mistakes_are_reported_with_file_and_line(tmp_path: Path) -> None:
     ), text
     assert any("does not allow partner 'share'" in t and "not-allowed.yaml" in t for t in text)
     assert any("misnamed.yaml" in t and "must be in a file named other.yaml" in t for t in text)
+
+
+# ---------------------------------------------------------------------- the API
+
+
+async def test_api_lists_fires_pauses_and_resumes(tmp_path: Path) -> None:
+    from tests.api_support import ApiEnv
+
+    env = ApiEnv(tmp_path)
+    env.clock = ManualClock(utc(2024, 6, 3, 23, 59))
+    env.users["viewer"] = {"rules": "r"}
+    env.daemon["timezone"] = "Europe/Paris"
+    env.rule("reports", "send")
+    env.rule("inbox", "receive")
+    write_schedule(
+        env,
+        {
+            "name": "daily",
+            "cron": "0 2 * * *",
+            "transfer": {"rule": "reports", "partner": "share", "file": "daily.csv"},
+        },
+    )
+    (env.share / "out").mkdir()
+    folder = env.root / "pollers"
+    folder.mkdir()
+    (folder / "share-in.yaml").write_text(
+        yaml.safe_dump(
+            {"name": "share-in", "partner": "share", "rule": "inbox", "remote_dir": "out"}
+            | {"interval": 300, "globs": ["*.csv"], "after": "delete"}
+        )
+    )
+    await env.start()
+    try:
+        listed = await env.api.get("/api/schedules", user="viewer")
+        [one] = listed["schedules"]
+        assert one["name"] == "daily" and one["state"] == "active"
+        assert one["timezone"] == "Europe/Paris" and one["catchUp"] == "once"
+        assert one["nextRun"] == "2024-06-04T02:00:00+02:00" and one["lastRun"] is None
+        assert (
+            await env.api.call("POST", "/api/schedules/daily/fire", user="viewer")
+        ).status == 403
+        fired = await env.api.call("POST", "/api/schedules/daily/fire")
+        assert fired.status == 201, fired.text
+        assert fired.body["transfer"]["rule"] == "reports" and not fired.body["duplicate"]
+        paused = await env.api.call("POST", "/api/schedules/daily/pause")
+        assert paused.status == 200 and paused.body["state"] == "paused"
+        got = await env.api.get("/api/schedules/daily")
+        assert got["state"] == "paused" and got["fires"] == 1 and got["fired"] == 1
+        assert got["lastTransferId"] == fired.body["transfer"]["id"]
+        resumed = await env.api.call("POST", "/api/schedules/daily/resume")
+        assert resumed.body["state"] == "active"
+        assert (await env.api.call("GET", "/api/schedules/nope")).status == 404
+
+        [poller] = (await env.api.get("/api/pollers"))["pollers"]
+        assert poller["name"] == "share-in" and poller["after"] == "delete"
+        assert poller["globs"] == ["*.csv"] and poller["polls"] >= 1
+        assert (await env.api.call("POST", "/api/pollers/share-in/fire")).status == 202
+        assert (await env.api.call("GET", "/api/pollers/nope")).status == 404
+    finally:
+        await env.stop()

@@ -17,6 +17,7 @@ from aiohttp import web
 # The handler modules register their routes when imported.
 from gatewayd.api import (  # noqa: F401
     about,
+    automation,
     inventory,
     metrics,
     openapi,

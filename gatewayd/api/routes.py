@@ -16,6 +16,8 @@ from aiohttp import web
 from gatewayd.api.auth import Authenticator, Principal
 
 if TYPE_CHECKING:
+    from gatewayd.automation.pollers import PollerService
+    from gatewayd.automation.schedules import ScheduleService
     from gatewayd.clock import Clock
     from gatewayd.config import LoadedConfig
     from gatewayd.passwords import PasswordHashing
@@ -51,6 +53,9 @@ class ApiDeps:
     metrics: Callable[[], bytes]
     # Password checks and hashes, off the event loop (shared with the protocol servers).
     hashing: PasswordHashing
+    # Schedules and remote pollers (gatewayd.automation).
+    schedules: ScheduleService
+    pollers: PollerService
 
 
 @dataclass
