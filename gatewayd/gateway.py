@@ -97,6 +97,8 @@ class Gateway:
                 running=lambda: [run.transfer for run in list(self.engine.active.values())],
                 sessions=self._sessions,
                 queue_depth=lambda: self.scheduler.queue_depth(),
+                schedules=lambda: self.schedules.counts(),
+                pollers=lambda: self.pollers.counts(),
             ),
             node=loaded.config.daemon.node_name(),
         )

@@ -447,5 +447,17 @@ async def test_api_lists_fires_pauses_and_resumes(tmp_path: Path) -> None:
         assert poller["globs"] == ["*.csv"] and poller["polls"] >= 1
         assert (await env.api.call("POST", "/api/pollers/share-in/fire")).status == 202
         assert (await env.api.call("GET", "/api/pollers/nope")).status == 404
+
+        text = (await env.api.call("GET", "/metrics")).text
+        fired_line = next(
+            x
+            for x in text.splitlines()
+            if x.startswith("gatewayd_schedule_firings_total{") and 'outcome="fired"' in x
+        )
+        assert 'schedule="daily"' in fired_line and fired_line.endswith(" 1.0")
+        assert any(
+            x.startswith("gatewayd_poller_polls_total{") and 'poller="share-in"' in x
+            for x in text.splitlines()
+        )
     finally:
         await env.stop()

@@ -146,6 +146,18 @@ class PollerService:
     def stats(self, name: str) -> PollerStats:
         return self._get(name).stats
 
+    def counts(self) -> list[tuple[str, dict[str, int], int, int]]:
+        """Per poller: its files taken and skipped, its looks, the files seen now."""
+        return [
+            (
+                name,
+                {"taken": p.stats.taken, "skipped": p.stats.skipped},
+                p.stats.polls,
+                p.stats.seen,
+            )
+            for name, p in sorted(self._pollers.items())
+        ]
+
     def _get(self, name: str) -> _Poller:
         poller = self._pollers.get(name)
         if poller is None:

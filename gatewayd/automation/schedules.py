@@ -137,6 +137,21 @@ class ScheduleService:
     def stats(self, name: str) -> ScheduleStats:
         return self._entry(name).stats
 
+    def counts(self) -> list[tuple[str, dict[str, int]]]:
+        """Per schedule, what its firings did on this node (for the metrics)."""
+        return [
+            (
+                name,
+                {
+                    "fired": e.stats.fired,
+                    "duplicate": e.stats.duplicates,
+                    "skipped": e.stats.skipped,
+                    "error": e.stats.errors,
+                },
+            )
+            for name, e in sorted(self._entries.items())
+        ]
+
     def _entry(self, name: str) -> _Entry:
         entry = self._entries.get(name)
         if entry is None:

@@ -20,7 +20,16 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from gatewayd import __version__
-from gatewayd.cli import daemon_commands, db, inventory, rules, status, tokens, transfers
+from gatewayd.cli import (
+    automation,
+    daemon_commands,
+    db,
+    inventory,
+    rules,
+    status,
+    tokens,
+    transfers,
+)
 from gatewayd.cli.exits import CliError, Exit, epilog
 
 if TYPE_CHECKING:
@@ -36,6 +45,7 @@ COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     db.add,
     transfers.add,
     rules.add,
+    automation.add,
     inventory.add_partner,
     inventory.add_server,
     tokens.add,
