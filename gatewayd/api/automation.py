@@ -78,6 +78,7 @@ POLLER_PROPERTIES: dict[str, Any] = {
     "seen": {**_COUNT, "description": "matching files in the last listing"},
     "taken": {**_COUNT, "description": "files this node made a transfer of"},
     "skipped": {**_COUNT, "description": "files whose transfer was refused (their name...)"},
+    "standby": {**_COUNT, "description": "looks left to the node that runs the pollers"},
 }
 SCHEMAS["Poller"] = {"type": "object", "properties": POLLER_PROPERTIES}
 SCHEMAS["PollerList"] = {
@@ -242,6 +243,7 @@ def _poller_json(call: Call, name: str) -> dict[str, Any]:
         "seen": stats.seen,
         "taken": stats.taken,
         "skipped": stats.skipped,
+        "standby": stats.standby,
     }
 
 

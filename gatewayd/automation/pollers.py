@@ -5,7 +5,8 @@ A file is known by (name, size, modification time). It is taken only once it has
 settled: the same size and time on two consecutive looks, so that a file the partner
 is still writing is not fetched half-written. Taking it inserts its transfer and the
 record of the file in one commit under that key (gatewayd.store `insert_take`): it is
-fetched once, whichever node looked, and across restarts. `after: delete` / `move` end
+fetched once, whichever node looked, and across restarts. On a shared database one
+node looks at a time (gatewayd.automation.leader). `after: delete` / `move` end
 the transfer's post chain with REMOTEDELETE / REMOTEMOVE, which run only once the file
 is here whole and the rule's own post tasks passed.
 """
@@ -23,6 +24,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from gatewayd.automation.cron import Cron
+from gatewayd.automation.leader import Leader
 from gatewayd.clock import Clock
 from gatewayd.config import LoadedConfig
 from gatewayd.config.pollers import PollerConfig
@@ -47,6 +49,8 @@ class PollerStats:
     seen: int = 0
     taken: int = 0
     skipped: int = 0
+    # Looks left to another node (the leader, see gatewayd.automation.leader).
+    standby: int = 0
     last_poll: datetime | None = None
     next_poll: datetime | None = None
     last_error: str = ""
@@ -90,6 +94,7 @@ class PollerService:
         self._loaded = loaded
         self._node = node
         self._pollers: dict[str, _Poller] = {}
+        self._leader = Leader(store, node)
         self._stopping = False
         # Looks done so far (all pollers): tests driving a manual clock wait on it.
         self.passes = 0
@@ -193,6 +198,10 @@ class PollerService:
         """One look at the partner's folder; how many files it took."""
         config = poller.config
         stats = poller.stats
+        if not await self._leader.mine():
+            stats.standby += 1
+            poller.previous = {}  # a file must settle under this node's own eyes
+            return 0
         stats.polls += 1
         stats.last_poll = self._clock.now()
         try:
