@@ -40,7 +40,7 @@ class Cron:
         if problem is not None:
             raise CronError(problem)
 
-    def _iter(self, start: datetime, *, backwards: bool = False) -> croniter:
+    def _iter(self, start: datetime, *, backwards: bool = False) -> croniter[datetime]:
         return croniter(
             self.expression,
             start,
