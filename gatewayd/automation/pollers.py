@@ -132,13 +132,19 @@ class PollerService:
             poller.task.cancel()
 
     async def stop(self) -> None:
+        """Let each poller end its look (a take is one commit: never cut in the middle);
+        the gateway's stop bounds the wait, and cancels what overruns it."""
         self._stopping = True
         tasks = [p.task for p in self._pollers.values() if p.task is not None]
         for poller in self._pollers.values():
-            self._cancel(poller)
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            poller.wake.set()
+        try:
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            for task in tasks:
+                task.cancel()
 
     # ------------------------------------------------------------------ reads
 
