@@ -448,6 +448,30 @@ async def test_api_lists_fires_pauses_and_resumes(tmp_path: Path) -> None:
         assert (await env.api.call("POST", "/api/pollers/share-in/fire")).status == 202
         assert (await env.api.call("GET", "/api/pollers/nope")).status == 404
 
+        # Written through the API: checked first (every problem, with its line)...
+        bad = {"cron": "0 25 * * *", "transfer": {"rule": "inbox", "partner": "ghost", "file": "x"}}
+        refused = await env.api.call("PUT", "/api/schedules/nightly", json_body=bad)
+        assert refused.status == 400, refused.text
+        messages = " | ".join(e["message"] for e in refused.errors)
+        assert "nightly.yaml:" in messages and "invalid cron expression" in messages
+        assert "unknown partner 'ghost'" in messages
+        assert not (env.root / "schedules" / "nightly.yaml").exists()
+        good = {
+            "cron": "30 1 * * *",
+            "transfer": {"rule": "reports", "partner": "share", "file": "n.csv"},
+        }
+        made = await env.api.call("PUT", "/api/schedules/nightly", json_body=good)
+        assert made.status == 201, made.text
+        assert made.body["nextRun"] == "2024-06-05T01:30:00+02:00"  # 01:59 there now
+        names = [s["name"] for s in (await env.api.get("/api/schedules"))["schedules"]]
+        assert names == ["daily", "nightly"]
+        assert (await env.api.call("DELETE", "/api/schedules/nightly")).status == 204
+        assert not (env.root / "schedules" / "nightly.yaml").exists()
+        assert (await env.api.call("GET", "/api/schedules/nightly")).status == 404
+        wrong = {"partner": "share", "rule": "reports", "interval": 5}
+        refused = await env.api.call("PUT", "/api/pollers/p2", json_body=wrong)
+        assert refused.status == 400 and "a send rule" in refused.text
+
         text = (await env.api.call("GET", "/metrics")).text
         fired_line = next(
             x

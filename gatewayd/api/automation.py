@@ -1,22 +1,31 @@
 """`/api/schedules` and `/api/pollers`: what each schedule and poller is, its state (last
 and next run, last error, counts), and the actions: fire now, pause, resume.
 
-They are configured as YAML files (`daemon.schedules_dir`, `daemon.pollers_dir`),
-checked like the rules by `check-config`. They need the `rules` permission: read to
-look, write to act.
+They are YAML files (`daemon.schedules_dir`, `daemon.pollers_dir`), checked like the
+rules by `check-config`; `PUT` writes one (JSON with the file's field names, checked
+first, then the configuration reloaded as for a rule), `DELETE` removes it. They need
+the `rules` permission: read to look, write to act, delete to delete.
 """
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
-from gatewayd.api.errors import not_found
+from gatewayd.api.body import parse_json, read_text
+from gatewayd.api.errors import Problem, bad_request, not_found
 from gatewayd.api.routes import SCHEMAS, Call, route
+from gatewayd.api.rules import change_file
 from gatewayd.api.shapes import rfc3339, transfer_json
 from gatewayd.automation.pollers import PollerService, UnknownPoller
 from gatewayd.automation.schedules import ScheduleService, UnknownSchedule
+from gatewayd.config.pollers import check_poller
+from gatewayd.config.schedules import check_schedule
+from gatewayd.config.yamlsource import parse_yaml
 from gatewayd.store.base import ScheduleState
 
 _ERRORS: dict[int, tuple[str, str | None]] = {
@@ -295,3 +304,164 @@ async def fire_poller(call: Call) -> web.StreamResponse:
         raise not_found(f"no poller '{name}'") from None
     await call.audit("fire poller", name)
     return web.json_response(_poller_json(call, name), status=202)
+
+
+# --------------------------------------------------------------------------- writing
+
+SCHEMAS["ScheduleConfig"] = {
+    "type": "object",
+    "description": "A schedule's file (gatewayd.config.schedules) as JSON",
+    "properties": {
+        "cron": {"type": "string"},
+        "timezone": {"type": "string"},
+        "catch_up": {"enum": ["once", "skip"]},
+        "enabled": {"type": "boolean"},
+        "transfer": {
+            "type": "object",
+            "properties": {
+                "rule": {"type": "string"},
+                "partner": {"type": "string"},
+                "file": {"type": "string"},
+                "output": {"type": "string"},
+                "transfer_info": {"type": "object"},
+            },
+            "required": ["rule", "partner", "file"],
+        },
+    },
+    "required": ["cron", "transfer"],
+}
+SCHEMAS["PollerConfig"] = {
+    "type": "object",
+    "description": "A poller's file (gatewayd.config.pollers) as JSON",
+    "properties": {
+        "partner": {"type": "string"},
+        "rule": {"type": "string"},
+        "remote_dir": {"type": "string"},
+        "globs": {"type": "array", "items": {"type": "string"}},
+        "interval": {"type": "number"},
+        "cron": {"type": "string"},
+        "timezone": {"type": "string"},
+        "after": {"enum": ["keep", "delete", "move"]},
+        "move_to": {"type": "string"},
+        "enabled": {"type": "boolean"},
+    },
+    "required": ["partner", "rule"],
+}
+_WRITE_ERRORS: dict[int, tuple[str, str | None]] = {
+    400: ("Invalid: every problem is listed, with its line", "Errors"),
+    409: ("The configuration on disk does not load; nothing was changed", "Errors"),
+    **_ERRORS,
+}
+
+
+def _folder(call: Call, kind: str) -> Path:
+    paths = call.ctx.loaded.paths
+    folder = paths.schedules_dir if kind == "schedule" else paths.pollers_dir
+    if folder is None:
+        raise bad_request(Problem(f"no {kind}s folder is configured", "not_configured"))
+    return folder
+
+
+async def _put(call: Call, kind: str) -> web.StreamResponse:
+    """Write `<folder>/<name>.yaml` from a JSON body, checked first like check-config,
+    then reload (rolled back when the whole configuration does not load)."""
+    name = call.request.match_info["name"]
+    body = parse_json(await read_text(call.request))
+    if not isinstance(body, dict):
+        raise bad_request(Problem(f"the body must be a JSON object (a {kind})", "bad_value"))
+    body = {"name": name, **{k: v for k, v in body.items() if k != "name"}}
+    folder = _folder(call, kind)
+    loaded = call.ctx.loaded
+    known = loaded.schedules if kind == "schedule" else loaded.pollers
+    path = known[name].source if name in known and known[name].source else None
+    path = path or folder / f"{name}.yaml"
+    text = f"# Written through the admin API by {call.principal.user}.\n" + yaml.safe_dump(
+        body, sort_keys=False, allow_unicode=True
+    )
+    source = parse_yaml(text, path)
+    partners = set(loaded.config.partners)
+    problems = (
+        check_schedule(source, loaded.config.rules, partners).problems
+        if kind == "schedule"
+        else check_poller(source, loaded.config.rules, partners).problems
+    )
+    if problems:
+        raise bad_request(*(Problem(str(p), f"invalid_{kind}") for p in problems))
+    async with call.ctx.config_lock:
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        await change_file(call, path, text)
+    if kind == "schedule":
+        await _schedules(call).apply(call.ctx.loaded)
+    await call.audit(f"{kind}.replace" if name in known else f"{kind}.create", f"{kind}/{name}")
+    status = 200 if name in known else 201
+    if kind == "schedule":
+        return web.json_response(await _one_schedule(call), status=status)
+    return web.json_response(_poller_json(call, name), status=status)
+
+
+async def _delete(call: Call, kind: str) -> web.StreamResponse:
+    name = call.request.match_info["name"]
+    known = call.ctx.loaded.schedules if kind == "schedule" else call.ctx.loaded.pollers
+    config = known.get(name)
+    if config is None or config.source is None:
+        raise not_found(f"no {kind} '{name}'")
+    async with call.ctx.config_lock:
+        await change_file(call, config.source, None)
+    if kind == "schedule":
+        await _schedules(call).apply(call.ctx.loaded)
+    await call.audit(f"{kind}.delete", f"{kind}/{name}", {"file": str(config.source)})
+    return web.Response(status=204)
+
+
+@route(
+    "PUT",
+    "/api/schedules/{name}",
+    summary="Create or replace a schedule (its file in daemon.schedules_dir)",
+    area="rules",
+    letter="w",
+    tag="automation",
+    body="ScheduleConfig",
+    responses={200: ("Replaced", "Schedule"), 201: ("Created", "Schedule"), **_WRITE_ERRORS},
+)
+async def put_schedule(call: Call) -> web.StreamResponse:
+    return await _put(call, "schedule")
+
+
+@route(
+    "DELETE",
+    "/api/schedules/{name}",
+    summary="Delete a schedule (its file); its firings stay recorded",
+    area="rules",
+    letter="d",
+    tag="automation",
+    responses={204: ("Deleted", None), 404: ("No such schedule", "Errors"), **_WRITE_ERRORS},
+)
+async def delete_schedule(call: Call) -> web.StreamResponse:
+    return await _delete(call, "schedule")
+
+
+@route(
+    "PUT",
+    "/api/pollers/{name}",
+    summary="Create or replace a remote poller (its file in daemon.pollers_dir)",
+    area="rules",
+    letter="w",
+    tag="automation",
+    body="PollerConfig",
+    responses={200: ("Replaced", "Poller"), 201: ("Created", "Poller"), **_WRITE_ERRORS},
+)
+async def put_poller(call: Call) -> web.StreamResponse:
+    return await _put(call, "poller")
+
+
+@route(
+    "DELETE",
+    "/api/pollers/{name}",
+    summary="Delete a remote poller (its file); the files it took stay recorded",
+    area="rules",
+    letter="d",
+    tag="automation",
+    responses={204: ("Deleted", None), 404: ("No such poller", "Errors"), **_WRITE_ERRORS},
+)
+async def delete_poller(call: Call) -> web.StreamResponse:
+    return await _delete(call, "poller")

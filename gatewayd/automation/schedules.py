@@ -112,6 +112,11 @@ class ScheduleService:
         self._pending = loaded
         self._wake.set()
 
+    async def apply(self, loaded: LoadedConfig) -> None:
+        """`reload` now, for a caller that shows the result (the API after a write)."""
+        await self._sync(loaded, catch_up=False)
+        self._wake.set()
+
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
