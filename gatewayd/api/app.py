@@ -17,12 +17,13 @@ from aiohttp import web
 # The handler modules register their routes when imported.
 from gatewayd.api import (  # noqa: F401
     about,
-    automation,
     inventory,
     metrics,
     openapi,
+    pollers,
     r66,
     rules,
+    schedules,
     tapis,
     tokens,
     transfers,
