@@ -205,11 +205,12 @@ class FtpClient(ProtocolClient):
 
     async def delete(self, remote_path: str) -> None:
         async with self._connection() as conn:
-            await conn.command(f"DELE {self._path(remote_path)}", (2,))
+            # 550: no such file (or not ours to delete): a REMOTEDELETE warns, not fails.
+            await conn.command(f"DELE {self._path(remote_path)}", (2,), ErrorCode.TeFileNotFound)
 
     async def rename(self, remote_path: str, new_path: str) -> None:
         async with self._connection() as conn:
-            await conn.command(f"RNFR {self._path(remote_path)}", (350,))
+            await conn.command(f"RNFR {self._path(remote_path)}", (350,), ErrorCode.TeFileNotFound)
             await conn.command(f"RNTO {self._path(new_path)}", (2,))
 
     async def _read_all(self, channel: DataChannel, what: str) -> bytes:
