@@ -73,6 +73,10 @@ async def test_two_nodes_fire_each_time_once_and_one_goes_on_alone(
         fired = [e for n in (a, b) for e in n.log_events("schedule fired")]
         fired_times = sorted(e["fire_time"] for e in fired)
         assert len(fired_times) == len(set(fired_times)), "a firing made twice"
+        # ...and the other node tried each one too: its insert found the record.
+        lost = [e for n in (a, b) for e in n.log_events("schedule firing made already")]
+        assert lost, "only one node tried"
+        assert {e["fire_time"] for e in lost} <= set(fired_times)
 
         await b.daemon.kill()
         before = len(await runs(pg_database))

@@ -274,6 +274,11 @@ class ScheduleService:
         if not inserted:
             result.duplicate = True
             entry.stats.duplicates += 1
+            log.info(
+                "schedule firing made already",
+                schedule=config.name,
+                fire_time=fire_time.isoformat(),
+            )
         else:
             result.transfer = transfer
             entry.stats.fired += 1
