@@ -201,17 +201,21 @@ class ScheduleService:
 
     async def _fire_due(self) -> None:
         now = self._clock.now()
-        for entry in list(self._entries.values()):
-            if entry.next_at is None or entry.next_at > now:
-                continue
+        due_now = [e for e in self._entries.values() if e.next_at is not None and e.next_at <= now]
+        if not due_now:
+            return
+        # One read for the pass: paused (on any node) and last errors.
+        states = {s.name: s for s in await self._store.schedule_states()}
+        for entry in due_now:
+            assert entry.next_at is not None
             # Woken late (a busy loop, a clock that jumped): the latest due time, once.
             due = entry.cron.latest_until(now) or entry.next_at
             entry.next_at = self._next(entry.cron, now)
-            state = await self._store.schedule_state(entry.config.name)
+            state = states.get(entry.config.name)
             if state is not None and state.paused:
                 entry.stats.skipped += 1
                 continue
-            await self._fire(entry, due)
+            await self._fire(entry, due, state=state)
 
     async def _sync(self, loaded: LoadedConfig, *, catch_up: bool) -> None:
         async with self._lock:
@@ -221,7 +225,7 @@ class ScheduleService:
             await self._store.ensure_schedules(sorted(configs), now)
             states = {s.name: s for s in await self._store.schedule_states()}
             entries: dict[str, _Entry] = {}
-            missed: list[tuple[_Entry, datetime]] = []
+            missed: list[tuple[_Entry, datetime, ScheduleState]] = []
             for name, config in configs.items():
                 old = self._entries.get(name)
                 cron = Cron(config.cron, _zone(config, loaded.tz))
@@ -237,14 +241,14 @@ class ScheduleService:
                 if catch_up and state is not None:
                     due = _missed(cron, state, now)
                     if due is not None and config.catch_up == "once" and not state.paused:
-                        missed.append((entry, due))
+                        missed.append((entry, due, state))
                     elif due is not None:
                         entry.stats.skipped += 1
                         log.info("missed firing skipped", schedule=name, fire_time=due.isoformat())
             self._entries = entries
-        for entry, due in missed:
+        for entry, due, state in missed:
             log.info("catching up a missed firing", schedule=entry.config.name, fire_time=due)
-            await self._fire(entry, due)
+            await self._fire(entry, due, state=state)
 
     @staticmethod
     def _next(cron: Cron, now: datetime) -> datetime | None:
@@ -254,7 +258,15 @@ class ScheduleService:
             log.error("schedule never fires again", cron=cron.expression)
             return None
 
-    async def _fire(self, entry: _Entry, fire_time: datetime, manual: bool = False) -> FireResult:
+    async def _fire(
+        self,
+        entry: _Entry,
+        fire_time: datetime,
+        manual: bool = False,
+        state: ScheduleState | None = None,
+    ) -> FireResult:
+        """Make the firing's transfer and record, in one commit. `state`: the schedule's
+        state as read for this pass (None: read it when needed)."""
         config = entry.config
         result = FireResult(config.name, fire_time)
         request = config.transfer.request()
@@ -290,7 +302,8 @@ class ScheduleService:
                 transfer_id=transfer.id,
                 manual=manual,
             )
-            state = await self._store.schedule_state(config.name)
+            if state is None:
+                state = await self._store.schedule_state(config.name)
             if state is not None and state.last_error:
                 await self._store.set_schedule_error(config.name, "", self._clock.now())
         self._on_fire(result)
