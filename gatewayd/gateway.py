@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gatewayd import ports
+from gatewayd.automation.pollers import PollerService
+from gatewayd.automation.schedules import ScheduleService
 from gatewayd.automation.watchers import Watchers
 from gatewayd.clock import Clock, SystemClock
 from gatewayd.cluster.bus import Bus
@@ -96,6 +98,8 @@ class Gateway:
                 running=lambda: [run.transfer for run in list(self.engine.active.values())],
                 sessions=self._sessions,
                 queue_depth=lambda: self.scheduler.queue_depth(),
+                schedules=lambda: self.schedules.counts(),
+                pollers=lambda: self.pollers.counts(),
             ),
             node=loaded.config.daemon.node_name(),
         )
@@ -158,6 +162,12 @@ class Gateway:
         )
         if self.bus.enabled:
             self.service.forwarder = self.bus
+        self.schedules = ScheduleService(
+            store, self.service, self.clock, loaded, daemon.node_name()
+        )
+        self.pollers = PollerService(
+            store, self.service, self.clients, self.clock, loaded, daemon.node_name()
+        )
         # One of each for every server: login failures and an account's transfers add
         # up whatever the protocol.
         # Counted in the database when nodes share it: guesses add up over the nodes.
@@ -260,6 +270,8 @@ class Gateway:
         prepared, api_tls = await self.prepare()
         await self.scheduler.start()
         await self.bus.start()
+        await self.schedules.start()
+        await self.pollers.start()
         for name, server_config, server in prepared:
             try:
                 await server.start()
@@ -311,6 +323,8 @@ class Gateway:
             metrics=self.metrics.render,
             hashing=self.hashing,
             watchers=self.watchers,
+            schedules=self.schedules,
+            pollers=self.pollers,
         )
 
     async def _prepare_api_tls(self) -> ssl.SSLContext | None:
@@ -345,6 +359,8 @@ class Gateway:
             max_per_partner=scheduler.max_per_partner,
             partner_limits=_partner_limits(loaded),
         )
+        self.schedules.reload(loaded)
+        self.pollers.reload(loaded)
 
     async def stop(self, timeout: float) -> Stopped:
         """Stop within about `timeout` seconds, so that no partner loses an answer:
@@ -374,6 +390,10 @@ class Gateway:
             await _all(left(), [("stop", "api", self.api.stop)])
         await _all(left(), [("stop", "expirer", self.expirer.stop)])
         await _all(left(), [("stop", "watchers", self.watchers.stop)])
+        await _all(
+            left(),
+            [("stop", "schedules", self.schedules.stop), ("stop", "pollers", self.pollers.stop)],
+        )
         await _all(left(), [("stop", "cluster bus", self.bus.stop)])
         await _all(left(), [("stop", "scheduler", self.scheduler.stop)])
 

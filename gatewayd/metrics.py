@@ -15,11 +15,11 @@ without it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -59,6 +59,10 @@ class LiveState:
     sessions: Callable[[], Iterable[tuple[str, str, int]]]
     # Due transfers waiting for a free slot.
     queue_depth: Callable[[], int]
+    # Per schedule, what its firings did on this node: {outcome: count}.
+    schedules: Callable[[], Iterable[tuple[str, Mapping[str, int]]]] = lambda: ()
+    # Per poller: {outcome: count} of its files, its looks, the matching files seen now.
+    pollers: Callable[[], Iterable[tuple[str, Mapping[str, int], int, int]]] = lambda: ()
 
 
 class GatewayMetrics(Observer):
@@ -228,6 +232,43 @@ class _StateCollector(Collector):
         yield running
         yield sessions
         yield queue
+        yield from _automation(state, empty=empty)
+
+
+def _automation(state: LiveState, *, empty: bool) -> Iterator[Metric]:
+    """Schedules and pollers, read from their services' counts at scrape time."""
+    firings = CounterMetricFamily(
+        "gatewayd_schedule_firings",
+        "Firings of each schedule on this node: fired (transfer made), duplicate (another "
+        "node or run made it), skipped (paused, or missed with catch_up: skip), error",
+        labels=["schedule", "outcome"],
+    )
+    files = CounterMetricFamily(
+        "gatewayd_poller_files",
+        "Remote files a poller made a transfer of (taken) or could not (skipped)",
+        labels=["poller", "outcome"],
+    )
+    polls = CounterMetricFamily(
+        "gatewayd_poller_polls", "Looks at the partner's folder", labels=["poller"]
+    )
+    seen = GaugeMetricFamily(
+        "gatewayd_poller_files_seen",
+        "Matching files in the poller's last listing",
+        labels=["poller"],
+    )
+    if not empty:
+        for name, counts in sorted(state.schedules()):
+            for outcome, count in sorted(counts.items()):
+                firings.add_metric([name, outcome], count)
+        for name, counts, looks, now_seen in sorted(state.pollers()):
+            for outcome, count in sorted(counts.items()):
+                files.add_metric([name, outcome], count)
+            polls.add_metric([name], looks)
+            seen.add_metric([name], now_seen)
+    yield firings
+    yield files
+    yield polls
+    yield seen
 
 
 class _NodeLabel(Collector):

@@ -314,7 +314,18 @@ class ProtocolClient(ABC):
         """Receive `remote_path` from `offset` into `sink`."""
 
     async def list(self, remote_dir: str) -> list[RemoteStat]:
+        """The entries directly in `remote_dir` (files and folders, never `.` or `..`),
+        each with its `name`, size and, where the peer says, its modification time."""
         raise TransferError(ErrorCode.TeUnimplemented, "this protocol cannot list folders")
+
+    async def delete(self, remote_path: str) -> None:
+        """Remove the file `remote_path` from the peer (TeFileNotFound when it is not
+        there)."""
+        raise TransferError(ErrorCode.TeUnimplemented, "this protocol cannot delete files")
+
+    async def rename(self, remote_path: str, new_path: str) -> None:
+        """Rename (move) the file `remote_path` to `new_path` on the peer."""
+        raise TransferError(ErrorCode.TeUnimplemented, "this protocol cannot rename files")
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -135,7 +136,36 @@ class LocalClient(ProtocolClient):
             await asyncio.to_thread(os.close, fd)
 
     async def list(self, remote_dir: str) -> list[RemoteStat]:
-        raise TransferError(ErrorCode.TeUnimplemented, "listing comes with the Tapis API")
+        """The regular files of the folder (links, subfolders and hidden names left out)."""
+        parts = tuple(p for p in remote_dir.split("/") if p not in ("", "."))
+        if ".." in parts:
+            raise TransferError(ErrorCode.TeForbidden, f"{remote_dir} leaves the partner folder")
+        try:
+            found = await asyncio.to_thread(safepath.list_files, Beneath(self.config.root, parts))
+        except OSError as exc:
+            raise os_error(exc, f"cannot list {remote_dir} on partner {self.name}") from exc
+        return [
+            RemoteStat(st.st_size, False, datetime.fromtimestamp(st.st_mtime, UTC), name)
+            for name, st in found
+        ]
+
+    async def delete(self, remote_path: str) -> None:
+        try:
+            removed = await asyncio.to_thread(safepath.unlink, self._path(remote_path))
+        except OSError as exc:
+            raise os_error(exc, f"cannot delete {remote_path} on partner {self.name}") from exc
+        if not removed:
+            raise TransferError(ErrorCode.TeFileNotFound, f"no {remote_path} on {self.name}")
+
+    async def rename(self, remote_path: str, new_path: str) -> None:
+        try:
+            await asyncio.to_thread(_rename, self._path(remote_path), self._path(new_path))
+        except FileNotFoundError:
+            raise TransferError(
+                ErrorCode.TeFileNotFound, f"no {remote_path} on {self.name}"
+            ) from None
+        except OSError as exc:
+            raise os_error(exc, f"cannot rename {remote_path} on partner {self.name}") from exc
 
     async def close(self) -> None:
         return None

@@ -191,15 +191,19 @@ async def run_curl(*args: str, output: Path | None = None, timeout: float = 60) 
 class Nginx:
     """A private nginx (Debian's) on a free port: WebDAV PUT into `root`, GET with Range."""
 
-    def __init__(self, folder: Path, *, rate: str = "") -> None:
+    def __init__(self, folder: Path, *, rate: str = "", listings: bool = False) -> None:
         self.folder = folder
         self.root = folder / "www"
         self.port = free_port()
         self.rate = rate
+        # Folders listed as JSON (`autoindex_format json`), files moved with MOVE.
+        self.listings = listings
         self.proc: asyncio.subprocess.Process | None = None
 
     def _config(self) -> str:
         limit = f"limit_rate {self.rate};" if self.rate else ""
+        methods = "PUT DELETE MOVE" if self.listings else "PUT DELETE"
+        index = "autoindex on; autoindex_format json;" if self.listings else ""
         return f"""
 worker_processes 1;
 user root;
@@ -222,7 +226,8 @@ http {{
         client_max_body_size 0;
         {limit}
         location / {{
-            dav_methods PUT DELETE;
+            dav_methods {methods};
+            {index}
             create_full_put_path on;
             dav_access user:rw group:r all:r;
         }}

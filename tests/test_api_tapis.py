@@ -219,3 +219,27 @@ async def test_x_tapis_token_carries_a_bearer_token(env: ApiEnv) -> None:
             env.api.base + "/api/transfers", headers={"X-Tapis-Token": token}
         ) as r:
             assert r.status == 401
+
+
+async def test_a_partner_folder_is_one_child_per_file(env: ApiEnv) -> None:
+    await env.start()
+    sizes = {
+        f"r{i}.csv": len(make_file(env.share / "feed" / f"r{i}.csv", 50 + i)) for i in range(4)
+    }
+    make_file(env.share / "feed" / "deeper" / "not-me.csv", 7)  # subfolders are left out
+    body = {
+        "elements": [{"sourceURI": "tapis://share/feed", "destinationURI": "tapis://local/in/"}]
+    }
+    answer = await create(env, body)
+    assert answer.status == 200, answer.text
+    uuid = answer.body["result"]["uuid"]
+    assert answer.body["result"]["totalTransfers"] == 4
+    done = await wait_task(env, uuid, "COMPLETED", "FAILED")
+    assert done["status"] == "COMPLETED", done
+    assert done["estimatedTotalBytes"] == sum(sizes.values())
+    for name, size in sizes.items():
+        assert (env.folder("in") / name).stat().st_size == size
+    assert not (env.folder("in") / "not-me.csv").exists()
+    details = await task_of(env, uuid, "/details")
+    sources = sorted(c["sourceURI"] for c in details["parentTasks"][0]["children"])
+    assert sources == [f"tapis://share/feed/r{i}.csv" for i in range(4)]

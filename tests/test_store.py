@@ -89,6 +89,7 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         "0006_owner.sql",
         "0007_cluster.sql",
         "0008_watchers.sql",
+        "0009_schedules.sql",
     ]
     objects = {
         (kind, name)

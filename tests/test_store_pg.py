@@ -79,6 +79,9 @@ async def test_migrations_from_empty(pg_database: str) -> None:
         "node_commands",
         "login_failures",
         "cluster_notices",
+        "schedule_runs",
+        "schedule_state",
+        "poller_files",
     }
     columns = await pg_raw(
         pg_database,

@@ -16,6 +16,8 @@ from aiohttp import web
 from gatewayd.api.auth import Authenticator, Principal
 
 if TYPE_CHECKING:
+    from gatewayd.automation.pollers import PollerService
+    from gatewayd.automation.schedules import ScheduleService
     from gatewayd.automation.watchers import Watchers
     from gatewayd.clock import Clock
     from gatewayd.config import LoadedConfig
@@ -54,6 +56,9 @@ class ApiDeps:
     hashing: PasswordHashing
     # The local folder watchers (None: a gateway without them, e.g. some tests).
     watchers: Watchers | None
+    # Schedules and remote pollers (gatewayd.automation).
+    schedules: ScheduleService
+    pollers: PollerService
 
 
 @dataclass

@@ -233,6 +233,10 @@ async def _change(call: Call, path: Path, text: str | None) -> None:
     call.ctx.apply_config(loaded)
 
 
+# Schedules and pollers are written the same way (gatewayd.api.automation).
+change_file = _change
+
+
 async def _save(call: Call, url_name: str | None) -> tuple[RuleConfig, bool]:
     raw, as_yaml = await _body(call)
     async with call.ctx.config_lock:

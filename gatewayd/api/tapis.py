@@ -14,8 +14,9 @@ One side of an element must be `local`, the other a partner: local -> partner us
 `send` rule, partner -> local a `receive` rule, and the rule must allow the partner,
 exactly as for `/api/transfers`. A local folder is listed recursively into one child per
 file (at most `api.tapis_max_files`, 10,000 by default; beyond, the element FAILS with
-a message saying so and nothing of it runs). Partner folders are not listed (the
-protocol clients do not list names yet): a partner source is one file.
+a message saying so and nothing of it runs). A partner folder (SFTP, FTP, HTTP, local)
+becomes one child per file directly in it, each under its own name in the receive
+rule's folder; a partner source that is no folder is one file.
 
 Statuses, computed from the children each time a task is read:
     child: PLANNED -> ACCEPTED, RUNNING -> IN_PROGRESS, PAUSED/INTERRUPTED -> PAUSED,
@@ -199,6 +200,15 @@ async def _expand(
                 found.error = f"{source.uri()}: {plan.error}"
             found.transfers, found.estimated_bytes = plan.transfers, plan.bytes
         else:
+            cap = call.ctx.loaded.config.api.tapis_max_files
+            listed = await service.plan_remote_folder(
+                local.rule or "", remote.partner, remote.path, info, cap
+            )
+            if listed is not None:
+                if listed.error is not None:
+                    found.error = f"{source.uri()}: {listed.error}"
+                found.transfers, found.estimated_bytes = listed.transfers, listed.bytes
+                return found
             request = TransferRequest(
                 rule=local.rule or "",
                 partner=remote.partner,
@@ -357,7 +367,8 @@ def task_json(view: _View, call: Call, *, summary: bool, details: bool) -> dict[
         estimated = 0
         for index, element in enumerate(task.elements):
             estimated += int(element.get("bytes", 0))
-            if not element.get("send", True):
+            # A received file's size is known once it runs, unless a listing said it.
+            if not element.get("send", True) and not element.get("bytes"):
                 estimated += sum(max(t.filesize, 0) for t in kids.get(index, []))
         result["totalTransfers"] = len(view.children)
         result["completeTransfers"] = sum(t.status == Status.DONE for t in view.children)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from gatewayd import __version__
 from gatewayd.cli import (
+    automation,
     daemon_commands,
     db,
     inventory,
@@ -46,6 +47,7 @@ COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     transfers.add,
     rules.add,
     watchers.add,
+    automation.add,
     inventory.add_partner,
     inventory.add_server,
     tokens.add,

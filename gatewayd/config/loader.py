@@ -24,6 +24,7 @@ from gatewayd.config.demo import demo_secret_warnings
 from gatewayd.config.files import cert_and_key_problem, certificates_problem
 from gatewayd.config.messages import describe_value, field_name, validate
 from gatewayd.config.paths import Paths, absolute, create_folders, folder_problem
+from gatewayd.config.pollers import PollerConfig, load_pollers
 from gatewayd.config.problems import ConfigError, Problem, sort_problems
 from gatewayd.config.rules import (
     CheckedRule,
@@ -33,6 +34,7 @@ from gatewayd.config.rules import (
     duplicate_problems,
     rule_files,
 )
+from gatewayd.config.schedules import ScheduleConfig, load_schedules
 from gatewayd.config.schema import (
     Config,
     DaemonConfig,
@@ -64,6 +66,10 @@ class LoadedConfig:
     rule_origins: dict[str, RuleOrigin] = field(default_factory=dict, repr=False)
     # The local folder watchers (gatewayd.config.watchers), by name.
     watchers: dict[str, WatcherConfig] = field(default_factory=dict)
+    # The schedules of `daemon.schedules_dir` (gatewayd.config.schedules).
+    schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
+    # The remote pollers of `daemon.pollers_dir` (gatewayd.config.pollers).
+    pollers: dict[str, PollerConfig] = field(default_factory=dict)
 
     def rule_folder(self, rule: RuleConfig) -> Path:
         """The rule's local folder (its `folder`, or data_dir/<name>)."""
@@ -149,10 +155,14 @@ def load_config(path: Path | str) -> LoadedConfig:
     problems += errors
     for watcher in watchers:
         problems += watcher.problems
+    rules = {item.rule.name: item.rule for item in checked if item.rule is not None}
+    schedules, errors = _load_schedules(paths, source, rules, _declared(data, "partners"))
+    problems += errors
+    pollers, errors = _load_pollers(paths, source, rules, _declared(data, "partners"))
+    problems += errors
     if problems or config is None:
         raise ConfigError(problems)
 
-    rules = {item.rule.name: item.rule for item in checked if item.rule is not None}
     config = config.model_copy(
         update={
             "servers": servers,
@@ -171,6 +181,8 @@ def load_config(path: Path | str) -> LoadedConfig:
         demo_secrets=tuple(demo),
         rule_origins={item.rule.name: item.origin for item in checked if item.rule is not None},
         watchers={w.watcher.name: w.watcher for w in watchers if w.watcher is not None},
+        schedules=schedules,
+        pollers=pollers,
     )
 
 
@@ -478,3 +490,27 @@ def _load_watchers(
         for file in files
     ]
     return checked, []
+
+
+def _load_schedules(
+    paths: Paths, source: YamlSource, rules: dict[str, RuleConfig], partners: set[str]
+) -> tuple[dict[str, ScheduleConfig], list[Problem]]:
+    if paths.schedules_dir is None:
+        return {}, []
+    try:
+        return load_schedules(paths.schedules_dir, rules, partners)
+    except OSError as exc:
+        message = f"cannot read the schedules folder {paths.schedules_dir}: {exc.strerror}"
+        return {}, [source.problem(("daemon", "schedules_dir"), message)]
+
+
+def _load_pollers(
+    paths: Paths, source: YamlSource, rules: dict[str, RuleConfig], partners: set[str]
+) -> tuple[dict[str, PollerConfig], list[Problem]]:
+    if paths.pollers_dir is None:
+        return {}, []
+    try:
+        return load_pollers(paths.pollers_dir, rules, partners)
+    except OSError as exc:
+        message = f"cannot read the pollers folder {paths.pollers_dir}: {exc.strerror}"
+        return {}, [source.problem(("daemon", "pollers_dir"), message)]

@@ -30,6 +30,8 @@ class Paths:
     database: Path
     # Before `node`: built by keyword everywhere, but a default keeps old callers valid.
     watchers_dir: Path = Path("watchers")
+    schedules_dir: Path | None = None
+    pollers_dir: Path | None = None
     # Set when nodes share the database (PostgreSQL): the state folder may be shared too,
     # and the lock is then this node's own.
     node: str | None = None
@@ -48,6 +50,8 @@ class Paths:
             watchers_dir=absolute(daemon.watchers_dir, home),
             database=absolute(database.path, home),
             node=daemon.node_name() if database.backend == "postgresql" else None,
+            schedules_dir=absolute(daemon.schedules_dir, home),
+            pollers_dir=absolute(daemon.pollers_dir, home),
         )
 
     @property

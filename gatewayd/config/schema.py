@@ -186,6 +186,10 @@ class DaemonConfig(Strict):
     rules_dir: LaxPath = Path("rules")
     # One YAML file per local folder watcher (gatewayd.config.watchers).
     watchers_dir: LaxPath = Path("watchers")
+    # One YAML file per schedule (gatewayd.config.schedules); a missing folder: none.
+    schedules_dir: LaxPath = Path("schedules")
+    # One YAML file per remote poller (gatewayd.config.pollers); a missing folder: none.
+    pollers_dir: LaxPath = Path("pollers")
     # An IANA zone name (Europe/Paris); default: the system's zone.
     timezone: str | None = None
     shutdown_timeout: Annotated[float, Field(gt=0)] = 10.0

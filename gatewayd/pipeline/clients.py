@@ -57,7 +57,10 @@ class ClientPool:
 
     async def acquire(self, transfer: Transfer) -> Lease:
         """A connected client for the transfer's partner, or TransferError."""
-        name = transfer.partner or ""
+        return await self.acquire_partner(transfer.partner or "")
+
+    async def acquire_partner(self, name: str) -> Lease:
+        """A connected client for partner `name` (a poller's listing), or TransferError."""
         partner = self.loaded.config.partners.get(name)
         if partner is None:
             raise TransferError(ErrorCode.TeUnknownRemote, f"unknown partner {name!r}")

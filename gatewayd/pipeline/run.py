@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -36,7 +37,7 @@ from gatewayd.model import ErrorCode, Step, TaskSpec, Transfer
 from gatewayd.pipeline.datafile import ReceiveFile, SendFile
 from gatewayd.pipeline.files import CollisionPolicy, drop_temp, find_placed, place
 from gatewayd.safepath import Beneath
-from gatewayd.tasks.base import TaskContext, task_class
+from gatewayd.tasks.base import RemoteFiles, TaskContext, task_class
 
 if TYPE_CHECKING:
     from gatewayd.config import LoadedConfig
@@ -264,7 +265,17 @@ class Run:
             exec_timeout=self.rt.loaded.config.daemon.exec_timeout,
             create_transfer=self.rt.create_transfer,
             log=self.log,
+            remote=None if t.is_server else functools.partial(self._partner, t),
         )
+
+    @contextlib.asynccontextmanager
+    async def _partner(self, t: Transfer) -> AsyncIterator[RemoteFiles]:
+        """The partner's client, for the REMOTE* tasks of a client transfer."""
+        lease = await self.rt.clients.acquire(t)
+        try:
+            yield lease.client
+        finally:
+            lease.release()
 
     async def run_chain(self, step: Step) -> None:
         """Run the chain of `step` from `task_number`, committing after each task."""

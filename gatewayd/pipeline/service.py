@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from gatewayd import lifecycle, safepath
 from gatewayd.config.schema import RuleConfig
+from gatewayd.errors import TransferError
 from gatewayd.lifecycle import Event
 from gatewayd.model import Direction, Status, Step, Transfer
 from gatewayd.names import check_name
@@ -205,6 +206,50 @@ class TransferService:
             )
             plan.transfers.append(self.build(request))
             plan.bytes += size
+        return plan
+
+    async def plan_remote_folder(
+        self,
+        rule_name: str,
+        partner: str,
+        remote_path: str,
+        transfer_info: Mapping[str, Any],
+        cap: int,
+    ) -> FolderPlan | None:
+        """One PLANNED receive (built, not inserted) per file directly in the partner's
+        folder `remote_path` (subfolders left out), each under its own name in the
+        rule's folder. None when `remote_path` is no folder there (a file, nothing, or a
+        partner that cannot be asked now): the caller plans one transfer of it, whose
+        run says what went wrong. Raises RequestError for what the configuration
+        refuses (rule, partner)."""
+        try:
+            lease = await self.rt.clients.acquire_partner(partner)
+        except TransferError:
+            return None
+        try:
+            found = await lease.client.stat(remote_path)
+            if found is None or not found.is_dir:
+                return None
+            entries = await lease.client.list(remote_path)
+        except TransferError as exc:
+            return FolderPlan(error=f"cannot list it: {exc}")
+        finally:
+            lease.release()
+        files = sorted((e for e in entries if not e.is_dir), key=lambda e: e.name)
+        if len(files) > cap:
+            return FolderPlan(error=f"holds more than {cap} files")
+        plan = FolderPlan()
+        for entry in files:
+            request = TransferRequest(
+                rule=rule_name,
+                partner=partner,
+                is_send=False,
+                file=posixpath.join(remote_path, entry.name) if remote_path else entry.name,
+                output=entry.name,
+                transfer_info=dict(transfer_info),
+            )
+            plan.transfers.append(self.build(request))
+            plan.bytes += entry.size
         return plan
 
     async def source_problem(self, t: Transfer) -> str | None:

@@ -488,6 +488,49 @@ class Store(ABC):
     async def release_watch_lock(self, watcher: str) -> None:  # noqa: B027
         """Let another node scan `watcher`."""
 
+    # -- schedules and pollers ----------------------------------------------------------
+
+    @abstractmethod
+    async def ensure_schedules(self, names: list[str], now: datetime) -> None:
+        """Record the schedules of `names` not known yet as known since `now` (one
+        already known keeps its date)."""
+
+    @abstractmethod
+    async def schedule_states(self) -> list[ScheduleState]:
+        """Every schedule the database knows, by name."""
+
+    @abstractmethod
+    async def schedule_state(self, name: str) -> ScheduleState | None:
+        """The schedule `name`, if the database knows it."""
+
+    @abstractmethod
+    async def insert_fire(
+        self, schedule: str, fire_time: datetime, transfers: list[Transfer], node: str
+    ) -> bool:
+        """Record the firing of `schedule` at `fire_time` and insert its transfers in
+        the same commit. False (nothing inserted, the transfers keep no id) when that
+        firing is recorded already: by another node, or before a restart."""
+
+    @abstractmethod
+    async def set_schedule_paused(self, name: str, paused: bool, now: datetime) -> bool:
+        """Pause or resume a known schedule; False when it is not known."""
+
+    @abstractmethod
+    async def set_schedule_error(self, name: str, error: str, now: datetime) -> None:
+        """Record the last error of a schedule ("" once a firing succeeded)."""
+
+    @abstractmethod
+    async def poller_taken(self, poller: str) -> set[tuple[str, int, str]]:
+        """The remote files `poller` made a transfer of: (name, size, mtime text)."""
+
+    @abstractmethod
+    async def insert_take(
+        self, poller: str, key: tuple[str, int, str], transfer: Transfer, node: str
+    ) -> bool:
+        """Record that `poller` took remote file `key` (name, size, mtime text) and
+        insert its transfer, in one commit. False (nothing inserted, the transfer keeps
+        no id) when that file was taken already."""
+
 
 class LiveWatched(NamedTuple):
     """What a scan compares with each file it sees: a record not seen gone yet."""
@@ -561,3 +604,20 @@ class NodeState:
     taken_over_at: datetime | None
     running: int  # RUNNING rows it owns
     alive: bool  # its lease holds (not stopped, not taken over)
+
+
+# -- schedules and pollers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """What the database knows of a schedule: since when (missed firings count from
+    then or from the last firing), paused or not, the last error, and its firings."""
+
+    name: str
+    since: datetime
+    paused: bool = False
+    last_error: str = ""
+    last_fire: datetime | None = None
+    last_transfer_id: int | None = None
+    fires: int = 0

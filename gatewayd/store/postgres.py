@@ -47,6 +47,7 @@ from gatewayd.store.base import (
     NodeState,
     Notice,
     Notification,
+    ScheduleState,
     Store,
     TapisTask,
     TransferFilter,
@@ -82,6 +83,8 @@ from gatewayd.store.login_failures import decode as decode_login_failures
 from gatewayd.store.migrate import load_migrations, pg_apply_migrations, pg_current_version
 from gatewayd.store.nodes_sql import NodeStatements, decode_node, expired_before, record_values
 from gatewayd.store.pg_writer import PgWriter
+from gatewayd.store.schedules_sql import ScheduleStatements
+from gatewayd.store.schedules_sql import decode_state as decode_schedule_state
 from gatewayd.store.sql import (
     CRASHED,
     EXPIRED,
@@ -102,6 +105,7 @@ _N = NodeStatements(POSTGRESQL)
 _BUS = BusStatements(POSTGRESQL)
 _NOTIFY = "SELECT pg_notify($1, $2)"
 _LF = LoginFailureStatements(POSTGRESQL)
+_S = ScheduleStatements(POSTGRESQL)
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 _ID = COLUMNS.index("id")
 _NEXT_IDS = "SELECT nextval(pg_get_serial_sequence('transfers', 'id')) FROM generate_series(1, $1)"
@@ -947,3 +951,84 @@ class PostgresStore(Store):
                 return
             self._watch_held.discard(watcher)
             await conn.fetchval(_WATCH_UNLOCK, _WATCH_LOCK, watcher)
+
+    # -- schedules and pollers ----------------------------------------------------------
+
+    async def ensure_schedules(self, names: list[str], now: datetime) -> None:
+        if not names:
+            return
+        at = encode_time(now)
+        async with self._transaction() as conn:
+            await conn.executemany(_S.ensure, [(name, at, at) for name in names])
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        rows = await self._live_pool().fetch(_S.states)
+        return [decode_schedule_state(tuple(row)) for row in rows]
+
+    async def schedule_state(self, name: str) -> ScheduleState | None:
+        row = await self._live_pool().fetchrow(_S.state, name)
+        return None if row is None else decode_schedule_state(tuple(row))
+
+    async def insert_fire(
+        self, schedule: str, fire_time: datetime, transfers: list[Transfer], node: str
+    ) -> bool:
+        rows = await self._new_rows(self._live_pool(), transfers)
+        claim = (
+            schedule,
+            encode_time(fire_time),
+            transfers[0].id if transfers else None,
+            node,
+            encode_time(_now()),
+        )
+        try:
+            async with self._transaction() as conn:
+                # The key decides: a second node (or a restart) trying the same firing
+                # gets nothing back and inserts nothing.
+                if await conn.fetchval(_S.claim_fire, *claim) is None:
+                    raise _AlreadyFired
+                if rows:
+                    await conn.executemany(_Q.insert, rows)
+        except _AlreadyFired:
+            for t in transfers:
+                t.id = None
+            return False
+        except BaseException:
+            for t in transfers:
+                t.id = None
+            raise
+        return True
+
+    async def set_schedule_paused(self, name: str, paused: bool, now: datetime) -> bool:
+        async with self._transaction() as conn:
+            found = await conn.fetchval(_S.set_paused, int(paused), encode_time(now), name)
+        return found is not None
+
+    async def set_schedule_error(self, name: str, error: str, now: datetime) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(_S.set_error, *POSTGRESQL.values((error, encode_time(now), name)))
+
+    async def poller_taken(self, poller: str) -> set[tuple[str, int, str]]:
+        rows = await self._live_pool().fetch(_S.taken, poller)
+        return {(row[0], int(row[1]), row[2]) for row in rows}
+
+    async def insert_take(
+        self, poller: str, key: tuple[str, int, str], transfer: Transfer, node: str
+    ) -> bool:
+        rows = await self._new_rows(self._live_pool(), [transfer])
+        claim = POSTGRESQL.values((poller, *key, transfer.id, node, encode_time(_now())))
+        try:
+            async with self._transaction() as conn:
+                if await conn.fetchval(_S.claim_file, *claim) is None:
+                    raise _AlreadyFired
+                await conn.executemany(_Q.insert, rows)
+        except _AlreadyFired:
+            transfer.id = None
+            return False
+        except BaseException:
+            transfer.id = None
+            raise
+        return True
+
+
+class _AlreadyFired(Exception):
+    """Rolls back a firing that another commit recorded first."""

@@ -77,6 +77,10 @@ TABLES: dict[str, tuple[str, ...]] = {
         "node",
         "gone",
     ),
+    # -- schedules and pollers
+    "schedule_state": ("name", "since", "paused", "last_error", "updated"),
+    "schedule_runs": ("schedule", "fire_time", "transfer_id", "node", "created"),
+    "poller_files": ("poller", "name", "size", "mtime", "transfer_id", "node", "created"),
 }
 WATCHED_COLUMNS = ", ".join(TABLES["watched_files"])
 

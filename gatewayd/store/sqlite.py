@@ -33,6 +33,7 @@ from gatewayd.store.base import (
     NodeState,
     Notice,
     Notification,
+    ScheduleState,
     Store,
     TapisTask,
     TransferFilter,
@@ -64,6 +65,8 @@ from gatewayd.store.login_failures import add_params as login_failure_params
 from gatewayd.store.login_failures import decode as decode_login_failures
 from gatewayd.store.migrate import apply_migrations, current_version, load_migrations
 from gatewayd.store.nodes_sql import NodeStatements, decode_node, expired_before, record_values
+from gatewayd.store.schedules_sql import ScheduleStatements
+from gatewayd.store.schedules_sql import decode_state as decode_schedule_state
 from gatewayd.store.sql import (
     CRASHED,
     EXPIRED,
@@ -81,6 +84,7 @@ _Q = Statements(SQLITE)
 _N = NodeStatements(SQLITE)
 _BUS = BusStatements(SQLITE)
 _LF = LoginFailureStatements(SQLITE)
+_S = ScheduleStatements(SQLITE)
 # Within a batch, inserts go before the updates that may follow them.
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 
@@ -723,3 +727,85 @@ class SqliteStore(Store):
     async def count_watched(self, watcher: str) -> int:
         rows = list(await self._reader().execute_fetchall(_Q.count_watched, (watcher,)))
         return int(rows[0][0])
+
+    # -- schedules and pollers ----------------------------------------------------------
+
+    async def ensure_schedules(self, names: list[str], now: datetime) -> None:
+        if not names:
+            return
+        at = encode_time(now)
+        async with self._live_writer().transaction() as conn:
+            await conn.executemany(_S.ensure, [(name, at, at) for name in names])
+
+    async def schedule_states(self) -> list[ScheduleState]:
+        rows = await self._reader().execute_fetchall(_S.states)
+        return [decode_schedule_state(row) for row in rows]
+
+    async def schedule_state(self, name: str) -> ScheduleState | None:
+        rows = list(await self._reader().execute_fetchall(_S.state, (name,)))
+        return decode_schedule_state(rows[0]) if rows else None
+
+    async def insert_fire(
+        self, schedule: str, fire_time: datetime, transfers: list[Transfer], node: str
+    ) -> bool:
+        writer = self._live_writer()
+        try:
+            async with writer.transaction() as conn:
+                rows = self._new_rows(transfers)
+                claim = (
+                    schedule,
+                    encode_time(fire_time),
+                    transfers[0].id if transfers else None,
+                    node,
+                    encode_time(_now()),
+                )
+                if not list(await conn.execute_fetchall(_S.claim_fire, claim)):
+                    raise _AlreadyFired
+                if rows:
+                    await conn.executemany(_Q.insert, rows)
+        except _AlreadyFired:
+            for t in transfers:
+                t.id = None
+            return False
+        except BaseException:
+            for t in transfers:
+                t.id = None
+            raise
+        return True
+
+    async def set_schedule_paused(self, name: str, paused: bool, now: datetime) -> bool:
+        async with self._live_writer().transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(_S.set_paused, (int(paused), encode_time(now), name))
+            )
+        return bool(rows)
+
+    async def set_schedule_error(self, name: str, error: str, now: datetime) -> None:
+        async with self._live_writer().transaction() as conn:
+            await conn.execute_fetchall(_S.set_error, (error, encode_time(now), name))
+
+    async def poller_taken(self, poller: str) -> set[tuple[str, int, str]]:
+        rows = await self._reader().execute_fetchall(_S.taken, (poller,))
+        return {(name, int(size), mtime) for name, size, mtime in rows}
+
+    async def insert_take(
+        self, poller: str, key: tuple[str, int, str], transfer: Transfer, node: str
+    ) -> bool:
+        try:
+            async with self._live_writer().transaction() as conn:
+                rows = self._new_rows([transfer])
+                claim = (poller, *key, transfer.id, node, encode_time(_now()))
+                if not list(await conn.execute_fetchall(_S.claim_file, claim)):
+                    raise _AlreadyFired
+                await conn.executemany(_Q.insert, rows)
+        except _AlreadyFired:
+            transfer.id = None
+            return False
+        except BaseException:
+            transfer.id = None
+            raise
+        return True
+
+
+class _AlreadyFired(Exception):
+    """Rolls back a firing that another commit recorded first."""

@@ -12,6 +12,7 @@ import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, ClassVar, Protocol
@@ -27,6 +28,14 @@ class TransferCreator(Protocol):
     async def __call__(self, request: TransferRequest, *, parent: Transfer) -> Transfer:
         """Create a client transfer (TaskError when the request is refused)."""
         ...
+
+
+class RemoteFiles(Protocol):
+    """What the REMOTE* tasks do to the partner's files (its protocol client)."""
+
+    async def delete(self, remote_path: str) -> None: ...
+
+    async def rename(self, remote_path: str, new_path: str) -> None: ...
 
 
 @dataclass
@@ -62,6 +71,8 @@ class TaskContext:
     # The run resumed at this task (after a crash, a pause, a shutdown): it may have run
     # before, in part or in full, and its own output may be there already.
     rerun: bool = False
+    # The partner of a client transfer, connected (set by the driver; None otherwise).
+    remote: Callable[[], AbstractAsyncContextManager[RemoteFiles]] | None = None
 
     @property
     def temp_tag(self) -> str | None:

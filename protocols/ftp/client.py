@@ -203,6 +203,16 @@ class FtpClient(ProtocolClient):
                 found.append(RemoteStat(entry.size, entry.is_dir, entry.mtime, entry.name))
         return found
 
+    async def delete(self, remote_path: str) -> None:
+        async with self._connection() as conn:
+            # 550: no such file (or not ours to delete): a REMOTEDELETE warns, not fails.
+            await conn.command(f"DELE {self._path(remote_path)}", (2,), ErrorCode.TeFileNotFound)
+
+    async def rename(self, remote_path: str, new_path: str) -> None:
+        async with self._connection() as conn:
+            await conn.command(f"RNFR {self._path(remote_path)}", (350,), ErrorCode.TeFileNotFound)
+            await conn.command(f"RNTO {self._path(new_path)}", (2,))
+
     async def _read_all(self, channel: DataChannel, what: str) -> bytes:
         parts: list[bytes] = []
         try:

@@ -25,9 +25,12 @@ from protocols.http import headers as h
 from protocols.http import tls
 from protocols.http.config import HttpPartnerConfig
 from protocols.http.errors import code_for, peer_message
+from protocols.http.listing import ListingError, parse_listing
 from protocols.pacing import Pacer
 
 CHUNK = 1 << 20
+# A folder listing larger than this is refused (a partner's, read into memory).
+MAX_LISTING = 16 << 20
 
 
 class HttpClient(ProtocolClient):
@@ -170,6 +173,43 @@ class HttpClient(ProtocolClient):
             return 0
         held = resp.headers.get(h.UPLOAD_OFFSET, "")
         return int(held) if held.isdigit() else 0
+
+    # ------------------------------------------------------------------ folders
+
+    async def list(self, remote_dir: str) -> list[RemoteStat]:
+        what = f"listing of {remote_dir or '/'}"
+        url = self.url(remote_dir).rstrip("/") + "/"
+        with self._errors(what):
+            async with self.session.get(
+                url, headers={hdrs.ACCEPT: "application/json"}, allow_redirects=False
+            ) as resp:
+                if resp.status >= 300:
+                    raise await self._failure(resp, what)
+                body = await resp.content.read(MAX_LISTING + 1)
+        if len(body) > MAX_LISTING:
+            raise TransferError(ErrorCode.TeDataTransfer, f"{what}: larger than {MAX_LISTING}")
+        try:
+            return parse_listing(body)
+        except ListingError as exc:
+            raise TransferError(ErrorCode.TeDataTransfer, f"{what} of {self.name}: {exc}") from None
+
+    async def delete(self, remote_path: str) -> None:
+        what = f"DELETE {remote_path}"
+        with self._errors(what):
+            async with self.session.delete(self.url(remote_path), allow_redirects=False) as resp:
+                if resp.status >= 300:
+                    raise await self._failure(resp, what)
+
+    async def rename(self, remote_path: str, new_path: str) -> None:
+        """WebDAV MOVE (nginx's dav_methods, a gatewayd server), never over a file."""
+        what = f"MOVE {remote_path}"
+        headers = {"Destination": self.url(new_path), "Overwrite": "F"}
+        with self._errors(what):
+            async with self.session.request(
+                "MOVE", self.url(remote_path), headers=headers, allow_redirects=False
+            ) as resp:
+                if resp.status >= 300:
+                    raise await self._failure(resp, what)
 
     # ------------------------------------------------------------------ data
 

@@ -233,6 +233,29 @@ class SftpClient(ProtocolClient):
             mtime=mtime,
         )  # fmt: skip
 
+    async def list(self, remote_dir: str) -> list[RemoteStat]:
+        path = self._path(remote_dir) or "."
+        async with self._session() as sftp:
+            names = await sftp.readdir(path)
+        found = []
+        for entry in names:
+            name = entry.filename if isinstance(entry.filename, str) else entry.filename.decode()
+            if name in (".", ".."):
+                continue
+            attrs = entry.attrs
+            mtime = datetime.fromtimestamp(attrs.mtime, UTC) if attrs.mtime is not None else None
+            is_dir = attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY
+            found.append(RemoteStat(attrs.size or 0, is_dir, mtime, name))
+        return found
+
+    async def delete(self, remote_path: str) -> None:
+        async with self._session() as sftp:
+            await sftp.remove(self._path(remote_path))
+
+    async def rename(self, remote_path: str, new_path: str) -> None:
+        async with self._session() as sftp:
+            await self._rename(sftp, self._path(remote_path), self._path(new_path))
+
     async def sent_offset(self, remote_path: str, local_offset: int) -> int:
         held = await self._stat(self._temp_name(self._path(remote_path)))
         return min(local_offset, held.size if held is not None and not held.is_dir else 0)

@@ -1,0 +1,270 @@
+"""Remote pollers: each looks at a partner's folder at its interval (or cron times) and
+makes one receive transfer per new remote file.
+
+A file is known by (name, size, modification time). It is taken only once it has
+settled: the same size and time on two consecutive looks, so that a file the partner
+is still writing is not fetched half-written. Taking it inserts its transfer and the
+record of the file in one commit under that key (gatewayd.store `insert_take`): it is
+fetched once, whichever node looked, and across restarts. On a shared database one
+node looks at a time (gatewayd.automation.leader). `after: delete` / `move` end
+the transfer's post chain with REMOTEDELETE / REMOTEMOVE, which run only once the file
+is here whole and the rule's own post tasks passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import posixpath
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from gatewayd.automation.cron import Cron
+from gatewayd.automation.leader import Leader
+from gatewayd.clock import Clock
+from gatewayd.config import LoadedConfig
+from gatewayd.config.pollers import PollerConfig
+from gatewayd.errors import TransferError
+from gatewayd.model import TaskSpec
+from gatewayd.pipeline.clients import ClientPool
+from gatewayd.pipeline.service import TransferService
+from gatewayd.ports import RemoteStat
+from gatewayd.requests import RequestError
+from gatewayd.store.base import Store
+
+log = structlog.get_logger("gatewayd.pollers")
+
+Key = tuple[str, int, str]
+
+
+@dataclass
+class PollerStats:
+    """What a poller did since this node started, for the API and the metrics."""
+
+    polls: int = 0
+    seen: int = 0
+    taken: int = 0
+    skipped: int = 0
+    # Looks left to another node (the leader, see gatewayd.automation.leader).
+    standby: int = 0
+    last_poll: datetime | None = None
+    next_poll: datetime | None = None
+    last_error: str = ""
+
+
+@dataclass
+class _Poller:
+    config: PollerConfig
+    cron: Cron | None
+    stats: PollerStats = field(default_factory=PollerStats)
+    # What the previous look saw of each matching file: (size, mtime text).
+    previous: dict[str, tuple[int, str]] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class UnknownPoller(LookupError):
+    """No poller of that name is configured."""
+
+
+def _mtime_text(entry: RemoteStat) -> str:
+    return entry.mtime.isoformat() if entry.mtime is not None else ""
+
+
+class PollerService:
+    """Runs the configured pollers, one task each (see the module's docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        service: TransferService,
+        clients: ClientPool,
+        clock: Clock,
+        loaded: LoadedConfig,
+        node: str,
+    ) -> None:
+        self._store = store
+        self._service = service
+        self._clients = clients
+        self._clock = clock
+        self._loaded = loaded
+        self._node = node
+        self._pollers: dict[str, _Poller] = {}
+        self._leader = Leader(store, node)
+        self._stopping = False
+        # Looks done so far (all pollers): tests driving a manual clock wait on it.
+        self.passes = 0
+
+    # ------------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        self._apply(self._loaded)
+
+    def reload(self, loaded: LoadedConfig) -> None:
+        """Switch to the pollers of a new configuration: a changed poller starts again
+        (it has to see its files settle again; what it took stays taken)."""
+        self._loaded = loaded
+        if not self._stopping:
+            self._apply(loaded)
+
+    def _apply(self, loaded: LoadedConfig) -> None:
+        configs = {n: c for n, c in loaded.pollers.items() if c.enabled}
+        for name, poller in list(self._pollers.items()):
+            if configs.get(name) != poller.config:
+                self._cancel(poller)
+                del self._pollers[name]
+        for name, config in configs.items():
+            if name in self._pollers:
+                continue
+            tz = ZoneInfo(config.timezone) if config.timezone else loaded.tz
+            cron = Cron(config.cron, tz) if config.cron else None
+            poller = _Poller(config, cron)
+            poller.task = asyncio.create_task(self._run(poller), name=f"poller-{name}")
+            self._pollers[name] = poller
+
+    @staticmethod
+    def _cancel(poller: _Poller) -> None:
+        if poller.task is not None:
+            poller.task.cancel()
+
+    async def stop(self) -> None:
+        """Let each poller end its look (a take is one commit: never cut in the middle);
+        the gateway's stop bounds the wait, and cancels what overruns it."""
+        self._stopping = True
+        tasks = [p.task for p in self._pollers.values() if p.task is not None]
+        for poller in self._pollers.values():
+            poller.wake.set()
+        try:
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    # ------------------------------------------------------------------ reads
+
+    def names(self) -> list[str]:
+        return sorted(self._pollers)
+
+    def config(self, name: str) -> PollerConfig:
+        return self._get(name).config
+
+    def stats(self, name: str) -> PollerStats:
+        return self._get(name).stats
+
+    def counts(self) -> list[tuple[str, dict[str, int], int, int]]:
+        """Per poller: its files taken and skipped, its looks, the files seen now."""
+        return [
+            (
+                name,
+                {"taken": p.stats.taken, "skipped": p.stats.skipped},
+                p.stats.polls,
+                p.stats.seen,
+            )
+            for name, p in sorted(self._pollers.items())
+        ]
+
+    def _get(self, name: str) -> _Poller:
+        poller = self._pollers.get(name)
+        if poller is None:
+            raise UnknownPoller(name)
+        return poller
+
+    def fire(self, name: str) -> None:
+        """Look now (the API's `fire`), then go on at the usual times."""
+        self._get(name).wake.set()
+
+    # ------------------------------------------------------------------ loop
+
+    def _next(self, poller: _Poller, now: datetime) -> datetime:
+        if poller.cron is not None:
+            return poller.cron.next_after(now)
+        assert poller.config.interval is not None
+        return now + timedelta(seconds=poller.config.interval)
+
+    async def _run(self, poller: _Poller) -> None:
+        while not self._stopping:
+            poller.wake.clear()
+            try:
+                await self.poll(poller)
+            except Exception as exc:
+                poller.stats.last_error = str(exc)
+                log.exception("poll failed", poller=poller.config.name)
+            now = self._clock.now()
+            poller.stats.next_poll = nxt = self._next(poller, now)
+            self.passes += 1
+            await self._clock.wait(poller.wake, (nxt - now).total_seconds())
+
+    async def poll(self, poller: _Poller) -> int:
+        """One look at the partner's folder; how many files it took."""
+        config = poller.config
+        stats = poller.stats
+        if not await self._leader.mine():
+            stats.standby += 1
+            poller.previous = {}  # a file must settle under this node's own eyes
+            return 0
+        stats.polls += 1
+        stats.last_poll = self._clock.now()
+        try:
+            lease = await self._clients.acquire_partner(config.partner)
+            try:
+                entries = await lease.client.list(config.remote_dir)
+            finally:
+                lease.release()
+        except TransferError as exc:
+            stats.last_error = f"{exc.code}: {exc}"
+            log.warning("cannot list the partner's folder", poller=config.name, error=str(exc))
+            return 0
+        files = [
+            e
+            for e in entries
+            if not e.is_dir and any(fnmatch.fnmatchcase(e.name, g) for g in config.globs)
+        ]
+        stats.seen = len(files)
+        taken = await self._store.poller_taken(config.name)
+        now_seen = {e.name: (e.size, _mtime_text(e)) for e in files}
+        count = 0
+        for entry in files:
+            key: Key = (entry.name, *now_seen[entry.name])
+            if key in taken:
+                continue
+            if poller.previous.get(entry.name) != now_seen[entry.name]:
+                continue  # new or still changing: taken once it looks the same twice
+            if await self._take(poller, key):
+                count += 1
+        poller.previous = now_seen
+        stats.last_error = ""
+        return count
+
+    async def _take(self, poller: _Poller, key: Key) -> bool:
+        config = poller.config
+        name = key[0]
+        request = {
+            "rule": config.rule,
+            "partner": config.partner,
+            "isSend": False,
+            "file": posixpath.join(config.remote_dir, name) if config.remote_dir else name,
+            "output": name,
+            "transferInfo": {"poller": config.name, "remoteSize": key[1], "remoteMtime": key[2]},
+        }
+        try:
+            transfer = self._service.build(request)
+        except RequestError as exc:
+            poller.stats.skipped += 1
+            log.warning("remote file skipped", poller=config.name, file=name, error=str(exc))
+            return False
+        if config.after == "delete":
+            transfer.post_tasks.append(TaskSpec("REMOTEDELETE"))
+        elif config.after == "move" and config.move_to is not None:
+            transfer.post_tasks.append(TaskSpec("REMOTEMOVE", {"to": config.move_to}))
+        if not await self._store.insert_take(config.name, key, transfer, self._node):
+            return False  # another node took it first
+        poller.stats.taken += 1
+        self._service.wake()
+        log.info("remote file taken", poller=config.name, file=name, transfer_id=transfer.id)
+        return True
