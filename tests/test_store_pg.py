@@ -82,6 +82,7 @@ async def test_migrations_from_empty(pg_database: str) -> None:
         "schedule_runs",
         "schedule_state",
         "poller_files",
+        "watched_files",
     }
     columns = await pg_raw(
         pg_database,
