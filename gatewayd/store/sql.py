@@ -9,7 +9,7 @@ from typing import Any
 
 from gatewayd import lifecycle
 from gatewayd.lifecycle import Event
-from gatewayd.model import Status
+from gatewayd.model import Status, Transfer
 from gatewayd.store.base import (
     SORT_FIELDS,
     ApiToken,
@@ -305,6 +305,18 @@ def decode_token(row: Iterable[Any]) -> ApiToken:
 
 
 # -- watchers
+
+
+def forget_unrecorded_ids(
+    items: list[tuple[WatchedFile, list[Transfer]]], recorded: list[int]
+) -> None:
+    """`insert_watched`'s ids given back: the transfers of every item not in `recorded`
+    (the indexes committed) were not inserted, so they have no id."""
+    kept = set(recorded)
+    for index, (_, transfers) in enumerate(items):
+        if index not in kept:
+            for t in transfers:
+                t.id = None
 
 
 def encode_watched(record: WatchedFile) -> tuple[Any, ...]:

@@ -77,6 +77,7 @@ from gatewayd.store.sql import (
     encode_tapis,
     encode_token,
     encode_watched,
+    forget_unrecorded_ids,
 )
 from gatewayd.store.writer import BatchWriter
 
@@ -703,15 +704,9 @@ class SqliteStore(Store):
                         await conn.executemany(_Q.insert, new)
                     recorded.append(index)
         except BaseException:
-            for _, transfers in items:
-                for t in transfers:
-                    t.id = None
+            forget_unrecorded_ids(items, [])
             raise
-        taken = set(recorded)
-        for index, (_, transfers) in enumerate(items):
-            if index not in taken:
-                for t in transfers:
-                    t.id = None
+        forget_unrecorded_ids(items, recorded)
         return recorded
 
     async def live_watched(self, watcher: str, after_id: int = 0) -> list[LiveWatched]:
