@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -228,6 +229,22 @@ class Target:
     # Per metric (a scenario, or rss-idle, pss-active...), one figure per round.
     results: dict[str, list[float]] = field(default_factory=dict)
     restart: Callable[[], subprocess.Popen[bytes]] | None = None
+
+    def sessions(self) -> int:
+        """Sessions the server holds: gatewayd's open sockets (the listeners and the
+        API's included: a count to compare before and after); OpenSSH's sftp-servers."""
+        assert self.proc is not None
+        if self.is_reference:
+            names = []
+            for pid in descendants(self.proc.pid):
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+            return names.count("sftp-server")
+        sockets = 0
+        for fd in Path(f"/proc/{self.proc.pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                sockets += os.readlink(fd).startswith("socket:")
+        return sockets
 
     def memory(self) -> tuple[int, int]:
         """KiB (RSS, PSS) of the server: gatewayd's daemon; OpenSSH's session processes
@@ -486,10 +503,13 @@ class Bench:
                 # The OpenSSH client's window: 64 requests of 32 KiB.
                 await client.put(str(self.active_file), remote, block_size=32768, max_requests=64)
 
-        before = target.memory()
+        before, held_before = target.memory(), target.sessions()
         sessions = await asyncio.gather(*(session() for _ in range(a.idle_sessions)))
         try:
             idle = await asyncio.to_thread(target.memory)
+            held = target.sessions() - held_before
+            if held < a.idle_sessions:
+                raise SystemExit(f"{target.name} holds {held} sessions of {a.idle_sessions}")
             with PeakSampler(target.memory) as sampler:
                 await asyncio.gather(*(active(i, sessions[i][1]) for i in range(a.active_sessions)))
             peak = sampler.peak
@@ -604,10 +624,10 @@ class Bench:
                     continue
                 value, _ = self.rate(metric, statistics.median(t.results[metric]))
                 cells.append(f"{value:.1f} {unit}" if unit != "MiB/session" else f"{value:.3f}")
-                shown.append(f"{value / ref:.2f}x")
+                # Memory ratios are small: three decimals.
+                digits = 3 if unit == "MiB/session" else 2
+                shown.append(f"{value / ref:.{digits}f}x")
                 if not metric.startswith("pss"):
-                    # Memory ratios are small: three decimals.
-                    digits = 3 if unit == "MiB/session" else 2
                     ratios.append(f"{metric}{t.suffix} {value / ref:.{digits}f}")
             cells.append(f"{ref:.1f} {unit}" if unit != "MiB/session" else f"{ref:.3f}")
             rows.append((*cells, *shown))
