@@ -557,12 +557,12 @@ class Bench:
     def run(self) -> None:
         scenarios = self.scenarios()
         for n in range(self.args.rounds):
-            shift = n % len(self.targets)
-            order = self.targets[shift:] + self.targets[:shift]
             for name, scenario in scenarios.items():
-                for target in order:
-                    if name not in target.scenarios:
-                        continue
+                # The order rotates among the servers of this scenario: each goes first
+                # as often as the others.
+                runs = [t for t in self.targets if name in t.scenarios]
+                shift = n % len(runs)
+                for target in runs[shift:] + runs[:shift]:
                     self.clean(target)
                     subprocess.run(["sync"], check=True)
                     figures = scenario(target, n)
