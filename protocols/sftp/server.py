@@ -743,7 +743,8 @@ class _Upload(_File):
                 error=exc.message,
             )  # fmt: skip
             raise sftp_error(exc) from None
-        self.session.log.info(
+        # Debug: the pipeline's "transfer done" is the line of record (one per file).
+        self.session.log.debug(
             "upload closed", path=self.vpath, transfer_id=handle.transfer_id, size=self.size
         )
 
@@ -902,6 +903,6 @@ class _Download(_File):
             await handle.close()
         except TransferError as exc:
             raise sftp_error(exc) from None
-        self.session.log.info(
+        self.session.log.debug(
             "download closed", path=self.vpath, transfer_id=handle.transfer_id, size=self.size
         )
