@@ -17,6 +17,7 @@ ENV = "GATEWAYD_CRASH_AT"
 
 # The points, for documentation and for tests to name.
 AFTER_PLACE = "after-place"  # a received file has its final name; the row does not say so
+AFTER_DONE = "after-done"  # a received file's row says DONE; its temp name is still there
 TASK_OUTPUT = "task-output"  # a task's new file is written under its temporary name only
 TASK_PUBLISHED = "task-published"  # a task's new file has its name; the row does not say so
 

@@ -34,6 +34,7 @@ from gatewayd.passwords import Argon2Parameters, PasswordHashing
 from gatewayd.pipeline.auth_throttle import LoginThrottle
 from gatewayd.pipeline.clients import ClientPool
 from gatewayd.pipeline.engine import Engine, Hooks, Runtime
+from gatewayd.pipeline.leftovers import sweep_placed_temps
 from gatewayd.pipeline.limits import TransferLimits
 from gatewayd.pipeline.logins import Logins
 from gatewayd.pipeline.preregister import Expirer
@@ -268,6 +269,10 @@ class Gateway:
         reconnect to such a transfer.
         """
         prepared, api_tls = await self.prepare()
+        # Before any partner connects, and on a shared database only names older than
+        # a lease: another node may be placing a file right now.
+        lease = self.config.daemon.lease if self.store.shared else 0.0
+        await sweep_placed_temps(self.loaded, self.store, grace=3 * lease)
         await self.scheduler.start()
         await self.bus.start()
         await self.schedules.start()

@@ -120,6 +120,9 @@ class Run:
         self.inserted_at_data = False
         # The run started past DATA (a restart): leftovers of the last run may remain.
         self.resumed_after_data = False
+        # DONE was committed with the placing (no post task to run): the steps left
+        # have nothing to do.
+        self.finished = False
         # The task the row says is next when the run starts: it may have run already
         # (a crash between its work and the commit of its end).
         self.resumed_at = (transfer.step, transfer.task_number) if transfer.step in CHAINS else None
@@ -140,6 +143,8 @@ class Run:
                 start = STEPS.index(t.step) if t.step in STEPS else 0
                 self.resumed_after_data = start > STEPS.index(Step.DATA)
                 for step in STEPS[start:]:
+                    if self.finished:
+                        break
                     await _STEP_WORK[step](self)
             except TransferError as exc:
                 await self.fail(exc)
@@ -332,6 +337,9 @@ class Run:
     async def fail(self, error: TransferError) -> None:
         """First error wins; run the error chain; end in ERROR at the failing step."""
         t = self.transfer
+        if self.finished:  # DONE is committed: what failed after it changes nothing
+            self.log.warning("error after the end ignored", error=error.message)
+            return
         if t.error_code in (ErrorCode.TeOk, ErrorCode.TeWarning):
             t.error_code, t.error_msg = error.code, error.message
             t.error_step = t.step
@@ -381,14 +389,24 @@ class Run:
                 await self._saving
 
     async def finalize(self) -> None:
-        t = self.transfer
         await self.enter(Step.FINALIZATION, commit=False)  # DONE is its one commit
+        await self._finish()
+
+    async def _finish(self) -> None:
+        t = self.transfer
         lifecycle.apply(t, Event.FINISH)
         t.step = Step.NONE
         t.task_number = 0
         t.stop = self.rt.clock.now()
         await self.save()
-        self.log.info("transfer done", size=t.filesize, sha256=t.sha256)
+        self.finished = True
+        self.log.info(
+            "transfer done",
+            file=t.local_filepath,
+            who=t.account or t.partner or "",
+            size=t.filesize,
+            sha256=t.sha256,
+        )
 
     # ------------------------------------------------------------------ data files
 
@@ -470,7 +488,22 @@ class Run:
         t.sha256 = sha
         # Committed whatever follows: the row must say where the file landed before
         # anything else happens to it; only then does the temp name go.
-        await self.enter(Step.POST_TASKS)
+        if t.post_tasks:
+            await self.enter(Step.POST_TASKS)
+        else:
+            # Nothing runs between the placing and the end: one commit records both
+            # (a small file's close waits for one commit instead of two). A crash
+            # before the temp name goes leaves a second name of a DONE transfer's
+            # file, which the next start removes (gatewayd.pipeline.leftovers).
+            await self.enter(Step.POST_TASKS, commit=False)
+            await self.enter(Step.FINALIZATION, commit=False)
+            await self._finish()
+            crashpoints.reached(crashpoints.AFTER_DONE)
+            try:
+                await asyncio.to_thread(drop_temp, tmp)
+            except OSError as exc:  # DONE stands; the next start removes the name
+                self.log.warning("temp name of a placed file kept", error=str(exc))
+            return
         await asyncio.to_thread(drop_temp, tmp)
 
     async def complete_send(self) -> None:
