@@ -31,6 +31,7 @@ from gatewayd.config.rules import (
     RuleKeys,
     RuleOrigin,
     check_rule,
+    check_task_list,
     duplicate_problems,
     rule_files,
 )
@@ -115,6 +116,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         Config, source, data={k: v for k, v in data.items() if k not in ("servers", "partners")}
     )
     problems += errors
+    problems += check_task_list(source, ("daemon", "error_tasks"))
     servers, errors = _endpoints(source, data, "servers")
     problems += errors
     partners, errors = _endpoints(source, data, "partners")
