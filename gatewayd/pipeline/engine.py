@@ -12,7 +12,7 @@ import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -79,6 +79,8 @@ class Runtime:
     create_transfer: TransferCreator | None = None
     observer: Observer = field(default_factory=Observer)
     local_host: str = field(default_factory=socket.gethostname)
+    # A transfer as the API shows it (for NOTIFY); the composition supplies it.
+    transfer_json: Callable[[Transfer], dict[str, Any]] | None = None
 
     @property
     def progress_interval(self) -> float:

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
@@ -34,6 +34,7 @@ from gatewayd import crashpoints, lifecycle, safepath
 from gatewayd.errors import TaskError, TaskWarning, TransferError
 from gatewayd.lifecycle import CHAINS, STEPS, Event
 from gatewayd.model import ErrorCode, Step, TaskSpec, Transfer
+from gatewayd.outbound.context import Outbound
 from gatewayd.pipeline.datafile import ReceiveFile, SendFile
 from gatewayd.pipeline.files import CollisionPolicy, drop_temp, find_placed, place
 from gatewayd.safepath import Beneath
@@ -266,6 +267,7 @@ class Run:
             create_transfer=self.rt.create_transfer,
             log=self.log,
             remote=None if t.is_server else functools.partial(self._partner, t),
+            outbound=outbound(self.rt.loaded, self.rt.transfer_json),
         )
 
     @contextlib.asynccontextmanager
@@ -348,10 +350,25 @@ class Run:
             except TransferError as exc:  # never hides the first error
                 self.log.error("error task failed", error=exc.message)
                 t.error_msg += f"; error task #{index} ({spec.type}) failed"
+        await self.run_gateway_error_tasks(error, len(t.error_tasks))
         t.step, t.task_number = failed_step, failed_task if failed_step in CHAINS else 0
         lifecycle.apply(t, Event.FAIL)
         t.stop = self.rt.clock.now()
         await self.save()
+
+    async def run_gateway_error_tasks(self, error: TransferError, first: int) -> None:
+        """The daemon's `error_tasks`, after the rule's own error chain, numbered after
+        it (so that their notices' keys differ from the rule's). One that fails is
+        logged and named in the transfer's message; the first error stays."""
+        t = self.transfer
+        for offset, config in enumerate(self.rt.loaded.config.daemon.error_tasks):
+            index = first + offset
+            spec = config.spec()
+            try:
+                await self.run_task(spec, index, self.task_context(error))
+            except TransferError as exc:
+                self.log.error("gateway error task failed", error=exc.message)
+                t.error_msg += f"; gateway error task #{index} ({spec.type}) failed"
 
     async def end_stopped(self, reason: StopReason) -> None:
         """The run was stopped from outside: record why, keeping the durable state."""
@@ -520,6 +537,22 @@ def _digest(where: Beneath) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def outbound(loaded: LoadedConfig, shape: Callable[[Transfer], dict[str, Any]] | None) -> Outbound:
+    """What the ICAP, EMAIL and NOTIFY tasks reach, from the current configuration."""
+    config = loaded.config
+    return Outbound(
+        icap=config.icap,
+        smtp=config.smtp,
+        notify=config.notify,
+        home=loaded.paths.home,
+        transfer_json=shape or _bare_transfer_json,
+    )
+
+
+def _bare_transfer_json(t: Transfer) -> dict[str, Any]:
+    return {"id": t.id, "remoteID": t.remote_id, "rule": t.rule, "status": str(t.status)}
 
 
 def _remove_temp(where: Beneath) -> None:
