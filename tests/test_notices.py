@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gatewayd.config import ConfigError
 from gatewayd.config.schema import Config
@@ -239,7 +240,11 @@ async def test_email_post_task_with_attachment_and_stable_message_id(
 
 async def test_email_refused_login_is_the_task_error(peers: Peers, tmp_path: Path) -> None:
     env = peers.env
-    smtp = env.gw.rt.loaded.config.smtp["mail"].model_copy(update={"password": "wrong"})
+    smtp = env.gw.rt.loaded.config.smtp["mail"].model_copy(
+        # aiosmtplib tries LOGIN after PLAIN is refused, and waits for aiosmtpd's answer
+        # to it until its timeout: keep that short.
+        update={"password": "wrong", "timeout": 1.5}
+    )
     config = env.gw.rt.loaded.config.model_copy(update={"smtp": {"mail": smtp}})
     swap_config(env, config)
     failed = await upload(peers, tmp_path, "mailed", "nomail.txt", b"data\n")
@@ -255,3 +260,23 @@ def test_gateway_error_tasks_are_checked_like_a_rules(tmp_path: Path) -> None:
         env.load()
     text = str(caught.value)
     assert "gatewayd.yaml" in text and "NOTIFY: unknown argument 'bogus'" in text, text
+
+
+def test_the_readme_example_settings_and_rule_load(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Scanning and notices", 1)[1].split("\n## ", 1)[0]
+    settings_text, rule_text = (
+        block.split("\n```", 1)[0] for block in section.split("```yaml\n")[1:3]
+    )
+    settings = yaml.safe_load(settings_text)
+    rule = yaml.safe_load(rule_text.replace("/srv/gatewayd", str(tmp_path / "srv")))
+    env = GatewayEnv(tmp_path)
+    env.daemon.update(settings.pop("daemon"))
+    env.extra.update(settings)
+    env.rules[rule["name"]] = rule
+    loaded = env.load()
+    assert loaded.config.daemon.error_tasks[0].type == "NOTIFY"
+    assert loaded.config.smtp["mail"].sender == "gateway@example.com"
+    assert "password" not in repr(loaded.config.smtp["mail"])
+    assert "secret" not in repr(loaded.config.notify["ops"])
+    assert [t.type for t in loaded.config.rules["scanned-inbox"].post] == ["ICAP", "MOVE"]
