@@ -29,17 +29,24 @@ MARKER = "GATEWAYD-TEST-BLOCK-ME"
 
 
 class CIcap:
-    """c-icap in the foreground on a free port, with the content-filtering service
-    `scan` blocking any body that holds MARKER (whatever its content type)."""
+    """c-icap in the foreground on free ports (plain ICAP, and ICAP over TLS with the
+    certificate `certs`), with the content-filtering service `scan` blocking any body
+    that holds MARKER (whatever its content type)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, certs: CertFiles) -> None:
         self.folder = folder
+        self.certs = certs
         self.port = free_port()
+        self.tls_port = free_port()
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
         return f"icap://127.0.0.1:{self.port}/scan"
+
+    @property
+    def tls_url(self) -> str:
+        return f"icaps://127.0.0.1:{self.tls_port}/scan"
 
     def _config(self) -> str:
         f = self.folder
@@ -53,6 +60,7 @@ MinSpareThreads 2
 MaxSpareThreads 4
 ThreadsPerChild 4
 Port 127.0.0.1:{self.port}
+TlsPort 127.0.0.1:{self.tls_port} cert={self.certs.cert} key={self.certs.key}
 TmpDir {f}
 DebugLevel 1
 ModulesDir {C_ICAP_MODULES}
@@ -89,6 +97,7 @@ srv_content_filtering.ProfileAccess blocking All
         )
         try:
             await wait_port(self.port, timeout=10)
+            await wait_port(self.tls_port, timeout=10)
         except AssertionError:
             await self.stop()
             raise AssertionError(f"c-icap did not start: {self.output()}") from None

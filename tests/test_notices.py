@@ -58,10 +58,16 @@ def swap_config(env: GatewayEnv, config: Config) -> None:
 
 
 def gateway(
-    tmp_path: Path, icap_url: str, smtp: SmtpSink, hook: NotifyReceiver, ca: Path
+    tmp_path: Path, icap: CIcap, smtp: SmtpSink, hook: NotifyReceiver, ca: Path
 ) -> GatewayEnv:
     env = http_gateway(tmp_path / "gw")
-    env.extra["icap"] = {"scan": {"url": icap_url, "timeout": 5, "preview": 1024}}
+    env.extra["icap"] = {
+        "scan": {"url": icap.url, "timeout": 5, "preview": 1024},
+        # ICAP over TLS, the server's certificate checked against its CA (itself).
+        "scan-tls": {"url": icap.tls_url, "timeout": 5, "ca_file": str(ca)},
+        # The same server, trusted by nobody here: refused, never scanned in clear.
+        "untrusted": {"url": icap.tls_url, "timeout": 5, "preview": None},
+    }
     env.extra["smtp"] = {
         "mail": {
             "host": "127.0.0.1",
@@ -102,6 +108,12 @@ def gateway(
         ],
     )
     env.rule(
+        "scanned-tls",
+        "receive",
+        allow={"accounts": ["alice"]},
+        post=[{"type": "ICAP", "args": {"server": "#TI_scanner#"}}],
+    )
+    env.rule(
         "mailed",
         "receive",
         allow={"accounts": ["alice"]},
@@ -126,11 +138,11 @@ async def peers(tmp_path: Path) -> AsyncIterator[Peers]:
     certs = make_cert(tmp_path / "certs", "smtp")
     smtp = SmtpSink(certs, "gateway", SMTP_PASSWORD)
     hook = NotifyReceiver(SECRET, fail_first=1)
-    icap = CIcap(tmp_path / "c-icap")
+    icap = CIcap(tmp_path / "c-icap", certs)
     await smtp.start()
     await hook.start()
     await icap.start()
-    env = gateway(tmp_path, icap.url, smtp, hook, certs.cert)
+    env = gateway(tmp_path, icap, smtp, hook, certs.cert)
     await env.start()
     try:
         yield Peers(
@@ -211,6 +223,25 @@ async def test_icap_down_fails_clearly_and_leaves_the_file(peers: Peers, tmp_pat
     assert not (peers.quarantine / "waiting.txt").exists()
     await wait_until(lambda: len(peers.hook.posts) == 2, "the gateway-wide notice")
     assert json.loads(peers.hook.posts[-1][1])["errorMsg"] == failed.error_msg.split("; ")[0]
+
+
+async def test_icap_over_tls(peers: Peers, tmp_path: Path) -> None:
+    async def scanned(name: str, data: bytes, scanner: str) -> Transfer:
+        (tmp_path / name).write_bytes(data)
+        info = f"Waarp-Transfer-Info: scanner={scanner}"
+        url = f"{peers.base}/scanned-tls/"
+        await run_curl("-u", ALICE, "-H", info, "-T", str(tmp_path / name), url)
+        mine = [t for t in await rows(peers.env) if t.dest_filename.endswith(name)]
+        return await peers.env.wait_end(mine[0].id or 0)
+
+    clean = await scanned("tls-clean.txt", b"clean over TLS\n", "scan-tls")
+    assert clean.status == Status.DONE, clean
+    marked = await scanned("tls-marked.txt", MARKER.encode(), "scan-tls")
+    assert marked.status == Status.ERROR and "refused by 'scan-tls'" in marked.error_msg
+    untrusted = await scanned("tls-untrusted.txt", b"clean\n", "untrusted")
+    assert untrusted.status == Status.ERROR, untrusted
+    assert "scan by 'untrusted' failed" in untrusted.error_msg
+    assert "certificate verify failed" in untrusted.error_msg, untrusted.error_msg
 
 
 async def test_email_post_task_with_attachment_and_stable_message_id(
