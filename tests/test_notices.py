@@ -311,3 +311,29 @@ def test_the_readme_example_settings_and_rule_load(tmp_path: Path) -> None:
     assert "password" not in repr(loaded.config.smtp["mail"])
     assert "secret" not in repr(loaded.config.notify["ops"])
     assert [t.type for t in loaded.config.rules["scanned-inbox"].post] == ["ICAP", "MOVE"]
+
+
+def test_unknown_server_names_are_config_problems_with_file_and_line(tmp_path: Path) -> None:
+    env = GatewayEnv(tmp_path)
+    env.extra["smtp"] = {
+        name: {"host": "127.0.0.1", "from": "gw@example.test"} for name in ("a", "b")
+    }
+    env.daemon["error_tasks"] = [{"type": "NOTIFY", "args": {}}]
+    env.rule(
+        "checked",
+        "receive",
+        post=[
+            {"type": "ICAP", "args": {"server": "nope"}},
+            {"type": "EMAIL", "args": {"to": "x@example.test", "subject": "s"}},
+            {"type": "EMAIL", "args": {"server": "#TI_mail#", "to": "x@y.z", "subject": "s"}},
+        ],
+    )
+    with pytest.raises(ConfigError) as caught:
+        env.load()
+    problems = [str(p) for p in caught.value.problems]
+    text = "\n".join(problems)
+    assert "NOTIFY: argument 'endpoint' is needed: 0 `notify:` entries" in text, text
+    assert "ICAP: unknown `icap:` entry 'nope' (declared: none)" in text, text
+    assert "EMAIL: argument 'server' is needed: 2 `smtp:` entries" in text, text
+    assert len(problems) == 3, problems  # the marker is judged at run time
+    assert any("checked.yaml:" in p and "'nope'" in p for p in problems), problems
