@@ -105,12 +105,14 @@ srv_content_filtering.ProfileAccess blocking All
     def output(self) -> str:
         return (self.folder / "stdout").read_text(errors="replace")[-2000:]
 
-    async def stop(self) -> None:
+    async def stop(self, graceful: bool = True) -> None:
+        """SIGTERM (c-icap takes about a second to end its children), or SIGKILL to
+        the whole group at a test's end."""
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
         try:
             async with asyncio.timeout(10):
                 await proc.wait()

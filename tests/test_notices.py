@@ -5,6 +5,7 @@ receiver that checks the HMAC; and the gateway-wide error chain (`daemon.error_t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -35,6 +36,7 @@ class Peers:
     hook: NotifyReceiver
     clean: Path
     quarantine: Path
+    icap: CIcap
 
 
 async def rows(env: GatewayEnv) -> list[Transfer]:
@@ -81,8 +83,11 @@ def gateway(
         }
     }
     env.extra["notify"] = {
-        "hook": {"url": hook.url, "secret": SECRET, "retries": 2, "retry_delay": 0.05}
-    }
+        "hook": {"url": hook.url, "secret": SECRET, "retries": 2, "retry_delay": 0.05},
+        # Nothing listens there.
+        "dead": {"url": f"http://127.0.0.1:{free_port()}/", "secret": SECRET, "retries": 1,
+                 "retry_delay": 0.05},
+    }  # fmt: skip
     # The gateway-wide error chain: one notice for every failed transfer.
     env.daemon["error_tasks"] = [{"type": "NOTIFY", "args": {"endpoint": "hook"}}]
     clean, quarantine = tmp_path / "clean", tmp_path / "quarantine"
@@ -112,6 +117,12 @@ def gateway(
         "receive",
         allow={"accounts": ["alice"]},
         post=[{"type": "ICAP", "args": {"server": "#TI_scanner#"}}],
+    )
+    env.rule(
+        "warned",
+        "receive",
+        allow={"accounts": ["alice"]},
+        post=[{"type": "NOTIFY", "args": {"endpoint": "dead", "failure": "warning"}}],
     )
     env.rule(
         "mailed",
@@ -152,10 +163,11 @@ async def peers(tmp_path: Path) -> AsyncIterator[Peers]:
             hook,
             tmp_path / "clean",
             tmp_path / "quarantine",
+            icap,
         )
     finally:
         await env.stop()
-        await icap.stop()
+        await icap.stop(graceful=False)
         await hook.stop()
         await smtp.stop()
 
@@ -208,11 +220,7 @@ async def test_icap_passes_clean_refuses_and_quarantines_marked_with_error_chain
 
 async def test_icap_down_fails_clearly_and_leaves_the_file(peers: Peers, tmp_path: Path) -> None:
     env = peers.env
-    icap = env.gw.rt.loaded.config.icap["scan"]
-    # Another scanner that no one serves: the file must not pass unscanned.
-    gone = icap.model_copy(update={"url": f"icap://127.0.0.1:{free_port()}/scan"})
-    config = env.gw.rt.loaded.config.model_copy(update={"icap": {"scan": gone}})
-    swap_config(env, config)
+    await peers.icap.stop()  # c-icap stopped: the file must not pass unscanned
     data = b"clean but unscanned\n"
     failed = await upload(peers, tmp_path, "scanned", "waiting.txt", data)
     assert failed.status == Status.ERROR and failed.error_code == ErrorCode.TeExternalOperation
@@ -223,6 +231,31 @@ async def test_icap_down_fails_clearly_and_leaves_the_file(peers: Peers, tmp_pat
     assert not (peers.quarantine / "waiting.txt").exists()
     await wait_until(lambda: len(peers.hook.posts) == 2, "the gateway-wide notice")
     assert json.loads(peers.hook.posts[-1][1])["errorMsg"] == failed.error_msg.split("; ")[0]
+
+
+async def test_icap_server_that_never_answers_is_a_timeout(peers: Peers, tmp_path: Path) -> None:
+    env = peers.env
+    received: list[bytes] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(65536))  # takes the request, never answers
+        await reader.read()  # until the gateway gives up and closes
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        slow = env.gw.rt.loaded.config.icap["scan"].model_copy(
+            update={"url": f"icap://127.0.0.1:{port}/scan", "timeout": 0.5}
+        )
+        swap_config(env, env.gw.rt.loaded.config.model_copy(update={"icap": {"scan": slow}}))
+        failed = await upload(peers, tmp_path, "scanned", "slow.txt", b"data\n")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received and received[0].startswith(b"RESPMOD icap://127.0.0.1:")
+    assert failed.status == Status.ERROR and failed.error_code == ErrorCode.TeExternalOperation
+    assert "did not answer within 0.5 s" in failed.error_msg, failed.error_msg
+    assert (env.folder("scanned") / "alice" / "slow.txt").exists()
 
 
 async def test_icap_over_tls(peers: Peers, tmp_path: Path) -> None:
@@ -267,6 +300,13 @@ async def test_email_post_task_with_attachment_and_stable_message_id(
     assert list(mail.iter_attachments()) == []
     text = mail.get_body().get_content()  # type: ignore[union-attr]
     assert "rule mailed, account alice" in text and "not attached: 1001 bytes" in text
+
+
+async def test_an_undelivered_notice_may_be_a_warning(peers: Peers, tmp_path: Path) -> None:
+    done = await upload(peers, tmp_path, "warned", "w.txt", b"data\n")
+    assert done.status == Status.DONE and done.error_code == ErrorCode.TeWarning, done
+    assert "NOTIFY: notice to 'dead' failed" in done.error_msg, done.error_msg
+    assert peers.hook.posts == []  # a warning is no failure: no error chain ran
 
 
 async def test_email_refused_login_is_the_task_error(peers: Peers, tmp_path: Path) -> None:

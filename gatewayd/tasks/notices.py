@@ -30,6 +30,7 @@ import json
 import os
 import ssl
 from collections.abc import Mapping
+from email.errors import MessageError
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any, ClassVar, TypeVar
@@ -37,6 +38,8 @@ from typing import Any, ClassVar, TypeVar
 import aiohttp
 import aiosmtplib
 
+from gatewayd import crashpoints
+from gatewayd.config.outbound import SmtpServerConfig
 from gatewayd.errors import TaskError, TaskWarning
 from gatewayd.outbound.context import CaFileError, notice_key, ssl_context
 from gatewayd.tasks import _fsops
@@ -114,7 +117,12 @@ class EmailTask(_NoticeTask):
     def _addresses(self, args: dict[str, Any], name: str) -> list[str]:
         value = args.get(name, [])
         items = value.split(",") if isinstance(value, str) else list(value)
-        return [item.strip() for item in items if isinstance(item, str) and item.strip()]
+        found = [item.strip() for item in items if isinstance(item, str) and item.strip()]
+        for address in found:
+            # A marker's value could carry a line break: never a header of its own.
+            if any(c in address for c in "\r\n\x00") or "@" not in address:
+                raise self.fail(f"argument '{name}': {address!r} is not an address")
+        return found
 
     async def run(self, ctx: TaskContext) -> None:
         args = substitute_args(self.args, ctx)
@@ -123,18 +131,12 @@ class EmailTask(_NoticeTask):
         if not to:
             raise self.fail("argument 'to' names no address")
         key = notice_key(ctx.transfer, ctx.step, ctx.task_number)
-        domain = server.sender.rpartition("@")[2] or "gatewayd"
-        message = EmailMessage()
-        message["From"] = server.sender
-        message["To"] = ", ".join(to)
-        if cc:
-            message["Cc"] = ", ".join(cc)
-        message["Subject"] = self.text(args, "subject").replace("\r", " ").replace("\n", " ")
-        message["Date"] = formatdate(localtime=True)
-        message["Message-ID"] = f"<{key}@{domain}>"
-        message["X-Gatewayd-Key"] = key
-        body = str(args.get("body", ""))
+        try:
+            message = self._message(args, server.sender, to, cc, key)
+        except (ValueError, MessageError) as error:
+            raise self.fail(f"cannot make the message: {error}") from None
         attachment = await self._attachment(ctx, args) if self.flag(args, "attach") else None
+        body = str(args.get("body", ""))
         if isinstance(attachment, str):
             body += f"\n\n{attachment}\n"
             attachment = None
@@ -146,12 +148,45 @@ class EmailTask(_NoticeTask):
                 subtype="octet-stream",
                 filename=os.path.basename(ctx.transfer.local_filepath),
             )
+        await self._send(ctx, args, name, server, message, to + cc, key)
+
+    def _message(
+        self,
+        args: dict[str, Any],
+        sender: str,
+        to: list[str],
+        cc: list[str],
+        key: str,
+    ) -> EmailMessage:
+        """The headers: the subject on one line, the Message-ID made of the key."""
+        domain = sender.rpartition("@")[2] or "gatewayd"
+        message = EmailMessage()
+        message["From"] = sender
+        message["To"] = ", ".join(to)
+        if cc:
+            message["Cc"] = ", ".join(cc)
+        message["Subject"] = self.text(args, "subject").replace("\r", " ").replace("\n", " ")
+        message["Date"] = formatdate(localtime=True)
+        message["Message-ID"] = f"<{key}@{domain}>"
+        message["X-Gatewayd-Key"] = key
+        return message
+
+    async def _send(
+        self,
+        ctx: TaskContext,
+        args: dict[str, Any],
+        name: str,
+        server: SmtpServerConfig,
+        message: EmailMessage,
+        recipients: list[str],
+        key: str,
+    ) -> None:
         ca = ctx.outbound.ca_path(server.ca_file) if ctx.outbound else None
         context = await self._tls(ca) if server.tls != "none" else None
         try:
             await aiosmtplib.send(
                 message,
-                recipients=to + cc,
+                recipients=recipients,
                 hostname=server.host,
                 port=server.effective_port(),
                 username=server.user,
@@ -163,7 +198,8 @@ class EmailTask(_NoticeTask):
             )
         except (aiosmtplib.SMTPException, OSError) as error:
             raise self._undelivered(args, f"mail through '{name}' failed: {error}") from None
-        ctx.log.info(f"EMAIL: sent to {', '.join(to + cc)} through '{name}' ({key})")
+        crashpoints.reached(crashpoints.MAIL_SENT)
+        ctx.log.info(f"EMAIL: sent to {', '.join(recipients)} through '{name}' ({key})")
 
     async def _attachment(self, ctx: TaskContext, args: dict[str, Any]) -> bytes | str:
         """The file's bytes, or why it is not attached."""
@@ -230,6 +266,7 @@ class NotifyTask(_NoticeTask):
                         endpoint.url, data=body, headers=headers, ssl=context or True
                     ) as answer:
                         if 200 <= answer.status < 300:
+                            crashpoints.reached(crashpoints.NOTICE_SENT)
                             ctx.log.info(f"NOTIFY: '{name}' answered {answer.status} ({key})")
                             return
                         problem = f"HTTP {answer.status} {answer.reason or ''}".strip()
