@@ -135,8 +135,9 @@ class Engine:
                 transfer.error_msg = "gateway shutting down"
                 await self.rt.store.save_transfer(transfer)
                 return
-        transfer.error_code, transfer.error_msg = ErrorCode.TeOk, ""
-        transfer.error_step = Step.NONE
+        if transfer.step != Step.ERROR_TASKS:  # a cut error chain keeps its error
+            transfer.error_code, transfer.error_msg = ErrorCode.TeOk, ""
+            transfer.error_step = Step.NONE
         transfer.start = transfer.start or self.rt.clock.now()
         data: DataStep = Partnerless() if transfer.is_server else ClientData(self.rt.clients)
         run = self.start(transfer, data)

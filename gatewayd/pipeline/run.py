@@ -63,6 +63,10 @@ STOPPED: dict[StopReason, tuple[Event, ErrorCode, str]] = {
 }
 
 
+# A row with one of these codes has no failure recorded.
+_NO_ERROR = (ErrorCode.TeOk, ErrorCode.TeWarning)
+
+
 def stopped_error(reason: StopReason | None) -> TransferError:
     """What a protocol call on a stopped transfer raises."""
     _, code, message = STOPPED[reason or StopReason.SHUTDOWN]
@@ -138,6 +142,9 @@ class Run:
         try:
             try:
                 t = self.transfer
+                if t.step == Step.ERROR_TASKS and t.error_code not in _NO_ERROR:
+                    await self.resume_error_chain()
+                    return
                 start = STEPS.index(t.step) if t.step in STEPS else 0
                 self.resumed_after_data = start > STEPS.index(Step.DATA)
                 for step in STEPS[start:]:
@@ -344,31 +351,50 @@ class Run:
         t.step, t.task_number = Step.ERROR_TASKS, 0
         with contextlib.suppress(Exception):
             await self.save()
-        for index, spec in enumerate(t.error_tasks):
+        await self.run_error_chain(error, failed_step, failed_task)
+
+    def error_chain(self) -> list[TaskSpec]:
+        """The rule's error tasks, then the daemon's `error_tasks` (the gateway-wide
+        error chain), numbered after them: their notices' keys differ from the rule's."""
+        daemon = self.rt.loaded.config.daemon
+        return [*self.transfer.error_tasks, *(task.spec() for task in daemon.error_tasks)]
+
+    async def run_error_chain(
+        self, error: TransferError, failed_step: Step, failed_task: int
+    ) -> None:
+        """Run the error chain from `task_number`, committing after each task (a crash
+        resumes it at the next one: `resume_error_chain`), then end in ERROR at the
+        failing step. A task that fails is logged and named in the transfer's message;
+        the first error stays."""
+        t = self.transfer
+        chain = self.error_chain()
+        own = len(t.error_tasks)
+        while t.task_number < len(chain):
+            index = t.task_number
+            spec = chain[index]
             try:
                 await self.run_task(spec, index, self.task_context(error))
             except TransferError as exc:  # never hides the first error
-                self.log.error("error task failed", error=exc.message)
-                t.error_msg += f"; error task #{index} ({spec.type}) failed"
-        await self.run_gateway_error_tasks(error, len(t.error_tasks))
+                where = "error task" if index < own else "gateway error task"
+                self.log.error(f"{where} failed", error=exc.message)
+                t.error_msg += f"; {where} #{index} ({spec.type}) failed"
+            t.task_number = index + 1
+            with contextlib.suppress(Exception):
+                await self.save()
         t.step, t.task_number = failed_step, failed_task if failed_step in CHAINS else 0
         lifecycle.apply(t, Event.FAIL)
         t.stop = self.rt.clock.now()
         await self.save()
 
-    async def run_gateway_error_tasks(self, error: TransferError, first: int) -> None:
-        """The daemon's `error_tasks`, after the rule's own error chain, numbered after
-        it (so that their notices' keys differ from the rule's). One that fails is
-        logged and named in the transfer's message; the first error stays."""
+    async def resume_error_chain(self) -> None:
+        """A run that starts in ERROR TASKS (a crash in the error chain): the rest of
+        the chain, from the task that was cut (it may run twice: notices are
+        at-least-once), then ERROR with the error recorded. The failing chain's task
+        number is not kept through the crash: a later resume starts that chain over."""
         t = self.transfer
-        for offset, config in enumerate(self.rt.loaded.config.daemon.error_tasks):
-            index = first + offset
-            spec = config.spec()
-            try:
-                await self.run_task(spec, index, self.task_context(error))
-            except TransferError as exc:
-                self.log.error("gateway error task failed", error=exc.message)
-                t.error_msg += f"; gateway error task #{index} ({spec.type}) failed"
+        self.error = TransferError(t.error_code, t.error_msg)
+        self.log.info("resuming the error chain", task_number=t.task_number)
+        await self.run_error_chain(self.error, t.error_step, 0)
 
     async def end_stopped(self, reason: StopReason) -> None:
         """The run was stopped from outside: record why, keeping the durable state."""
