@@ -132,10 +132,13 @@ srv_content_filtering.ProfileAccess blocking All
 
 
 class SmtpSink:
-    """An SMTP server in this event loop: STARTTLS required, AUTH LOGIN/PLAIN with one
-    user; the messages it accepted, parsed."""
+    """An SMTP server in this event loop: STARTTLS required (or, `implicit`, TLS from
+    the first byte), AUTH LOGIN/PLAIN with one user; the messages it accepted, parsed."""
 
-    def __init__(self, certs: CertFiles, user: str, password: str) -> None:
+    def __init__(
+        self, certs: CertFiles, user: str, password: str, *, implicit: bool = False
+    ) -> None:
+        self.implicit = implicit
         self.port = free_port()
         self.user, self.password = user, password
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -169,13 +172,17 @@ class SmtpSink:
             lambda: SMTP(
                 self,
                 hostname="127.0.0.1",
-                tls_context=self.context,
-                require_starttls=True,
+                tls_context=None if self.implicit else self.context,
+                require_starttls=not self.implicit,
                 auth_required=True,
+                # Implicit TLS: the connection is TLS already (aiosmtpd only knows
+                # STARTTLS's).
+                auth_require_tls=not self.implicit,
                 authenticator=self._authenticate,
             ),
             "127.0.0.1",
             self.port,
+            ssl=self.context if self.implicit else None,
         )
 
     async def stop(self) -> None:

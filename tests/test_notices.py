@@ -309,6 +309,28 @@ async def test_an_undelivered_notice_may_be_a_warning(peers: Peers, tmp_path: Pa
     assert peers.hook.posts == []  # a warning is no failure: no error chain ran
 
 
+# aiosmtpd sees TLS only when it comes by STARTTLS: with implicit TLS it warns that
+# AUTH does not require it, though the connection is TLS from its first byte.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+async def test_email_over_implicit_tls(peers: Peers, tmp_path: Path) -> None:
+    env = peers.env
+    certs = make_cert(tmp_path / "certs-implicit", "smtps")
+    smtps = SmtpSink(certs, "gateway", SMTP_PASSWORD, implicit=True)
+    await smtps.start()
+    try:
+        mail = env.gw.rt.loaded.config.smtp["mail"].model_copy(
+            update={"port": smtps.port, "tls": "implicit", "ca_file": certs.cert}
+        )
+        swap_config(env, env.gw.rt.loaded.config.model_copy(update={"smtp": {"mail": mail}}))
+        done = await upload(peers, tmp_path, "mailed", "tls.txt", b"over TLS\n")
+        assert done.status == Status.DONE, done
+        await wait_until(lambda: len(smtps.messages) == 1, "the mail over implicit TLS")
+    finally:
+        await smtps.stop()
+    assert smtps.messages[0]["Subject"] == "tls.txt arrived (9 bytes)"
+    assert peers.smtp.messages == []  # not through the STARTTLS server
+
+
 async def test_email_refused_login_is_the_task_error(peers: Peers, tmp_path: Path) -> None:
     env = peers.env
     smtp = env.gw.rt.loaded.config.smtp["mail"].model_copy(
