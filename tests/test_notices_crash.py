@@ -1,7 +1,7 @@
 """EMAIL and NOTIFY across a real kill -9 of `gatewayd serve`: a task that ran is not
 run again, and the one the crash cut is sent again with the same key (at least once).
-The case is the error chain (the rule's, then the gateway-wide one), which a crash used
-to lose; a post chain resumes at its task as every chain does (test_crash_resume)."""
+The case is the error chain (the rule's, then the gateway-wide one), which a crash did
+not resume before; a post chain resumes at its task as every chain does (test_crash_resume)."""
 
 from __future__ import annotations
 
