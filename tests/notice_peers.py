@@ -195,7 +195,8 @@ class NotifyReceiver:
     """An aiohttp receiver that checks each POST's HMAC-SHA256 signature and answers
     500 to the first `fail_first` of them."""
 
-    def __init__(self, secret: str, fail_first: int = 0) -> None:
+    def __init__(self, secret: str, fail_first: int = 0, certs: CertFiles | None = None) -> None:
+        self.certs = certs
         self.secret = secret
         self.fail_first = fail_first
         self.port = free_port()
@@ -205,7 +206,8 @@ class NotifyReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        scheme = "https" if self.certs else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/hook"
 
     async def _hook(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -223,7 +225,11 @@ class NotifyReceiver:
         app.router.add_post("/hook", self._hook)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        context = None
+        if self.certs is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.certs.cert, self.certs.key)
+        await web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=context).start()
 
     async def stop(self) -> None:
         if self.runner is not None:

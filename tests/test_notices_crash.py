@@ -63,6 +63,8 @@ async def crash_and_resume(
         final = ("DONE", "ERROR")
         done = await wait_row(db, row["id"], lambda r: r["status"] in final, "ended", daemon)
         await wait_until(lambda: len(hook.posts) == 2, "the notice sent again")
+        # Secrets never reach the log.
+        assert SECRET not in daemon.output and "smtp-pass" not in daemon.output
         return done, smtp, hook
     finally:
         await daemon.stop()
