@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from gatewayd.config import ConfigError
+from gatewayd.config.loader import load_rule_text
 from gatewayd.config.schema import Config
 from gatewayd.model import ErrorCode, Status, Transfer
 from gatewayd.store.base import TransferFilter
@@ -431,3 +432,16 @@ def test_unknown_server_names_are_config_problems_with_file_and_line(tmp_path: P
     assert "EMAIL: argument 'server' is needed: 2 `smtp:` entries" in text, text
     assert len(problems) == 3, problems  # the marker is judged at run time
     assert any("checked.yaml:" in p and "'nope'" in p for p in problems), problems
+
+
+def test_a_rule_sent_through_the_api_is_checked_for_server_names(tmp_path: Path) -> None:
+    env = GatewayEnv(tmp_path)
+    env.extra["notify"] = {"ops": {"url": "http://127.0.0.1:9/", "secret": "s3cret"}}
+    loaded = env.load()
+    good = "name: r\ndirection: receive\npath: /r\npost:\n  - type: NOTIFY\n"
+    assert load_rule_text(loaded, good, "r.yaml").post[0].type == "NOTIFY"
+    bad = good + "    args: {endpoint: opps}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_rule_text(loaded, bad, "r.yaml")
+    (problem,) = caught.value.problems
+    assert "r.yaml:6" in str(problem) and "unknown `notify:` entry 'opps'" in str(problem)
