@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gatewayd import ports
+from gatewayd.api.shapes import transfer_json
 from gatewayd.automation.pollers import PollerService
 from gatewayd.automation.schedules import ScheduleService
 from gatewayd.automation.watchers import Watchers
@@ -123,6 +124,8 @@ class Gateway:
             hooks or Hooks(),
             create_transfer=self._create_from_task,
             observer=self.metrics,
+            # NOTIFY posts a transfer in the API's shape.
+            transfer_json=lambda t: transfer_json(t, self.rt.loaded.tz),
         )
         self.engine = Engine(self.rt)
         scheduler = loaded.config.scheduler

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
@@ -34,6 +34,7 @@ from gatewayd import crashpoints, lifecycle, safepath
 from gatewayd.errors import TaskError, TaskWarning, TransferError
 from gatewayd.lifecycle import CHAINS, STEPS, Event
 from gatewayd.model import ErrorCode, Step, TaskSpec, Transfer
+from gatewayd.outbound.context import Outbound
 from gatewayd.pipeline.datafile import ReceiveFile, SendFile
 from gatewayd.pipeline.files import CollisionPolicy, drop_temp, find_placed, place
 from gatewayd.safepath import Beneath
@@ -60,6 +61,10 @@ STOPPED: dict[StopReason, tuple[Event, ErrorCode, str]] = {
     StopReason.CANCEL: (Event.CANCEL, ErrorCode.TeCanceled, "transfer cancelled"),
     StopReason.SHUTDOWN: (Event.SHUTDOWN, ErrorCode.TeShuttingDown, "gateway shutting down"),
 }
+
+
+# A row with one of these codes has no failure recorded.
+_NO_ERROR = (ErrorCode.TeOk, ErrorCode.TeWarning)
 
 
 def stopped_error(reason: StopReason | None) -> TransferError:
@@ -140,6 +145,9 @@ class Run:
         try:
             try:
                 t = self.transfer
+                if t.step == Step.ERROR_TASKS and t.error_code not in _NO_ERROR:
+                    await self.resume_error_chain()
+                    return
                 start = STEPS.index(t.step) if t.step in STEPS else 0
                 self.resumed_after_data = start > STEPS.index(Step.DATA)
                 for step in STEPS[start:]:
@@ -271,6 +279,7 @@ class Run:
             create_transfer=self.rt.create_transfer,
             log=self.log,
             remote=None if t.is_server else functools.partial(self._partner, t),
+            outbound=outbound(self.rt.loaded, self.rt.transfer_json),
         )
 
     @contextlib.asynccontextmanager
@@ -350,16 +359,50 @@ class Run:
         t.step, t.task_number = Step.ERROR_TASKS, 0
         with contextlib.suppress(Exception):
             await self.save()
-        for index, spec in enumerate(t.error_tasks):
+        await self.run_error_chain(error, failed_step, failed_task)
+
+    def error_chain(self) -> list[TaskSpec]:
+        """The rule's error tasks, then the daemon's `error_tasks` (the gateway-wide
+        error chain), numbered after them: their notices' keys differ from the rule's."""
+        daemon = self.rt.loaded.config.daemon
+        return [*self.transfer.error_tasks, *(task.spec() for task in daemon.error_tasks)]
+
+    async def run_error_chain(
+        self, error: TransferError, failed_step: Step, failed_task: int
+    ) -> None:
+        """Run the error chain from `task_number`, committing after each task (a crash
+        resumes it at the next one: `resume_error_chain`), then end in ERROR at the
+        failing step. A task that fails is logged and named in the transfer's message;
+        the first error stays."""
+        t = self.transfer
+        chain = self.error_chain()
+        own = len(t.error_tasks)
+        while t.task_number < len(chain):
+            index = t.task_number
+            spec = chain[index]
             try:
                 await self.run_task(spec, index, self.task_context(error))
             except TransferError as exc:  # never hides the first error
-                self.log.error("error task failed", error=exc.message)
-                t.error_msg += f"; error task #{index} ({spec.type}) failed"
+                where = "error task" if index < own else "gateway error task"
+                self.log.error(f"{where} failed", error=exc.message)
+                t.error_msg += f"; {where} #{index} ({spec.type}) failed"
+            t.task_number = index + 1
+            with contextlib.suppress(Exception):
+                await self.save()
         t.step, t.task_number = failed_step, failed_task if failed_step in CHAINS else 0
         lifecycle.apply(t, Event.FAIL)
         t.stop = self.rt.clock.now()
         await self.save()
+
+    async def resume_error_chain(self) -> None:
+        """A run that starts in ERROR TASKS (a crash in the error chain): the rest of
+        the chain, from the task that was cut (it may run twice: notices are
+        at-least-once), then ERROR with the error recorded. The failing chain's task
+        number is not kept through the crash: a later resume starts that chain over."""
+        t = self.transfer
+        self.error = TransferError(t.error_code, t.error_msg)
+        self.log.info("resuming the error chain", task_number=t.task_number)
+        await self.run_error_chain(self.error, t.error_step, 0)
 
     async def end_stopped(self, reason: StopReason) -> None:
         """The run was stopped from outside: record why, keeping the durable state."""
@@ -553,6 +596,22 @@ def _digest(where: Beneath) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def outbound(loaded: LoadedConfig, shape: Callable[[Transfer], dict[str, Any]] | None) -> Outbound:
+    """What the ICAP, EMAIL and NOTIFY tasks reach, from the current configuration."""
+    config = loaded.config
+    return Outbound(
+        icap=config.icap,
+        smtp=config.smtp,
+        notify=config.notify,
+        home=loaded.paths.home,
+        transfer_json=shape or _bare_transfer_json,
+    )
+
+
+def _bare_transfer_json(t: Transfer) -> dict[str, Any]:
+    return {"id": t.id, "remoteID": t.remote_id, "rule": t.rule, "status": str(t.status)}
 
 
 def _remove_temp(where: Beneath) -> None:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 
 from gatewayd.errors import TransferError
 from gatewayd.model import Transfer
+from gatewayd.outbound.context import Outbound
 from gatewayd.requests import TransferRequest
 
 
@@ -73,6 +74,8 @@ class TaskContext:
     rerun: bool = False
     # The partner of a client transfer, connected (set by the driver; None otherwise).
     remote: Callable[[], AbstractAsyncContextManager[RemoteFiles]] | None = None
+    # The servers that ICAP, EMAIL and NOTIFY reach (set by the driver; None otherwise).
+    outbound: Outbound | None = None
 
     @property
     def temp_tag(self) -> str | None:
