@@ -28,8 +28,12 @@ class AutomationStatements:
         q = dialect.sql
         self.set_paused = q(
             f"INSERT INTO automation_state ({PAUSE_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+            # A resume keeps who paused it and when (shown until the next pause).
             "ON CONFLICT (kind, name) DO UPDATE SET paused = excluded.paused, "
-            "paused_by = excluded.paused_by, paused_at = excluded.paused_at"
+            "paused_by = CASE WHEN excluded.paused = 1 THEN excluded.paused_by "
+            "ELSE automation_state.paused_by END, "
+            "paused_at = CASE WHEN excluded.paused = 1 THEN excluded.paused_at "
+            "ELSE automation_state.paused_at END"
         )
         self.states = q(f"SELECT {PAUSE_COLUMNS} FROM automation_state WHERE kind = ?")
         self.seen = q("SELECT name, size, mtime FROM poller_seen WHERE poller = ?")
