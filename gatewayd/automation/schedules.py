@@ -289,7 +289,11 @@ class ScheduleService:
                 entry.stats.skipped += 1
                 log.info("missed firing skipped", schedule=name, fire_time=due.isoformat())
         for entry, due, state in missed:
-            log.info("catching up a missed firing", schedule=entry.config.name, fire_time=due)
+            log.info(
+                "catching up a missed firing",
+                schedule=entry.config.name,
+                fire_time=due.isoformat(),
+            )
             await self._fire(entry, due, state=state)
 
     @staticmethod
