@@ -104,8 +104,21 @@ async def test_pause_states_first_looks_and_purge_rules(backend: Backend) -> Non
         await backend.raw("UPDATE schedule_runs SET created = ?", old.strftime("%Y-%m-%d"))
 
         counts = await store.purge_automation(cutoff)
-        assert counts == {"watched_files": 1, "poller_files": 1, "schedule_runs": 1}
-        assert await store.poller_taken("p") == {keys["listed"], keys["error"], keys["lately"]}
+        assert counts == {
+            "watched_files": 1,
+            "poller_files": 1,
+            "schedule_runs": 1,
+            "poller_seen": 0,  # b, seen lately
+        }
+        assert await store.purge_automation(recent + timedelta(seconds=1)) == {
+            "watched_files": 0,
+            "poller_files": 1,  # "lately", gone since `recent`
+            "schedule_runs": 0,
+            "poller_seen": 1,
+        }
+        assert await store.poller_seen("p") == {}
+        await store.set_poller_seen("p", {"b": (3, "t3")}, [], recent)  # as before
+        assert await store.poller_taken("p") == {keys["listed"], keys["error"]}
         assert sorted(r.path for r in await store.live_watched("w")) == ["here.bin"]
         assert await store.count_watched("w") == 2
         left = await backend.raw("SELECT fire_time FROM schedule_runs ORDER BY fire_time")

@@ -12,7 +12,9 @@ What may go, and why it cannot make a file sent or fetched twice:
   back with the same name, size and time after the purge is fetched again, as a new
   one: the gateway cannot tell it from a new file);
 - a schedule's firings but its newest: missed firings are counted from the newest, so
-  an older one can never be fired again.
+  an older one can never be fired again;
+- a poller's first look of a file that no second look followed (the poller deleted or
+  paused, the file refused): at worst the file needs one more look.
 In each case only records whose transfers are DONE or CANCELLED (or deleted) go: a
 transfer in ERROR may still be retried and keeps its record. Each node purges (the
 deletes are the same whoever runs them)."""

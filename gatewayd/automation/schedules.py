@@ -283,6 +283,8 @@ class ScheduleService:
             due = None if state is None else _missed(entry.cron, state, now)
             if state is None or due is None:
                 continue
+            # Caught up (or dropped) here: the pass's due times are not tried again.
+            entry.next_at = self._next(entry.cron, now)
             if entry.config.catch_up == "once" and not state.paused:
                 missed.append((entry, due, state))
             else:

@@ -65,6 +65,9 @@ class AutomationStatements:
             "AND NOT EXISTS (SELECT 1 FROM transfers t "
             f"WHERE t.id = poller_files.transfer_id AND {_ACTIVE})"
         )
+        # A poller's first looks that no second look followed (the poller deleted, or
+        # paused, or the file refused): at worst, the file needs one more look.
+        self.purge_seen = q("DELETE FROM poller_seen WHERE seen < ?")
         # Watchers: only the files seen gone since `before` (their path missing, or
         # holding another file) whose transfers (a JSON list of ids) all finished.
         elements = (

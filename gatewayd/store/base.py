@@ -567,8 +567,8 @@ class Store(ABC):
         """Drop the records of the automation that no longer guard anything and are
         older than `before`: watched files seen gone, remote files no longer listed,
         firings but the newest of each schedule; only those whose transfers are DONE
-        or CANCELLED. How many of each table ("watched_files", "poller_files",
-        "schedule_runs")."""
+        or CANCELLED; and a poller's first looks older than `before`. How many of each
+        table ("watched_files", "poller_files", "schedule_runs", "poller_seen")."""
 
 
 class LiveWatched(NamedTuple):

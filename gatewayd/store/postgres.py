@@ -1074,6 +1074,7 @@ class PostgresStore(Store):
                 ("watched_files", _A.purge_watched),
                 ("poller_files", _A.purge_polled),
                 ("schedule_runs", _A.purge_runs),
+                ("poller_seen", _A.purge_seen),
             ):
                 status = await conn.execute(statement, cutoff)  # "DELETE <count>"
                 counts[table] = int(status.split()[-1])

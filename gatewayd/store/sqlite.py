@@ -847,6 +847,7 @@ class SqliteStore(Store):
                 ("watched_files", _A.purge_watched),
                 ("poller_files", _A.purge_polled),
                 ("schedule_runs", _A.purge_runs),
+                ("poller_seen", _A.purge_seen),
             ):
                 counts[table] = (await conn.execute(statement, cutoff)).rowcount
         return counts
