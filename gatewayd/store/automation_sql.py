@@ -81,6 +81,14 @@ class AutomationStatements:
             f"AND NOT EXISTS (SELECT 1 FROM {elements} JOIN transfers t ON t.id = {cast} "
             f"WHERE {_ACTIVE})"
         )
+        # `purge_automation`'s statements (each takes the time before which it purges),
+        # by the table they purge, run in one commit.
+        self.purges = (
+            ("watched_files", self.purge_watched),
+            ("poller_files", self.purge_polled),
+            ("schedule_runs", self.purge_runs),
+            ("poller_seen", self.purge_seen),
+        )
 
 
 def decode_pause(row: Sequence[Any]) -> PauseState:

@@ -1070,12 +1070,7 @@ class PostgresStore(Store):
         cutoff = encode_time(before)
         counts: dict[str, int] = {}
         async with self._transaction() as conn:
-            for table, statement in (
-                ("watched_files", _A.purge_watched),
-                ("poller_files", _A.purge_polled),
-                ("schedule_runs", _A.purge_runs),
-                ("poller_seen", _A.purge_seen),
-            ):
+            for table, statement in _A.purges:
                 status = await conn.execute(statement, cutoff)  # "DELETE <count>"
                 counts[table] = int(status.split()[-1])
         return counts

@@ -843,12 +843,7 @@ class SqliteStore(Store):
         cutoff = (encode_time(before),)
         counts: dict[str, int] = {}
         async with self._live_writer().transaction() as conn:
-            for table, statement in (
-                ("watched_files", _A.purge_watched),
-                ("poller_files", _A.purge_polled),
-                ("schedule_runs", _A.purge_runs),
-                ("poller_seen", _A.purge_seen),
-            ):
+            for table, statement in _A.purges:
                 counts[table] = (await conn.execute(statement, cutoff)).rowcount
         return counts
 
