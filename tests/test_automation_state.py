@@ -131,6 +131,32 @@ async def test_pause_states_first_looks_and_purge_rules(backend: Backend) -> Non
         await store.close()
 
 
+async def test_upgrade_keeps_a_paused_schedule_paused(tmp_path: Path) -> None:
+    """Schedules kept their pause in schedule_state before migration 0010 moved it."""
+    import aiosqlite
+
+    from gatewayd.store.migrate import apply_migrations, load_migrations
+    from gatewayd.store.sqlite import SqliteStore
+
+    path = tmp_path / "g.db"
+    migrations = load_migrations()
+    before = next(m.version for m in migrations if m.filename.endswith("automation_state.sql"))
+    async with aiosqlite.connect(path) as conn:
+        await apply_migrations(conn, migrations[: before - 1])
+        for name, paused in (("held", 1), ("running", 0)):
+            await conn.execute(
+                "INSERT INTO schedule_state (name, since, paused, last_error, updated) "
+                "VALUES (?, '2024-06-01T00:00:00.000000Z', ?, '', '2024-06-02T00:00:00.000000Z')",
+                (name, paused),
+            )
+        await conn.commit()
+    async with SqliteStore(path) as store:
+        states = {s.name: s.paused for s in await store.schedule_states()}
+        assert states == {"held": True, "running": False}
+        [held] = (await store.pause_states("schedule")).values()
+        assert held.name == "held" and held.paused_at == datetime(2024, 6, 2, tzinfo=UTC)
+
+
 # ---------------------------------------------------------------------- pollers
 
 

@@ -135,7 +135,10 @@ class _Watch:
         if not config.enabled:
             state.state = "disabled"
             return ScanResult(skipped="disabled")
-        await self.owner.read_pause(config.name)
+        try:
+            await self.owner.read_pause(config.name)
+        except Exception as exc:  # the database away: the state last read holds
+            log.warning("watcher pause state unread", watcher=config.name, error=str(exc))
         if state.paused and not forced:
             state.state = "paused"
             return ScanResult(skipped="paused")
