@@ -208,6 +208,25 @@ async def test_poller_pause_holds_across_restarts_and_first_looks_are_kept(
     assert (await pollers.read_pause("p")).paused_by == "alice"  # who paused it last
 
 
+async def test_a_changed_poller_looks_twice_again(env: GatewayEnv) -> None:
+    env.rule("inbox", "receive")
+    out = env.share / "out"
+    out.mkdir()
+    (out / "a.csv").write_text("a\n")
+    body = {"name": "p", "partner": "share", "rule": "inbox", "remote_dir": "out", "interval": 30}
+    write_poller(env, body)
+    await env.start()
+    await first_looks(env.gw.pollers, 1)  # a.csv seen once
+    assert "a.csv" in await env.gw.store.poller_seen("p")
+    write_poller(env, {**body, "globs": ["*.csv", "*.xml"]})
+    passes = env.gw.pollers.passes
+    env.gw.apply_config(env.load())
+    await first_looks(env.gw.pollers, passes + 1)  # the changed poller's first look
+    assert await polled(env, "p") == [], "taken on the first look of the new configuration"
+    await step(env, env.gw.pollers, 1, 30)
+    assert [t.dest_filename for t in await polled(env, "p")] == ["a.csv"]
+
+
 def pollers_mtime(path: Path) -> str:
     """The mtime text a `local` partner's listing gives (gatewayd.automation.pollers)."""
     return datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()

@@ -11,9 +11,12 @@ in the database too (`poller_seen`): after a restart, or when another node takes
 the next look settles what the last one saw instead of starting again. Each look also
 marks the files taken that it no longer lists (`note_poller_listing`): the retention
 purges only those (gatewayd.automation.retention). Pause and resume are kept in the
-database (kind "poller"): they hold on every node and across restarts. `after: delete` / `move` end
-the transfer's post chain with REMOTEDELETE / REMOTEMOVE, which run only once the file
-is here whole and the rule's own post tasks passed.
+database (kind "poller"): they hold on every node and across restarts.
+
+`after: delete` / `move` end the transfer's post chain with REMOTEDELETE / REMOTEMOVE,
+which run only once the file is here whole and the rule's own post tasks passed. A
+poller whose configuration changes while the daemon runs starts its first looks again
+(what it took stays taken).
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class _Poller:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # The next look is the API's `fire`: made even when paused.
     forced: bool = False
+    # Its configuration changed: the first looks recorded before do not count.
+    fresh: bool = False
 
 
 class UnknownPoller(LookupError):
@@ -123,16 +128,18 @@ class PollerService:
 
     def _apply(self, loaded: LoadedConfig) -> None:
         configs = {n: c for n, c in loaded.pollers.items() if c.enabled}
+        changed = set()
         for name, poller in list(self._pollers.items()):
             if configs.get(name) != poller.config:
                 self._cancel(poller)
                 del self._pollers[name]
+                changed.add(name)
         for name, config in configs.items():
             if name in self._pollers:
                 continue
             tz = ZoneInfo(config.timezone) if config.timezone else loaded.tz
             cron = Cron(config.cron, tz) if config.cron else None
-            poller = _Poller(config, cron)
+            poller = _Poller(config, cron, fresh=name in changed)
             poller.task = asyncio.create_task(self._run(poller), name=f"poller-{name}")
             self._pollers[name] = poller
 
@@ -264,6 +271,9 @@ class PollerService:
         store, name, at = self._store, config.name, self._clock.now()
         taken = await store.poller_taken(name)
         previous = await store.poller_seen(name)
+        stale: list[str] = []
+        if poller.fresh:
+            stale, previous, poller.fresh = list(previous), {}, False
         now_seen = {e.name: (e.size, _mtime_text(e)) for e in files}
         await store.note_poller_listing(name, {(n, *v) for n, v in now_seen.items()}, at)
         count = 0
@@ -273,7 +283,7 @@ class PollerService:
         for entry in files:
             key: Key = (entry.name, *now_seen[entry.name])
             if key in taken:
-                if entry.name in previous:
+                if entry.name in previous or entry.name in stale:
                     done.append(entry.name)
                 continue
             if previous.get(entry.name) != now_seen[entry.name]:
@@ -285,6 +295,7 @@ class PollerService:
                 done.append(entry.name)
             # Else refused, or another node took it first: the next look sees it taken.
         done += [n for n in previous if n not in now_seen]
+        done += [n for n in stale if n not in now_seen]  # the others are in `changed`
         await store.set_poller_seen(name, changed, done, at)
         stats.last_error = ""
         return count
