@@ -90,6 +90,7 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         "0007_cluster.sql",
         "0008_watchers.sql",
         "0009_schedules.sql",
+        "0010_automation_state.sql",
     ]
     objects = {
         (kind, name)

@@ -80,7 +80,19 @@ TABLES: dict[str, tuple[str, ...]] = {
     # -- schedules and pollers
     "schedule_state": ("name", "since", "paused", "last_error", "updated"),
     "schedule_runs": ("schedule", "fire_time", "transfer_id", "node", "created"),
-    "poller_files": ("poller", "name", "size", "mtime", "transfer_id", "node", "created"),
+    "poller_files": (
+        "poller",
+        "name",
+        "size",
+        "mtime",
+        "transfer_id",
+        "node",
+        "created",
+        "gone",
+    ),
+    # -- the automation's shared state (pause, a poller's first looks)
+    "automation_state": ("kind", "name", "paused", "paused_by", "paused_at"),
+    "poller_seen": ("poller", "name", "size", "mtime", "seen"),
 }
 WATCHED_COLUMNS = ", ".join(TABLES["watched_files"])
 

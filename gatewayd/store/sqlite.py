@@ -23,6 +23,7 @@ from typing import Any, Self
 import aiosqlite
 
 from gatewayd.model import ErrorCode, Status, Step, Transfer
+from gatewayd.store.automation_sql import AutomationStatements, decode_pause, listing_changes
 from gatewayd.store.base import (
     ApiToken,
     Listening,
@@ -33,6 +34,7 @@ from gatewayd.store.base import (
     NodeState,
     Notice,
     Notification,
+    PauseState,
     ScheduleState,
     Store,
     TapisTask,
@@ -86,6 +88,7 @@ _N = NodeStatements(SQLITE)
 _BUS = BusStatements(SQLITE)
 _LF = LoginFailureStatements(SQLITE)
 _S = ScheduleStatements(SQLITE)
+_A = AutomationStatements(SQLITE)
 # Within a batch, inserts go before the updates that may follow them.
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 
@@ -769,11 +772,10 @@ class SqliteStore(Store):
         return True
 
     async def set_schedule_paused(self, name: str, paused: bool, now: datetime) -> bool:
-        async with self._live_writer().transaction() as conn:
-            rows = list(
-                await conn.execute_fetchall(_S.set_paused, (int(paused), encode_time(now), name))
-            )
-        return bool(rows)
+        if await self.schedule_state(name) is None:
+            return False
+        await self.set_paused("schedule", name, paused, "", now)
+        return True
 
     async def set_schedule_error(self, name: str, error: str, now: datetime) -> None:
         async with self._live_writer().transaction() as conn:
@@ -806,6 +808,50 @@ class SqliteStore(Store):
     async def temp_paths_in_use(self) -> set[str]:
         rows = await self._reader().execute_fetchall(_Q.temp_paths_in_use)
         return {row[0] for row in rows}
+
+    # -- automation state: pause, a poller's first looks, retention (migration 0010) ----
+
+    async def set_paused(self, kind: str, name: str, paused: bool, by: str, at: datetime) -> None:
+        row = (kind, name, int(paused), by, encode_time(at))
+        async with self._live_writer().transaction() as conn:
+            await conn.execute(_A.set_paused, row)
+
+    async def pause_states(self, kind: str) -> dict[str, PauseState]:
+        rows = await self._reader().execute_fetchall(_A.states, (kind,))
+        return {state.name: state for state in map(decode_pause, rows)}
+
+    async def poller_seen(self, poller: str) -> dict[str, tuple[int, str]]:
+        rows = await self._reader().execute_fetchall(_A.seen, (poller,))
+        return {name: (int(size), mtime) for name, size, mtime in rows}
+
+    async def set_poller_seen(
+        self, poller: str, seen: dict[str, tuple[int, str]], dropped: list[str], at: datetime
+    ) -> None:
+        if not seen and not dropped:
+            return
+        when = encode_time(at)
+        async with self._live_writer().transaction() as conn:
+            await conn.executemany(
+                _A.seen_upsert, [(poller, n, s, m, when) for n, (s, m) in seen.items()]
+            )
+            await conn.executemany(_A.seen_drop, [(poller, name) for name in dropped])
+
+    async def note_poller_listing(
+        self, poller: str, listed: set[tuple[str, int, str]], at: datetime
+    ) -> None:
+        rows = list(await self._reader().execute_fetchall(_A.taken_with_gone, (poller,)))
+        changes = listing_changes(rows, listed, encode_time(at))
+        if changes:
+            async with self._live_writer().transaction() as conn:
+                await conn.executemany(_A.taken_gone, [(c[0], poller, *c[1:]) for c in changes])
+
+    async def purge_automation(self, before: datetime) -> dict[str, int]:
+        cutoff = (encode_time(before),)
+        counts: dict[str, int] = {}
+        async with self._live_writer().transaction() as conn:
+            for table, statement in _A.purges:
+                counts[table] = (await conn.execute(statement, cutoff)).rowcount
+        return counts
 
 
 class _AlreadyFired(Exception):
