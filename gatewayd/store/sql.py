@@ -133,6 +133,10 @@ class Statements:
             f"{self.select} WHERE account = ? AND rule = ? AND dest_filename = ? "
             f"AND is_server = 1 AND is_send = 0 AND {_UNFINISHED} ORDER BY id DESC LIMIT 1"
         )
+        self.unfinished_uploads = (
+            "SELECT id, account, rule, dest_filename FROM transfers "
+            f"WHERE is_server = 1 AND is_send = 0 AND {_UNFINISHED} AND account IS NOT NULL"
+        )
         self.due = q(f"{self.select} WHERE {_DUE} ORDER BY {_DUE_AT}, id LIMIT ?")
         self.count_due = q(f"SELECT count(*) FROM transfers WHERE {_DUE}")
         self.next_due_time = (

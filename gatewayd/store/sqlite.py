@@ -81,6 +81,7 @@ from gatewayd.store.sql import (
     encode_watched,
     forget_unrecorded_ids,
 )
+from gatewayd.store.upload_index import UploadIndex
 from gatewayd.store.writer import BatchWriter
 
 _Q = Statements(SQLITE)
@@ -134,6 +135,7 @@ class SqliteStore(Store):
         self._writer: BatchWriter | None = None
         self._last_id = 0
         self._closed = False
+        self._uploads = UploadIndex()
         self._on_commit: Callable[[float], None] | None = None
 
     # -- life cycle ------------------------------------------------------------------
@@ -156,6 +158,8 @@ class SqliteStore(Store):
                 raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {rows[0][0]})")
             await apply_migrations(self._write_conn, migrations, where=str(self.path))
             self._last_id = await self._max_transfer_id(self._write_conn)
+            uploads = await self._write_conn.execute_fetchall(_Q.unfinished_uploads)
+            self._uploads.load((int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in uploads)
             self._read_conn = await self._connect()
             await self._read_conn.execute("PRAGMA query_only = ON")
         except BaseException:
@@ -263,6 +267,7 @@ class SqliteStore(Store):
                 if t.status == Status.RUNNING and self.node is not None:
                     t.owner = self.node
                 rows.append(encode_row(t))
+                self._uploads.written(t)
         except BaseException:
             for t in transfers:
                 t.id = None
@@ -304,7 +309,9 @@ class SqliteStore(Store):
         if transfer.status == Status.RUNNING and self.node is not None:
             transfer.owner = self.node
         row = encode_update(transfer)
+        self._uploads.written(transfer)
         await asyncio.shield(writer.submit(_Q.update, row, key=transfer.id))
+        self._uploads.committed(transfer)
 
     async def interrupt_running(self) -> list[Transfer]:
         """Call at start-up, before any transfer runs: a RUNNING row saved after this
@@ -480,6 +487,8 @@ class SqliteStore(Store):
     async def find_unfinished_upload(
         self, account: str, rule: str, filename: str
     ) -> Transfer | None:
+        if not self._uploads.may_have(account, rule, filename):
+            return None
         found = await self._fetch(_Q.find_unfinished_upload, (account, rule, filename))
         return found[0] if found else None
 
