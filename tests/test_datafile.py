@@ -4,6 +4,7 @@ durable figure and a failing write stay exact."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -94,4 +95,27 @@ async def test_a_failing_write_behind_is_reported_and_never_counted(tmp_path: Pa
     with pytest.raises(TransferError, match=r"cannot write t\.part"):
         await f.complete(lambda size, sha: None)
     assert all(d <= 2 * MiB + 1000 for d in durable), "only bytes on disk count"
+    await f.close()
+
+
+async def test_bytes_of_a_stalled_partner_become_durable_without_another_write(
+    tmp_path: Path,
+) -> None:
+    durable: list[int] = []
+    reported = asyncio.Event()
+
+    def on_durable(length: int) -> None:
+        durable.append(length)
+        reported.set()
+
+    f = await ReceiveFile.open(Beneath.of(tmp_path, tmp_path / "t.part"), 0, on_durable, 0.05)
+    await f.write(0, b"s" * 1000)  # buffered: less than a chunk
+    async with asyncio.timeout(10):
+        await reported.wait()
+    assert durable == [1000], "made durable within the interval, without a next write"
+    reported.clear()
+    await f.write(1000, b"t" * (2 * MiB))
+    async with asyncio.timeout(10):
+        await reported.wait()
+    assert durable[-1] == 2 * MiB + 1000
     await f.close()

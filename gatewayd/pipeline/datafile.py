@@ -118,7 +118,11 @@ class ReceiveFile(_ThreadFile):
         self._last_checkpoint = time.monotonic()
         self._checkpoint: asyncio.Task[None] | None = None
         self._failure: TransferError | None = None
-        self._behind: asyncio.Future[None] | None = None  # the write in flight
+        # Writes in flight (one per writer: a checkpoint asked by the partner may run
+        # beside the writes), and the checkpoint due for bytes no write follows.
+        self._writing: set[asyncio.Future[None]] = set()
+        self._due: asyncio.TimerHandle | None = None
+        self._due_run: asyncio.Future[None] | None = None
         # Written since the last fsync; True at first so that even an empty or resumed
         # file is synced once before it counts as complete.
         self._dirty = True
@@ -178,6 +182,8 @@ class ReceiveFile(_ThreadFile):
             self._buf_start = offset + len(data)
         if time.monotonic() - self._last_checkpoint >= self._interval:
             await self.checkpoint()
+        else:
+            self._checkpoint_later()
 
     async def _flush(self) -> None:
         if self._buf:
@@ -214,17 +220,44 @@ class ReceiveFile(_ThreadFile):
             self._dirty = True
             self._add_extent(offset, offset + length)
 
-        self._behind = asyncio.ensure_future(_behind())
+        writing = asyncio.ensure_future(_behind())
+        self._writing.add(writing)
+        writing.add_done_callback(self._writing.discard)
         # Its error is also `_failure`, which the next call raises: never unheard.
-        self._behind.add_done_callback(_retrieved)
+        writing.add_done_callback(_retrieved)
 
     async def _settle(self) -> None:
-        """Wait for the write in flight (raising its error); the accounts of what was
-        written (`contiguous`, the hash) are then up to date."""
-        if self._behind is not None:
-            # Shielded: a cancelled caller must not lose the write's accounts.
-            await asyncio.shield(self._behind)
-            self._behind = None
+        """Wait for the writes in flight (raising an error of theirs); the accounts of
+        what was written (`contiguous`, the hash) are then up to date."""
+        while self._writing:
+            # Shielded: a cancelled caller must not lose the writes' accounts.
+            await asyncio.shield(asyncio.gather(*self._writing))
+
+    def _checkpoint_later(self) -> None:
+        """Bytes written are made durable within an interval even when no write
+        follows (a stalled partner): the checkpoint a next write would have made."""
+        if self._due is not None or self._fd is None:
+            return
+        wait = max(0.0, self._interval - (time.monotonic() - self._last_checkpoint))
+        self._due = asyncio.get_running_loop().call_later(wait, self._checkpoint_due)
+
+    def _checkpoint_due(self) -> None:
+        self._due = None
+        if self._due_run is None or self._due_run.done():
+            self._due_run = asyncio.ensure_future(self._timed_checkpoint())
+            self._due_run.add_done_callback(_retrieved)
+
+    def _no_checkpoint_due(self) -> None:
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+
+    async def _timed_checkpoint(self) -> None:
+        async with self._lock:
+            if self._fd is None or self._failure is not None or not self._dirty:
+                return
+            with contextlib.suppress(TransferError):  # kept in `_failure` for the writer
+                await self.checkpoint()
 
     def _add_extent(self, start: int, end: int) -> None:
         if start > self.contiguous:
@@ -278,6 +311,7 @@ class ReceiveFile(_ThreadFile):
         A small upload thus costs one thread hop at its end instead of five.
         """
         async with self._lock:
+            self._no_checkpoint_due()
             await self._settle()
             if self._checkpoint is not None and not self._checkpoint.done():
                 await self._checkpoint
@@ -326,6 +360,7 @@ class ReceiveFile(_ThreadFile):
         """Flush and fsync what was written (so it counts as progress), then close.
         Never raises: used on aborts, where the first error is already known."""
         async with self._lock:
+            self._no_checkpoint_due()
             if self._fd is None:
                 return
             with contextlib.suppress(TransferError, OSError):
