@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from gatewayd import ports as protocol_registry
 from gatewayd.config.demo import demo_secret_warnings
 from gatewayd.config.files import cert_and_key_problem, certificates_problem
+from gatewayd.config.keys import all_reference_problems, check_key_references, check_keys
 from gatewayd.config.messages import describe_value, field_name, validate
 from gatewayd.config.paths import Paths, absolute, create_folders, folder_problem
 from gatewayd.config.pollers import PollerConfig, load_pollers
@@ -47,6 +48,7 @@ from gatewayd.config.schema import (
 from gatewayd.config.timezones import gateway_timezone
 from gatewayd.config.watchers import CheckedWatcher, WatcherConfig, check_watcher, watcher_files
 from gatewayd.config.yamlsource import DataPath, YamlSource, describe_key, parse_yaml, read_yaml
+from gatewayd.crypto.keys import KeyInfo
 from gatewayd.names import check_name
 
 M = TypeVar("M", bound=BaseModel)
@@ -70,6 +72,8 @@ class LoadedConfig:
     schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
     # The remote pollers of `daemon.pollers_dir` (gatewayd.config.pollers).
     pollers: dict[str, PollerConfig] = field(default_factory=dict)
+    # What the files of `config.keys` hold (gatewayd.config.keys), by key name.
+    key_infos: dict[str, KeyInfo] = field(default_factory=dict)
 
     def rule_folder(self, rule: RuleConfig) -> Path:
         """The rule's local folder (its `folder`, or data_dir/<name>)."""
@@ -160,6 +164,12 @@ def load_config(path: Path | str) -> LoadedConfig:
     problems += errors
     pollers, errors = _load_pollers(paths, source, rules, _declared(data, "partners"))
     problems += errors
+    key_infos: dict[str, KeyInfo] = {}
+    key_warnings: list[Problem] = []
+    if config is not None:
+        key_infos, errors, key_warnings = check_keys(source, config.keys, paths.home)
+        problems += errors
+        problems += all_reference_problems((i.source for i in checked), config.keys, key_infos)
     if problems or config is None:
         raise ConfigError(problems)
 
@@ -172,7 +182,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         }
     )
     warnings, demo = demo_secret_warnings(config, source, paths.state_dir)
-    warnings = sort_problems(warnings)
+    warnings = sort_problems([*warnings, *key_warnings])
     return LoadedConfig(
         config=config,
         paths=paths,
@@ -183,6 +193,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         watchers={w.watcher.name: w.watcher for w in watchers if w.watcher is not None},
         schedules=schedules,
         pollers=pollers,
+        key_infos=key_infos,
     )
 
 
@@ -199,6 +210,7 @@ def load_rule_text(loaded: LoadedConfig, text: str, source_name: str) -> RuleCon
         source, loaded.config.accounts, loaded.config.partners, check_file_name=False
     )
     problems = list(checked.problems)
+    problems += check_key_references(source, loaded.config.keys, loaded.key_infos)
     name = checked.keys.name
     existing = [
         RuleKeys(

@@ -15,11 +15,14 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from gatewayd.errors import TransferError
 from gatewayd.model import Transfer
 from gatewayd.requests import TransferRequest
+
+if TYPE_CHECKING:
+    from gatewayd.crypto.keyring import Keyring
 
 
 class TransferCreator(Protocol):
@@ -73,6 +76,8 @@ class TaskContext:
     rerun: bool = False
     # The partner of a client transfer, connected (set by the driver; None otherwise).
     remote: Callable[[], AbstractAsyncContextManager[RemoteFiles]] | None = None
+    # The gateway's OpenPGP keys (the ENCRYPT/DECRYPT/SIGN/VERIFY tasks); None: none.
+    keyring: Keyring | None = None
 
     @property
     def temp_tag(self) -> str | None:

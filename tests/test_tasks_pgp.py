@@ -1,0 +1,210 @@
+"""OpenPGP tasks with `gpg` itself as the peer, in rule chains of real HTTP transfers to a
+real `gatewayd serve`: what the partner's gpg encrypts and signs is decrypted and
+verified by the gateway (received into the rule's staging folder, MOVEd out last);
+what the gateway encrypts and signs decrypts and verifies with gpg. A tampered file, an
+unknown signer, a file for another key, a file not signed each fail with their own
+message and leave the received file as it came. The daemon's memory stays bounded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon_proc import DaemonProcess, read_row
+from tests.gateway_env import make_file
+from tests.http_support import PASSWORD, http_gateway, run_curl
+from tests.pgp_support import Generated, GpgPeer, status_lines
+
+MiB = 1 << 20
+ALICE = f"alice:{PASSWORD}"
+
+
+@dataclass
+class Keys:
+    root: Path
+    partner_home: GpgPeer  # the partner's machine: its own key, and ours (public)
+    gateway: Generated  # our private key (passphrase "gw-pass")
+    partner: Generated  # the partner's key (its secret stays in its home)
+    stranger: Generated  # a key the gateway does not know (secret in the partner's home)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    root = tmp_path_factory.mktemp("pgp-keys")
+    maker = GpgPeer(root / "maker")
+    partner = GpgPeer(root / "partner")
+    try:
+        gateway = maker.generate("gateway", root / "files", passphrase="gw-pass")
+        partner_key = partner.generate("partner", root / "files")
+        stranger = partner.generate("stranger", root / "files")
+        partner.import_key(gateway.public)
+        yield Keys(root, partner, gateway, partner_key, stranger)
+    finally:
+        maker.close()
+        partner.close()
+
+
+def pgp_gateway(root: Path, keys: Keys) -> Any:
+    env = http_gateway(root)
+    env.extra["logging"] = {"format": "json"}
+    key_dir = root / "keys"
+    key_dir.mkdir(parents=True)
+    assert keys.gateway.secret is not None
+    shutil.copy(keys.gateway.secret, key_dir / "gateway.asc")
+    shutil.copy(keys.partner.public, key_dir / "partner.asc")
+    (key_dir / "gateway.pass").write_text("gw-pass\n")
+    env.extra["keys"] = {
+        "gw": {
+            "file": "keys/gateway.asc", "kind": "private", "passphrase_file": "keys/gateway.pass",
+        },
+        "partner": {"file": "keys/partner.asc", "kind": "public"},
+    }  # fmt: skip
+    released = root / "released"
+    # Received into the rule's folder (the staging folder), released by the last task.
+    env.rule(
+        "inbox", "receive", allow={"accounts": ["alice"]},
+        post=[
+            {"type": "DECRYPT&VERIFY", "args": {"signers": ["partner"]}},
+            {"type": "MOVE", "args": {"path": str(released)}},
+        ],
+    )  # fmt: skip
+    env.rule(
+        "signed", "receive", allow={"accounts": ["alice"]},
+        post=[
+            {"type": "VERIFY", "args": {"signers": "partner", "output": "#TRUEFULLPATH#.txt"}},
+            {"type": "MOVE", "args": {"path": str(released)}},
+        ],
+    )  # fmt: skip
+    env.rule(
+        "outbox", "send", allow={"accounts": ["alice"]}, shared_folder=True,
+        pre=[{"type": "ENCRYPT&SIGN", "args": {
+            "recipients": ["partner"], "signer": "gw", "armor": True,
+            "output": "#TRUEFULLPATH#.asc", "overwrite": True,
+        }}],
+    )  # fmt: skip
+    return env
+
+
+@dataclass
+class Running:
+    daemon: DaemonProcess
+    base: str
+    db: Path
+    staging: Path
+    released: Path
+
+
+async def upload(run: Running, rule: str, path: Path) -> dict[str, Any]:
+    """PUT the file, then the transfer's row once it ended."""
+    answer = await run_curl("-u", ALICE, "-T", str(path), f"{run.base}/{rule}/")
+    transfer_id = answer.headers.get("waarp-transfer-id")
+    assert transfer_id, f"no transfer id: {answer}\n{run.daemon.output}"
+    return read_row(run.db, int(transfer_id)) | {"http": answer.status}
+
+
+def rss_kib(pid: int, field: str = "VmHWM") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+async def test_gpg_peer_both_ways_and_each_failure_says_why(tmp_path: Path, keys: Keys) -> None:
+    env = pgp_gateway(tmp_path / "gw", keys)
+    loaded = env.load()
+    peer = keys.partner_home
+    daemon = await DaemonProcess.start(env.config_file)
+    try:
+        await daemon.wait_for("gatewayd ready", timeout=60)
+        listening = [json.loads(x) for x in daemon.lines if '"server listening"' in x]
+        port = next(x["port"] for x in listening if x["server"] == "web")
+        staging = loaded.paths.rule_folder(loaded.config.rules["inbox"]) / "alice"
+        run = Running(
+            daemon, f"http://127.0.0.1:{port}", loaded.paths.database, staging,
+            tmp_path / "gw" / "released",
+        )  # fmt: skip
+        work = tmp_path / "work"
+        work.mkdir()
+        gw, partner = keys.gateway.fingerprint, keys.partner.fingerprint
+
+        # 1. Made by gpg: encrypted for us and signed by the partner, 20 MiB. Decrypted,
+        # verified, released; the daemon's memory does not follow the file's size.
+        plain = make_file(work / "big.bin", 20 * MiB + 5)
+        peer.gpg("-r", gw, "-u", partner, "--sign", "--encrypt", "-o", str(work / "big.pgp"),
+                 str(work / "big.bin"))  # fmt: skip
+        before = rss_kib(daemon.proc.pid)
+        row = await upload(run, "inbox", work / "big.pgp")
+        assert row["status"] == "DONE", row
+        assert (run.released / "big.pgp").read_bytes() == plain
+        assert not (staging / "big.pgp").exists(), "moved out of the staging folder last"
+        grown = rss_kib(daemon.proc.pid) - before
+        assert grown < 8 * 1024, f"the daemon's peak RSS grew by {grown} KiB for 20 MiB"
+        assert f"good signature by 'partner' ({partner})" in daemon.output
+
+        # 2. Each failure with its own message; the received file stays as it came.
+        cases: list[tuple[str, list[str], str]] = [
+            ("unknown-signer", ["-r", gw, "-u", keys.stranger.fingerprint, "--sign", "--encrypt"],
+             f"signed by an unknown key {keys.stranger.fingerprint}"),
+            ("not-for-us", ["-r", keys.stranger.fingerprint, "-u", partner, "--sign", "--encrypt"],
+             "none is a private key of the gateway"),
+            ("unsigned", ["-r", gw, "--encrypt"], "the file is not signed"),
+        ]  # fmt: skip
+        for name, options, message in cases:
+            (work / f"{name}.txt").write_bytes(b"payload of " + name.encode() * 100)
+            sent = work / f"{name}.pgp"
+            peer.gpg(*options, "-o", str(sent), str(work / f"{name}.txt"))
+            row = await upload(run, "inbox", sent)
+            assert row["status"] == "ERROR" and row["error_code"] == "TeExternalOperation", row
+            assert message in row["error_msg"], (name, row["error_msg"])
+            assert "DECRYPT&VERIFY" in row["error_msg"]
+            assert (staging / sent.name).read_bytes() == sent.read_bytes(), "input untouched"
+            assert not (run.released / sent.name).exists()
+            assert [p.name for p in staging.iterdir() if p.name.startswith(".")] == []
+
+        # A byte changed in the middle of the encrypted data: the integrity check fails.
+        tampered = bytearray((work / "unsigned.pgp").read_bytes())
+        tampered[len(tampered) // 2] ^= 0x01
+        (work / "tampered.pgp").write_bytes(tampered)
+        row = await upload(run, "inbox", work / "tampered.pgp")
+        assert row["status"] == "ERROR" and row["error_code"] == "TeExternalOperation", row
+        assert "decryption failed" in row["error_msg"] or "integrity" in row["error_msg"], row
+        assert (staging / "tampered.pgp").read_bytes() == bytes(tampered)
+
+        # A signed (not encrypted) file: verified into a new name, which the MOVE takes.
+        (work / "note.txt").write_bytes(b"signed, not secret\n" * 50)
+        peer.gpg("-u", partner, "--compress-algo", "none", "--sign", "-o",
+                 str(work / "note.gpg"), str(work / "note.txt"))  # fmt: skip
+        row = await upload(run, "signed", work / "note.gpg")
+        assert row["status"] == "DONE", row
+        assert (run.released / "note.gpg.txt").read_bytes() == (work / "note.txt").read_bytes()
+        # ...and one byte of its text changed: a BAD signature, named.
+        bad = (work / "note.gpg").read_bytes().replace(b"signed, not", b"signed, NOT", 1)
+        (work / "note-bad.gpg").write_bytes(bad)
+        row = await upload(run, "signed", work / "note-bad.gpg")
+        assert row["status"] == "ERROR", row
+        assert f"BAD signature by key 'partner' ({partner})" in row["error_msg"], row
+
+        # 3. Made by the gateway: a download encrypted and signed on the way out, which the
+        # partner's gpg decrypts and verifies.
+        shared = loaded.paths.rule_folder(loaded.config.rules["outbox"])
+        offered = make_file(shared / "report.csv", 300_000, seed=3)
+        got = work / "report.asc"
+        answer = await run_curl("-u", ALICE, f"{run.base}/outbox/report.csv", output=got)
+        assert answer.status == 200, answer.headers.get("waarp-error-message")
+        assert got.read_bytes().startswith(b"-----BEGIN PGP MESSAGE-----")
+        opened = peer.gpg("--decrypt", "-o", str(work / "report.out"), str(got))
+        assert (work / "report.out").read_bytes() == offered
+        status = status_lines(opened)
+        assert any(s.startswith(f"VALIDSIG {gw}") for s in status), status
+        assert "DECRYPTION_OKAY" in status and "GOODMDC" in status, status
+        assert "gw-pass" not in daemon.output, "a passphrase is never logged"
+    finally:
+        await daemon.stop()
+    assert daemon.proc.returncode == 0, daemon.output
+    assert not (loaded.paths.state_dir / "gpg" / "1").exists(), "keyring removed at stop"
