@@ -10,7 +10,11 @@ EXPECTED = {
     "CHNEWLINE",
     "COPY",
     "COPYRENAME",
+    "DECRYPT",
+    "DECRYPT&VERIFY",
     "DELETE",
+    "ENCRYPT",
+    "ENCRYPT&SIGN",
     "EXEC",
     "EXECMOVE",
     "EXECOUTPUT",
@@ -19,8 +23,10 @@ EXPECTED = {
     "MOVERENAME",
     "RENAME",
     "SETINFO",
+    "SIGN",
     "TRANSCODE",
     "TRANSFER",
+    "VERIFY",
 }
 
 

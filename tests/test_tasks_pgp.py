@@ -7,18 +7,26 @@ message and leave the received file as it came. The daemon's memory stays bounde
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemon_proc import DaemonProcess, read_row
+from gatewayd import crashpoints
+from gatewayd.clock import ManualClock
+from tests.api_support import ApiEnv
+from tests.crash_support import died_by_itself, hidden_files, start_daemon
+from tests.daemon_proc import DaemonProcess, read_row, wait_row
 from tests.gateway_env import make_file
 from tests.http_support import PASSWORD, http_gateway, run_curl
+from tests.http_support import password_hash as http_password_hash
 from tests.pgp_support import Generated, GpgPeer, status_lines
 
 MiB = 1 << 20
@@ -167,13 +175,16 @@ async def test_gpg_peer_both_ways_and_each_failure_says_why(tmp_path: Path, keys
             assert not (run.released / sent.name).exists()
             assert [p.name for p in staging.iterdir() if p.name.startswith(".")] == []
 
-        # A byte changed in the middle of the encrypted data: the integrity check fails.
-        tampered = bytearray((work / "unsigned.pgp").read_bytes())
-        tampered[len(tampered) // 2] ^= 0x01
+        # A byte changed in the encrypted data: the integrity check fails.
+        make_file(work / "tampered.bin", 64 * 1024, seed=9)
+        peer.gpg("-r", gw, "-u", partner, "--sign", "--encrypt", "-o", str(work / "t.pgp"),
+                 str(work / "tampered.bin"))  # fmt: skip
+        tampered = bytearray((work / "t.pgp").read_bytes())
+        tampered[len(tampered) * 3 // 4] ^= 0x01
         (work / "tampered.pgp").write_bytes(tampered)
         row = await upload(run, "inbox", work / "tampered.pgp")
         assert row["status"] == "ERROR" and row["error_code"] == "TeExternalOperation", row
-        assert "decryption failed" in row["error_msg"] or "integrity" in row["error_msg"], row
+        assert "integrity check failed: the file was changed or damaged" in row["error_msg"], row
         assert (staging / "tampered.pgp").read_bytes() == bytes(tampered)
 
         # A signed (not encrypted) file: verified into a new name, which the MOVE takes.
@@ -208,3 +219,169 @@ async def test_gpg_peer_both_ways_and_each_failure_says_why(tmp_path: Path, keys
         await daemon.stop()
     assert daemon.proc.returncode == 0, daemon.output
     assert not (loaded.paths.state_dir / "gpg" / "1").exists(), "keyring removed at stop"
+
+
+# ------------------------------------------------------------------ in-process gateway
+
+
+async def test_keys_listed_expiring_key_fails_and_reload_reimports(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """An in-process gateway (its clock moved by the test) over HTTP: `/api/keys` lists
+    the keys without a secret, the expiry metric, a key that expires makes ENCRYPT fail
+    with its own message, and a reload rebuilds the keyring from the configuration."""
+    maker = GpgPeer(tmp_path / "maker")
+    try:
+        soon = maker.generate("soon", tmp_path / "files", expire="10d")
+        later = maker.generate("later", tmp_path / "files")
+    finally:
+        maker.close()
+    env = ApiEnv(tmp_path / "gw")
+    env.clock = ManualClock(datetime.now(UTC))
+    env.accounts["alice"] = {"password": http_password_hash()}
+    env.extra["servers"] = {"web": {"protocol": "http", "address": "127.0.0.1", "port": 0}}
+    key_dir = env.root / "keys"
+    key_dir.mkdir()
+    assert keys.gateway.secret is not None
+    shutil.copy(keys.gateway.secret, key_dir / "gateway.asc")
+    shutil.copy(keys.partner.public, key_dir / "partner.asc")
+    (key_dir / "gateway.pass").write_text("gw-pass\n")
+    env.extra["keys"] = {
+        "gw": {
+            "file": "keys/gateway.asc", "kind": "private", "passphrase_file": "keys/gateway.pass",
+        },
+        "partner": {"file": "keys/partner.asc", "kind": "public"},
+        "soon": {"file": str(soon.public), "kind": "public"},
+    }  # fmt: skip
+    env.rule(
+        "push", "receive", allow={"accounts": ["alice"]},
+        post=[{"type": "ENCRYPT", "args": {"recipients": "soon, partner",
+                                           "output": "#TRUEFULLPATH#.pgp"}}],
+    )  # fmt: skip
+    await env.start()
+    try:
+        listed = await env.api.get("/api/keys")
+        assert [k["name"] for k in listed["keys"]] == ["gw", "partner", "soon"]
+        gw = await env.api.get("/api/keys/gw")
+        assert gw["fingerprint"] == keys.gateway.fingerprint and gw["kind"] == "private"
+        assert gw["passphraseFrom"] == "file" and gw["canSign"] and gw["canEncrypt"]
+        assert listed["keys"][2]["expiresSoon"] and not listed["keys"][1]["expiresSoon"]
+        text = json.dumps(listed)
+        assert "gw-pass" not in text and "PRIVATE KEY" not in text
+        missing = await env.api.call("GET", "/api/keys/nope")
+        assert missing.status == 404 and missing.errors[0]["message"] == "no key 'nope'"
+        metrics = (await env.api.call("GET", "/metrics")).text
+        expiry = next(
+            x
+            for x in metrics.splitlines()
+            if x.startswith('gatewayd_key_expiry_seconds{key="soon"')
+        )
+        assert 9 * 86400 < float(expiry.split()[-1]) <= 10 * 86400, expiry
+        assert any(x.startswith("gatewayd_keys_expiring_soon{") and x.endswith(" 1.0")
+                   for x in metrics.splitlines()), metrics  # fmt: skip
+
+        base = f"http://127.0.0.1:{env.gw.servers['web'].bound_port}"
+        folder = env.folder("push") / "alice"
+        data = make_file(tmp_path / "a.bin", 100_000)
+        up = await run_curl("-u", ALICE, "-T", str(tmp_path / "a.bin"), f"{base}/push/")
+        assert up.status == 201, up
+        row = await env.wait_end(int(up.headers["waarp-transfer-id"]))
+        assert row.status.name == "DONE" and row.local_filepath == str(folder / "a.bin.pgp")
+        assert (folder / "a.bin").read_bytes() == data, "a new name: the input stays"
+        opened = keys.partner_home.gpg("--decrypt", str(folder / "a.bin.pgp"))
+        assert opened.stdout == data, "the partner decrypts what the gateway encrypted"
+
+        env.clock.advance(11 * 86400)
+        make_file(tmp_path / "b.bin", 1000)
+        up = await run_curl("-u", ALICE, "-T", str(tmp_path / "b.bin"), f"{base}/push/")
+        row = await env.wait_end(int(up.headers["waarp-transfer-id"]))
+        assert row.status.name == "ERROR" and str(row.error_code) == "TeExternalOperation"
+        assert f"ENCRYPT: key 'soon' ({soon.fingerprint}) expired on " in row.error_msg, row
+        assert not (folder / "b.bin.pgp").exists() and (folder / "b.bin").exists()
+
+        # A reload: a key added, one removed; the keyring follows the configuration.
+        first_home = env.gw.keyring.current.home if env.gw.keyring.current else None
+        env.extra["keys"]["later"] = {"file": str(later.public), "kind": "public"}
+        del env.extra["keys"]["soon"]
+        env.rules["push"]["post"][0]["args"]["recipients"] = "later"
+        loaded = env.load()
+        await env.gw.load_keys(loaded)
+        env.gw.apply_config(loaded)
+        ring = env.gw.keyring.current
+        assert ring is not None and ring.home != first_home and first_home is not None
+        assert not first_home.exists(), "the replaced keyring is removed"
+        assert sorted(ring.keys) == ["gw", "later", "partner"]
+        listing = subprocess.run(
+            ["gpg", "--homedir", str(ring.home), "--with-colons", "--list-keys"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert later.fingerprint in listing and soon.fingerprint not in listing
+        up = await run_curl("-u", ALICE, "-T", str(tmp_path / "b.bin"), f"{base}/push/")
+        row = await env.wait_end(int(up.headers["waarp-transfer-id"]))
+        assert row.status.name == "DONE", row
+    finally:
+        await env.stop()
+
+
+# ------------------------------------------------------------------ kill -9 and resume
+
+
+def agents_under(folder: Path) -> list[int]:
+    """Pids of gpg-agents whose home is below `folder` (what a killed daemon leaves)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            cmdline
+            and cmdline[0].endswith(b"gpg-agent")
+            and str(folder).encode() in b" ".join(cmdline)
+        ):
+            found.append(int(proc.name))
+    return found
+
+
+async def test_kill_after_decrypting_in_place_is_not_decrypted_twice(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """Killed after DECRYPT&VERIFY replaced the file, before the row recorded it: the
+    rerun sees the file decrypted already and goes on; nothing is left behind, not even
+    the killed daemon's gpg-agent."""
+    env = pgp_gateway(tmp_path / "gw", keys)
+    loaded = env.load()
+    staging = loaded.paths.rule_folder(loaded.config.rules["inbox"]) / "alice"
+    released = tmp_path / "gw" / "released"
+    work = tmp_path / "work"
+    plain = make_file(work / "order.bin", 2 * MiB + 3)
+    keys.partner_home.gpg("-r", keys.gateway.fingerprint, "-u", keys.partner.fingerprint,
+                          "--sign", "--encrypt", "-o", str(work / "order.pgp"),
+                          str(work / "order.bin"))  # fmt: skip
+
+    first = await start_daemon(env.config_file, crash_at=crashpoints.TASK_PUBLISHED)
+    await first.wait_for("gatewayd ready", timeout=60)
+    port = next(json.loads(x)["port"] for x in first.lines if '"server listening"' in x)
+    client = asyncio.ensure_future(
+        run_curl("-u", ALICE, "-T", str(work / "order.pgp"), f"http://127.0.0.1:{port}/inbox/")
+    )
+    await died_by_itself(first)
+    await client
+    at_crash = read_row(loaded.paths.database, 1)
+    assert (at_crash["step"], at_crash["task_number"]) == ("POST TASKS", 0), at_crash
+    assert (staging / "order.pgp").read_bytes() == plain, "replaced by its plaintext"
+
+    second = await start_daemon(env.config_file)
+    try:
+        row = await wait_row(
+            loaded.paths.database, 1, lambda t: t["status"] in ("DONE", "ERROR"), "ended", second
+        )
+    finally:
+        assert await second.stop() == 0, second.output
+    assert row["status"] == "DONE", row["error_msg"]
+    assert "done by the interrupted run" in second.output
+    assert (released / "order.pgp").read_bytes() == plain
+    assert hidden_files(staging) == [] and not (staging / "order.pgp").exists()
+    assert agents_under(tmp_path / "gw") == [], "no gpg-agent left running"

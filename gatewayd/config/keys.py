@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from gatewayd.config.paths import absolute
 from gatewayd.config.problems import Problem
 from gatewayd.config.schema import KeyConfig
@@ -105,11 +107,26 @@ def _passphrase_problems(
     return []
 
 
+def valid_entries(raw: Any) -> dict[str, KeyConfig]:
+    """The entries of a `keys:` section that are valid on their own (the schema reports
+    the others): their files are checked even when another part of the file is wrong."""
+    if not isinstance(raw, dict):
+        return {}
+    found: dict[str, KeyConfig] = {}
+    for name, entry in raw.items():
+        try:
+            found[name] = KeyConfig.model_validate(entry)
+        except ValidationError:
+            continue
+    return found
+
+
 def check_key_references(
     source: YamlSource,
     keys: Mapping[str, KeyConfig],
     infos: Mapping[str, KeyInfo],
     now: datetime | None = None,
+    declared: Iterable[str] = (),
 ) -> list[Problem]:
     """Problems of the OpenPGP tasks of one rule file with the keys they name."""
     now = now or datetime.now(UTC)
@@ -131,7 +148,7 @@ def check_key_references(
             if not isinstance(args, dict):
                 continue
             at = (chain, index)
-            problems += _task_problems(source, at, cls, args, keys, infos, now)
+            problems += _task_problems(source, at, cls, args, keys, infos, now, set(declared))
     return problems
 
 
@@ -143,6 +160,7 @@ def _task_problems(
     keys: Mapping[str, KeyConfig],
     infos: Mapping[str, KeyInfo],
     now: datetime,
+    declared: set[str],
 ) -> list[Problem]:
     problems: list[Problem] = []
     type_name = cls.type_name
@@ -152,6 +170,8 @@ def _task_problems(
     for arg, name, need in cls.key_references(args):
         where = (*at, "args", arg)
         config = keys.get(name)
+        if config is None and name in declared:
+            continue  # declared with a mistake, reported at the key
         if config is None:
             known = ", ".join(sorted(keys)) or "none"
             message = f"{type_name}: unknown key '{name}' (configured keys: {known})"
@@ -176,5 +196,7 @@ def all_reference_problems(
     sources: Iterable[YamlSource],
     keys: Mapping[str, KeyConfig],
     infos: Mapping[str, KeyInfo],
+    declared: Iterable[str] = (),
 ) -> list[Problem]:
-    return [p for source in sources for p in check_key_references(source, keys, infos)]
+    names = set(declared)
+    return [p for source in sources for p in check_key_references(source, keys, infos, None, names)]

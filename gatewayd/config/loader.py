@@ -22,7 +22,12 @@ from pydantic import BaseModel, ValidationError
 from gatewayd import ports as protocol_registry
 from gatewayd.config.demo import demo_secret_warnings
 from gatewayd.config.files import cert_and_key_problem, certificates_problem
-from gatewayd.config.keys import all_reference_problems, check_key_references, check_keys
+from gatewayd.config.keys import (
+    all_reference_problems,
+    check_key_references,
+    check_keys,
+    valid_entries,
+)
 from gatewayd.config.messages import describe_value, field_name, validate
 from gatewayd.config.paths import Paths, absolute, create_folders, folder_problem
 from gatewayd.config.pollers import PollerConfig, load_pollers
@@ -164,12 +169,12 @@ def load_config(path: Path | str) -> LoadedConfig:
     problems += errors
     pollers, errors = _load_pollers(paths, source, rules, _declared(data, "partners"))
     problems += errors
-    key_infos: dict[str, KeyInfo] = {}
-    key_warnings: list[Problem] = []
-    if config is not None:
-        key_infos, errors, key_warnings = check_keys(source, config.keys, paths.home)
-        problems += errors
-        problems += all_reference_problems((i.source for i in checked), config.keys, key_infos)
+    key_configs = config.keys if config is not None else valid_entries(data.get("keys"))
+    key_infos, errors, key_warnings = check_keys(source, key_configs, paths.home)
+    problems += errors
+    problems += all_reference_problems(
+        (i.source for i in checked), key_configs, key_infos, _declared(data, "keys")
+    )
     if problems or config is None:
         raise ConfigError(problems)
 

@@ -241,10 +241,18 @@ class Keyring:
             await self._remove(self.root / name)
 
 
+# The agent re-protects each imported private key with an iteration count it calibrates
+# (100 ms of hashing by default, seconds on a busy machine), then pays it again on every
+# use: every file signed or decrypted. The passphrase sits next to the keyring anyway
+# (its file, or the daemon's environment), so a slow derivation protects little here.
+_AGENT_CONF = "s2k-calibration 10\n"
+
+
 def _fresh_folder(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, mode=0o700)
     path.parent.chmod(0o700)
+    (path / "gpg-agent.conf").write_text(_AGENT_CONF)
 
 
 def _list_folder(path: Path) -> list[str]:

@@ -85,9 +85,24 @@ def check_decrypt(result: GpgResult, ring: Ring) -> None:
             raise PgpFailure(
                 f"the file is encrypted for key(s) {listed}: none is a private key of the gateway"
             )
-        if result.has("BADMDC") or "manipulated" in result.message():
-            raise PgpFailure("integrity check failed: the file was changed or damaged")
-        raise PgpFailure(f"decryption failed (the file is damaged?): {result.message()}")
+        detail = _last_words(result)
+        if result.has("DECRYPTION_KEY") or result.has("DECRYPTION_INFO") or result.has("BADMDC"):
+            # The session key opened: what it protects does not read back as written.
+            raise PgpFailure(f"integrity check failed: the file was changed or damaged ({detail})")
+        raise PgpFailure(
+            f"decryption failed: the session key does not decrypt with our key, "
+            f"the file was changed or damaged ({detail})"
+        )
+
+
+def _last_words(result: GpgResult) -> str:
+    """gpg's last message, without its lines about which key was used."""
+    lines = [
+        m.removeprefix("gpg: ").strip()
+        for m in result.messages
+        if m.strip() and not m.startswith((" ", "\t")) and "encrypted with" not in m
+    ]
+    return lines[-1][:200] if lines else "no message"
 
 
 def _not_openpgp(result: GpgResult) -> str:
