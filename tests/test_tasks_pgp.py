@@ -123,102 +123,95 @@ def rss_kib(pid: int, field: str = "VmHWM") -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
-async def test_gpg_peer_both_ways_and_each_failure_says_why(tmp_path: Path, keys: Keys) -> None:
-    env = pgp_gateway(tmp_path / "gw", keys)
-    loaded = env.load()
+async def both_ways(daemon: DaemonProcess, loaded: Any, keys: Keys, tmp_path: Path) -> None:
+    """What the partner's gpg makes, received; what the gateway makes, opened by gpg;
+    each failure with its own message."""
     peer = keys.partner_home
-    daemon = await DaemonProcess.start(env.config_file)
-    try:
-        await daemon.wait_for("gatewayd ready", timeout=60)
-        listening = [json.loads(x) for x in daemon.lines if '"server listening"' in x]
-        port = next(x["port"] for x in listening if x["server"] == "web")
-        staging = loaded.paths.rule_folder(loaded.config.rules["inbox"]) / "alice"
-        run = Running(
-            daemon, f"http://127.0.0.1:{port}", loaded.paths.database, staging,
-            tmp_path / "gw" / "released",
-        )  # fmt: skip
-        work = tmp_path / "work"
-        work.mkdir()
-        gw, partner = keys.gateway.fingerprint, keys.partner.fingerprint
+    listening = [json.loads(x) for x in daemon.lines if '"server listening"' in x]
+    port = next(x["port"] for x in listening if x["server"] == "web")
+    staging = loaded.paths.rule_folder(loaded.config.rules["inbox"]) / "alice"
+    run = Running(
+        daemon, f"http://127.0.0.1:{port}", loaded.paths.database, staging,
+        tmp_path / "gw" / "released",
+    )  # fmt: skip
+    work = tmp_path / "both"
+    work.mkdir()
+    gw, partner = keys.gateway.fingerprint, keys.partner.fingerprint
 
-        # 1. Made by gpg: encrypted for us and signed by the partner, 20 MiB. Decrypted,
-        # verified, released; the daemon's memory does not follow the file's size.
-        plain = make_file(work / "big.bin", 20 * MiB + 5)
-        peer.gpg("-r", gw, "-u", partner, "--sign", "--encrypt", "-o", str(work / "big.pgp"),
-                 str(work / "big.bin"))  # fmt: skip
-        before = rss_kib(daemon.proc.pid)
-        row = await upload(run, "inbox", work / "big.pgp")
-        assert row["status"] == "DONE", row
-        assert (run.released / "big.pgp").read_bytes() == plain
-        assert not (staging / "big.pgp").exists(), "moved out of the staging folder last"
-        grown = rss_kib(daemon.proc.pid) - before
-        assert grown < 8 * 1024, f"the daemon's peak RSS grew by {grown} KiB for 20 MiB"
-        assert f"good signature by 'partner' ({partner})" in daemon.output
+    # 1. Made by gpg: encrypted for us and signed by the partner, 20 MiB. Decrypted,
+    # verified, released; the daemon's memory does not follow the file's size.
+    plain = make_file(work / "big.bin", 20 * MiB + 5)
+    peer.gpg("-r", gw, "-u", partner, "--sign", "--encrypt", "-o", str(work / "big.pgp"),
+             str(work / "big.bin"))  # fmt: skip
+    before = rss_kib(daemon.proc.pid)
+    row = await upload(run, "inbox", work / "big.pgp")
+    assert row["status"] == "DONE", row
+    assert (run.released / "big.pgp").read_bytes() == plain
+    assert not (staging / "big.pgp").exists(), "moved out of the staging folder last"
+    grown = rss_kib(daemon.proc.pid) - before
+    assert grown < 8 * 1024, f"the daemon's peak RSS grew by {grown} KiB for 20 MiB"
+    assert f"good signature by 'partner' ({partner})" in daemon.output
 
-        # 2. Each failure with its own message; the received file stays as it came.
-        cases: list[tuple[str, list[str], str]] = [
-            ("unknown-signer", ["-r", gw, "-u", keys.stranger.fingerprint, "--sign", "--encrypt"],
-             f"signed by an unknown key {keys.stranger.fingerprint}"),
-            ("not-for-us", ["-r", keys.stranger.fingerprint, "-u", partner, "--sign", "--encrypt"],
-             "none is a private key of the gateway"),
-            ("unsigned", ["-r", gw, "--encrypt"], "the file is not signed"),
-        ]  # fmt: skip
-        for name, options, message in cases:
-            (work / f"{name}.txt").write_bytes(b"payload of " + name.encode() * 100)
-            sent = work / f"{name}.pgp"
-            peer.gpg(*options, "-o", str(sent), str(work / f"{name}.txt"))
-            row = await upload(run, "inbox", sent)
-            assert row["status"] == "ERROR" and row["error_code"] == "TeExternalOperation", row
-            assert message in row["error_msg"], (name, row["error_msg"])
-            assert "DECRYPT&VERIFY" in row["error_msg"]
-            assert (staging / sent.name).read_bytes() == sent.read_bytes(), "input untouched"
-            assert not (run.released / sent.name).exists()
-            assert [p.name for p in staging.iterdir() if p.name.startswith(".")] == []
-
-        # A byte changed in the encrypted data: the integrity check fails.
-        make_file(work / "tampered.bin", 64 * 1024, seed=9)
-        peer.gpg("-r", gw, "-u", partner, "--sign", "--encrypt", "-o", str(work / "t.pgp"),
-                 str(work / "tampered.bin"))  # fmt: skip
-        tampered = bytearray((work / "t.pgp").read_bytes())
-        tampered[len(tampered) * 3 // 4] ^= 0x01
-        (work / "tampered.pgp").write_bytes(tampered)
-        row = await upload(run, "inbox", work / "tampered.pgp")
+    # 2. Each failure with its own message; the received file stays as it came.
+    cases: list[tuple[str, list[str], str]] = [
+        ("unknown-signer", ["-r", gw, "-u", keys.stranger.fingerprint, "--sign", "--encrypt"],
+         f"signed by an unknown key {keys.stranger.fingerprint}"),
+        ("not-for-us", ["-r", keys.stranger.fingerprint, "-u", partner, "--sign", "--encrypt"],
+         "none is a private key of the gateway"),
+        ("unsigned", ["-r", gw, "--encrypt"], "the file is not signed"),
+    ]  # fmt: skip
+    for name, options, message in cases:
+        (work / f"{name}.txt").write_bytes(b"payload of " + name.encode() * 100)
+        sent = work / f"{name}.pgp"
+        peer.gpg(*options, "-o", str(sent), str(work / f"{name}.txt"))
+        row = await upload(run, "inbox", sent)
         assert row["status"] == "ERROR" and row["error_code"] == "TeExternalOperation", row
-        assert "integrity check failed: the file was changed or damaged" in row["error_msg"], row
-        assert (staging / "tampered.pgp").read_bytes() == bytes(tampered)
+        assert message in row["error_msg"], (name, row["error_msg"])
+        assert "DECRYPT&VERIFY" in row["error_msg"]
+        assert (staging / sent.name).read_bytes() == sent.read_bytes(), "input untouched"
+        assert not (run.released / sent.name).exists()
+        assert [p.name for p in staging.iterdir() if p.name.startswith(".")] == []
 
-        # A signed (not encrypted) file: verified into a new name, which the MOVE takes.
-        (work / "note.txt").write_bytes(b"signed, not secret\n" * 50)
-        peer.gpg("-u", partner, "--compress-algo", "none", "--sign", "-o",
-                 str(work / "note.gpg"), str(work / "note.txt"))  # fmt: skip
-        row = await upload(run, "signed", work / "note.gpg")
-        assert row["status"] == "DONE", row
-        assert (run.released / "note.gpg.txt").read_bytes() == (work / "note.txt").read_bytes()
-        # ...and one byte of its text changed: a BAD signature, named.
-        bad = (work / "note.gpg").read_bytes().replace(b"signed, not", b"signed, NOT", 1)
-        (work / "note-bad.gpg").write_bytes(bad)
-        row = await upload(run, "signed", work / "note-bad.gpg")
-        assert row["status"] == "ERROR", row
-        assert f"BAD signature by key 'partner' ({partner})" in row["error_msg"], row
+    # A byte changed in the encrypted data: the integrity check fails.
+    make_file(work / "tampered.bin", 64 * 1024, seed=9)
+    peer.gpg("-r", gw, "-u", partner, "--sign", "--encrypt", "-o", str(work / "t.pgp"),
+             str(work / "tampered.bin"))  # fmt: skip
+    tampered = bytearray((work / "t.pgp").read_bytes())
+    tampered[len(tampered) * 3 // 4] ^= 0x01
+    (work / "tampered.pgp").write_bytes(tampered)
+    row = await upload(run, "inbox", work / "tampered.pgp")
+    assert row["status"] == "ERROR" and row["error_code"] == "TeExternalOperation", row
+    assert "integrity check failed: the file was changed or damaged" in row["error_msg"], row
+    assert (staging / "tampered.pgp").read_bytes() == bytes(tampered)
 
-        # 3. Made by the gateway: a download encrypted and signed on the way out, which the
-        # partner's gpg decrypts and verifies.
-        shared = loaded.paths.rule_folder(loaded.config.rules["outbox"])
-        offered = make_file(shared / "report.csv", 300_000, seed=3)
-        got = work / "report.asc"
-        answer = await run_curl("-u", ALICE, f"{run.base}/outbox/report.csv", output=got)
-        assert answer.status == 200, answer.headers.get("waarp-error-message")
-        assert got.read_bytes().startswith(b"-----BEGIN PGP MESSAGE-----")
-        opened = peer.gpg("--decrypt", "-o", str(work / "report.out"), str(got))
-        assert (work / "report.out").read_bytes() == offered
-        status = status_lines(opened)
-        assert any(s.startswith(f"VALIDSIG {gw}") for s in status), status
-        assert "DECRYPTION_OKAY" in status and "GOODMDC" in status, status
-        assert "gw-pass" not in daemon.output, "a passphrase is never logged"
-    finally:
-        await daemon.stop()
-    assert daemon.proc.returncode == 0, daemon.output
-    assert not (loaded.paths.state_dir / "gpg" / "1").exists(), "keyring removed at stop"
+    # A signed (not encrypted) file: verified into a new name, which the MOVE takes.
+    (work / "note.txt").write_bytes(b"signed, not secret\n" * 50)
+    peer.gpg("-u", partner, "--compress-algo", "none", "--sign", "-o",
+             str(work / "note.gpg"), str(work / "note.txt"))  # fmt: skip
+    row = await upload(run, "signed", work / "note.gpg")
+    assert row["status"] == "DONE", row
+    assert (run.released / "note.gpg.txt").read_bytes() == (work / "note.txt").read_bytes()
+    # ...and one byte of its text changed: a BAD signature, named.
+    bad = (work / "note.gpg").read_bytes().replace(b"signed, not", b"signed, NOT", 1)
+    (work / "note-bad.gpg").write_bytes(bad)
+    row = await upload(run, "signed", work / "note-bad.gpg")
+    assert row["status"] == "ERROR", row
+    assert f"BAD signature by key 'partner' ({partner})" in row["error_msg"], row
+
+    # 3. Made by the gateway: a download encrypted and signed on the way out, which the
+    # partner's gpg decrypts and verifies.
+    shared = loaded.paths.rule_folder(loaded.config.rules["outbox"])
+    offered = make_file(shared / "report.csv", 300_000, seed=3)
+    got = work / "report.asc"
+    answer = await run_curl("-u", ALICE, f"{run.base}/outbox/report.csv", output=got)
+    assert answer.status == 200, answer.headers.get("waarp-error-message")
+    assert got.read_bytes().startswith(b"-----BEGIN PGP MESSAGE-----")
+    opened = peer.gpg("--decrypt", "-o", str(work / "report.out"), str(got))
+    assert (work / "report.out").read_bytes() == offered
+    status = status_lines(opened)
+    assert any(s.startswith(f"VALIDSIG {gw}") for s in status), status
+    assert "DECRYPTION_OKAY" in status and "GOODMDC" in status, status
+    assert "gw-pass" not in daemon.output, "a passphrase is never logged"
 
 
 # ------------------------------------------------------------------ in-process gateway
@@ -345,12 +338,14 @@ def agents_under(folder: Path) -> list[int]:
     return found
 
 
-async def test_kill_after_decrypting_in_place_is_not_decrypted_twice(
+async def test_gpg_peer_both_ways_each_failure_says_why_and_kill_9_resumes(
     tmp_path: Path, keys: Keys
 ) -> None:
-    """Killed after DECRYPT&VERIFY replaced the file, before the row recorded it: the
-    rerun sees the file decrypted already and goes on; nothing is left behind, not even
-    the killed daemon's gpg-agent."""
+    """First killed after DECRYPT&VERIFY replaced the file, before the row recorded it:
+    the rerun sees the file decrypted already and goes on. Then, on the same restarted
+    daemon (one start saved), the exchanges with gpg both ways and every failure. At the
+    end nothing is left behind: no temporary file, no keyring, not even the killed
+    daemon's gpg-agent."""
     env = pgp_gateway(tmp_path / "gw", keys)
     loaded = env.load()
     staging = loaded.paths.rule_folder(loaded.config.rules["inbox"]) / "alice"
@@ -375,13 +370,16 @@ async def test_kill_after_decrypting_in_place_is_not_decrypted_twice(
 
     second = await start_daemon(env.config_file)
     try:
+        await second.wait_for("gatewayd ready", timeout=60)
         row = await wait_row(
             loaded.paths.database, 1, lambda t: t["status"] in ("DONE", "ERROR"), "ended", second
         )
+        assert row["status"] == "DONE", row["error_msg"]
+        assert "done by the interrupted run" in second.output
+        assert (released / "order.pgp").read_bytes() == plain
+        assert hidden_files(staging) == [] and not (staging / "order.pgp").exists()
+        await both_ways(second, loaded, keys, tmp_path)
     finally:
         assert await second.stop() == 0, second.output
-    assert row["status"] == "DONE", row["error_msg"]
-    assert "done by the interrupted run" in second.output
-    assert (released / "order.pgp").read_bytes() == plain
-    assert hidden_files(staging) == [] and not (staging / "order.pgp").exists()
     assert agents_under(tmp_path / "gw") == [], "no gpg-agent left running"
+    assert list((loaded.paths.state_dir / "gpg").iterdir()) == [], "keyring removed at stop"

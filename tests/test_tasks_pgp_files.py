@@ -6,12 +6,13 @@ twice."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from gatewayd.config.schema import KeyConfig
-from gatewayd.crypto.keyring import Keyring
+from gatewayd.crypto.keyring import Keyring, KeyringError
 from gatewayd.crypto.keys import inspect_key_file
 from gatewayd.errors import TaskError
 from gatewayd.model import ErrorCode
@@ -55,7 +56,11 @@ async def test_in_place_both_ways_binary_and_armored(tmp_path: Path, keyring: Ke
     ctx.keyring = keyring
     path = Path(ctx.transfer.local_filepath)
     await run_task("ENCRYPT&SIGN", {"recipients": "ours", "signer": "ours"}, ctx)
+    compressed = path.stat().st_size
+    await run_task("DECRYPT&VERIFY", {}, ctx)
+    await run_task("ENCRYPT&SIGN", {"recipients": "ours", "signer": "ours", "compress": False}, ctx)
     encrypted = path.read_bytes()
+    assert compressed < len(CONTENT) < len(encrypted), "compressed by default, not when told"
     assert not encrypted.startswith(b"-----") and CONTENT[:20] not in encrypted
     assert ctx.transfer.filesize == len(encrypted) and ctx.transfer.local_filepath == str(path)
     await run_task("DECRYPT&VERIFY", {"signers": ["ours"]}, ctx)
@@ -121,3 +126,55 @@ async def test_failures_leave_the_file_untouched(tmp_path: Path, keyring: Keyrin
         await run_task("SIGN", {"signer": "ours", "output": "#TRUEFULLPATH#.sig"}, ctx)
     await run_task("SIGN", {"signer": "ours", "output": f"{path}.sig", "overwrite": True}, ctx)
     assert leftovers(path.parent) == []
+
+
+async def test_a_wrong_passphrase_is_refused_at_load_and_the_keyring_kept(
+    tmp_path: Path, keyring: Keyring, key_files: dict[str, KeyConfig]
+) -> None:
+    before = keyring.current
+    (tmp_path / "wrong").write_text("not-the-passphrase\n")
+    configs = dict(key_files)
+    configs["ours"] = KeyConfig(
+        file=key_files["ours"].file, kind="private", passphrase_file=tmp_path / "wrong"
+    )
+    infos = {name: inspect_key_file(config.file) for name, config in configs.items()}
+    with pytest.raises(KeyringError, match=r"^key 'ours': wrong passphrase$"):
+        await keyring.load(configs, infos, tmp_path)
+    assert keyring.current is before and before is not None and before.home.is_dir()
+    assert [p.name for p in (tmp_path / "state" / "gpg").iterdir()] == [before.home.name]
+
+
+async def test_a_signature_by_a_key_expired_since_fails_with_its_own_message(
+    tmp_path: Path,
+) -> None:
+    # Made two days ago, valid for one day, and the file signed while it was valid.
+    made = datetime.now(UTC) - timedelta(days=2)
+    maker = GpgPeer(tmp_path / "maker")
+    try:
+        brief = maker.generate(
+            "brief", tmp_path / "keys", expire="1d", encrypt=False,
+            faked_time=made.strftime("%Y%m%dT%H%M%S"),
+        )  # fmt: skip
+        ctx = file_ctx(tmp_path, content=CONTENT)
+        path = Path(ctx.transfer.local_filepath)
+        signed_at = (made + timedelta(hours=1)).strftime("%Y%m%dT%H%M%S")
+        maker.gpg("--faked-system-time", signed_at, "-u", brief.fingerprint, "--sign",
+                  "-o", f"{path}.gpg", str(path))  # fmt: skip
+    finally:
+        maker.close()
+    configs = {"brief": KeyConfig(file=brief.public, kind="public")}
+    info = inspect_key_file(brief.public)
+    assert info.expired(datetime.now(UTC))
+    ring = Keyring(tmp_path / "state")
+    await ring.load(configs, {"brief": info}, tmp_path)
+    try:
+        ctx.keyring = ring
+        ctx.transfer.local_filepath = f"{path}.gpg"
+        ctx.now = lambda: datetime.now(UTC)
+        with pytest.raises(TaskError) as caught:
+            await run_task("VERIFY", {}, ctx)
+        expected = f"VERIFY: signed by key 'brief' ({brief.fingerprint}) which has expired"
+        assert caught.value.message == expected
+        assert Path(f"{path}.gpg").exists() and leftovers(path.parent) == []
+    finally:
+        await ring.close()

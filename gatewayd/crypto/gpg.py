@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _STATUS = "[GNUPG:] "
+# libgpg-error's code for a wrong passphrase (gpg reports it without BAD_PASSPHRASE when
+# the passphrase comes through loopback).
+GPG_ERR_BAD_PASSPHRASE = 11
 # Human messages kept for an error message: the last few, each shortened.
 _MESSAGE_LINES = 5
 
@@ -53,6 +56,19 @@ class GpgResult:
 
     def all(self, keyword: str) -> list[Status]:
         return [s for s in self.status if s.keyword == keyword]
+
+    def error_codes(self) -> set[int]:
+        """GnuPG's error codes (without their source) of its ERROR and FAILURE lines."""
+        codes: set[int] = set()
+        for status in self.status:
+            if status.keyword in ("ERROR", "FAILURE") and status.args:
+                last = status.args[-1]
+                if last.isdigit():
+                    codes.add(int(last) & 0xFFFF)
+        return codes
+
+    def bad_passphrase(self) -> bool:
+        return self.has("BAD_PASSPHRASE") or GPG_ERR_BAD_PASSPHRASE in self.error_codes()
 
     def message(self) -> str:
         """gpg's own last words (for failures no status line explains)."""

@@ -164,7 +164,7 @@ class Keyring:
         )
         if result.returncode == 0 and result.has("SIG_CREATED"):
             return
-        if result.has("BAD_PASSPHRASE") or result.has("MISSING_PASSPHRASE"):
+        if result.bad_passphrase() or result.has("MISSING_PASSPHRASE"):
             raise KeyringError(f"key '{key.name}': wrong passphrase")
         raise KeyringError(f"key '{key.name}': cannot sign with it: {result.message()}")
 

@@ -43,9 +43,11 @@ def _when(timestamp: str) -> str:
 
 def _common(result: GpgResult, ring: Ring) -> None:
     """Failures any operation may end with."""
-    bad = result.first("BAD_PASSPHRASE")
-    if bad is not None:
-        raise PgpFailure(f"wrong passphrase for {_who(ring, bad.args[0] if bad.args else '?')}")
+    if result.bad_passphrase():
+        bad = result.first("BAD_PASSPHRASE") or result.first("NEED_PASSPHRASE")
+        raise PgpFailure(
+            f"wrong passphrase for {_who(ring, bad.args[0] if bad and bad.args else '?')}"
+        )
     for keyword, role in (("INV_RECP", "recipient"), ("INV_SGNR", "signing")):
         invalid = result.first(keyword)
         if invalid is not None and len(invalid.args) >= 2:

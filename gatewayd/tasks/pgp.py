@@ -9,9 +9,10 @@ writing the result through file descriptors: files of any size, constant memory.
 The result replaces the file, or goes to `output` (markers substituted; an existing file
 there is replaced only with `overwrite: true`) and the transfer follows it (as with
 RENAME: `#TRUEFULLPATH#` is then the new file). ENCRYPT and SIGN write binary OpenPGP,
-or ASCII armor with `armor: true`. VERIFY and DECRYPT&VERIFY fail on a bad signature, a
-missing one, one by a key that is not configured (or not among `signers`), expired or
-revoked, and say which; DECRYPT fails on a file damaged or changed (integrity check).
+or ASCII armor with `armor: true`; they compress (gpg's default) unless `compress:
+false`. VERIFY and DECRYPT&VERIFY fail on a bad signature, a missing one, one by a key
+that is not configured (or not among `signers`), expired or revoked, and say which;
+DECRYPT fails on a file damaged or changed (integrity check).
 
 The result is written to a hidden temporary file next to its destination, fsynced, then
 renamed: a failure or a kill leaves the input untouched. A rerun after a crash (the task
@@ -147,12 +148,15 @@ class PgpTask(ArgsTask):
             for name in command.accepted:
                 self._key(ring, name, NEED_VERIFY, now)
         command.armor = self.flag(args, "armor")
+        command.compress = self.flag(args, "compress", default=True)
         return command
 
     def _gpg_args(self, ring: Ring, command: _Command) -> list[str]:
         args = base_args(ring.home)
         if self.encrypt or self.sign:
             args += ["--armor"] if command.armor else []
+            # Compressing costs most of the time of a big file that does not compress.
+            args += [] if command.compress else ["--compress-algo", "none"]
             for key in command.recipients:
                 # The primary key's fingerprint (no `!`): gpg picks its encryption subkey.
                 args += ["--recipient", key.info.fingerprint]
@@ -281,6 +285,7 @@ class _Command:
         self.signer: Key | None = None
         self.accepted: list[str] | None = None
         self.armor = False
+        self.compress = True
         self.verified: Key | None = None
 
 
@@ -312,6 +317,7 @@ _PROTECT_ARGS: dict[str, Kind] = {
     "output": Kind.TEXT,
     "overwrite": Kind.FLAG,
     "armor": Kind.FLAG,
+    "compress": Kind.FLAG,
 }
 _OPEN_ARGS: dict[str, Kind] = {"output": Kind.TEXT, "overwrite": Kind.FLAG}
 
