@@ -124,7 +124,7 @@ async def soak(args: argparse.Namespace) -> int:
                 "outbox", "send", allow={"accounts": ["alice"]}, shared_folder=True,
                 pre=[{"type": "ENCRYPT&SIGN", "args": {
                     "recipients": ["partner"], "signer": "gw", "output": "#TRUEFULLPATH#.pgp",
-                    "overwrite": True}}],
+                    "overwrite": True, "compress": not args.no_compress}}],
             )  # fmt: skip
             loaded = env.load()
             daemon = await DaemonProcess.start(env.config_file)
@@ -199,6 +199,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--size", type=int, default=1024, help="MiB (default 1024)")
     parser.add_argument("--max-rss", type=int, default=200, help="MiB (default 200)")
+    parser.add_argument(
+        "--no-compress", action="store_true", help="ENCRYPT&SIGN with compress: false"
+    )
     return asyncio.run(soak(parser.parse_args()))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -319,6 +320,10 @@ async def test_keys_listed_expiring_key_fails_and_reload_reimports(
 # ------------------------------------------------------------------ kill -9 and resume
 
 
+def port(daemon: DaemonProcess) -> int:
+    return int(next(json.loads(x)["port"] for x in daemon.lines if '"server listening"' in x))
+
+
 def agents_under(folder: Path) -> list[int]:
     """Pids of gpg-agents whose home is below `folder` (what a killed daemon leaves)."""
     found = []
@@ -358,9 +363,10 @@ async def test_gpg_peer_both_ways_each_failure_says_why_and_kill_9_resumes(
 
     first = await start_daemon(env.config_file, crash_at=crashpoints.TASK_PUBLISHED)
     await first.wait_for("gatewayd ready", timeout=60)
-    port = next(json.loads(x)["port"] for x in first.lines if '"server listening"' in x)
     client = asyncio.ensure_future(
-        run_curl("-u", ALICE, "-T", str(work / "order.pgp"), f"http://127.0.0.1:{port}/inbox/")
+        run_curl(
+            "-u", ALICE, "-T", str(work / "order.pgp"), f"http://127.0.0.1:{port(first)}/inbox/"
+        )
     )
     await died_by_itself(first)
     await client
@@ -379,6 +385,24 @@ async def test_gpg_peer_both_ways_each_failure_says_why_and_kill_9_resumes(
         assert (released / "order.pgp").read_bytes() == plain
         assert hidden_files(staging) == [] and not (staging / "order.pgp").exists()
         await both_ways(second, loaded, keys, tmp_path)
+
+        # A reload whose key does not unlock is refused; the keyring in use stays.
+        (tmp_path / "gw" / "keys" / "gateway.pass").write_text("not-the-passphrase\n")
+        since = len(second.lines)
+        second.proc.send_signal(signal.SIGHUP)
+        refused = await second.wait_for("reload refused", since=since)
+        assert "key 'gw': wrong passphrase" in refused, refused
+        assert "not-the-passphrase" not in second.output
+        again = await run_curl(
+            "-u",
+            ALICE,
+            "-T",
+            str(work / "order.pgp"),
+            f"http://127.0.0.1:{port(second)}/inbox/again.pgp",
+        )
+        row = read_row(loaded.paths.database, int(again.headers["waarp-transfer-id"]))
+        assert row["status"] == "DONE", row["error_msg"]
+        assert (released / "again.pgp").read_bytes() == plain
     finally:
         assert await second.stop() == 0, second.output
     assert agents_under(tmp_path / "gw") == [], "no gpg-agent left running"

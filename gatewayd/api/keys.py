@@ -6,7 +6,6 @@ private key is shown by its public parts, its passphrase only by where it comes 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -58,7 +57,7 @@ SCHEMAS["KeyList"] = {
 def _key_json(call: Call, name: str) -> dict[str, Any]:
     loaded, tz = call.ctx.loaded, call.ctx.tz
     config, info = loaded.config.keys[name], loaded.key_infos[name]
-    now = datetime.now(UTC)
+    now = call.ctx.clock.now()
     soon = info.expires is not None and (info.expires - now).days < EXPIRY_WARNING_DAYS
     passphrase = "file" if config.passphrase_file else "env" if config.passphrase_env else None
     return {

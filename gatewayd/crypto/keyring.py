@@ -23,6 +23,7 @@ from pathlib import Path
 
 import structlog
 
+from gatewayd.config.paths import absolute
 from gatewayd.config.schema import KeyConfig
 from gatewayd.crypto.gpg import GpgResult, GpgUnavailable, base_args, run_gpg
 from gatewayd.crypto.keys import KeyInfo
@@ -69,11 +70,7 @@ def read_passphrase(config: KeyConfig, home: Path) -> str:
             raise KeyringError(f"environment variable {config.passphrase_env} is not set")
         return value
     assert config.passphrase_file is not None
-    path = (
-        config.passphrase_file
-        if config.passphrase_file.is_absolute()
-        else home / config.passphrase_file
-    )
+    path = absolute(config.passphrase_file, home)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -132,7 +129,7 @@ class Keyring:
             info = infos.get(name)
             if info is None:
                 raise KeyringError(f"key '{name}': its file was not read")
-            path = config.file if config.file.is_absolute() else home / config.file
+            path = absolute(config.file, home)
             passphrase = None
             if config.kind == "private":
                 try:
@@ -215,8 +212,8 @@ class Keyring:
         await asyncio.to_thread(shutil.rmtree, ring_home, True)
 
     async def _kill_agent(self, ring_home: Path) -> None:
-        if not (ring_home / "S.gpg-agent").exists():
-            return
+        # Asked even when no socket is in the home: with /run/user/<uid>/gnupg, gpg keeps
+        # the agent's sockets there. gpgconf starts no agent to stop one.
         with contextlib.suppress(OSError):
             process = await asyncio.create_subprocess_exec(
                 "gpgconf",
