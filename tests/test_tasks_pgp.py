@@ -231,6 +231,7 @@ async def test_keys_listed_expiring_key_fails_and_reload_reimports(
     finally:
         maker.close()
     env = ApiEnv(tmp_path / "gw")
+    env.users["watcher"] = {"transfers": "r"}
     env.clock = ManualClock(datetime.now(UTC))
     env.accounts["alice"] = {"password": http_password_hash()}
     env.extra["servers"] = {"web": {"protocol": "http", "address": "127.0.0.1", "port": 0}}
@@ -262,6 +263,8 @@ async def test_keys_listed_expiring_key_fails_and_reload_reimports(
         assert listed["keys"][2]["expiresSoon"] and not listed["keys"][1]["expiresSoon"]
         text = json.dumps(listed)
         assert "gw-pass" not in text and "PRIVATE KEY" not in text
+        refused = await env.api.call("GET", "/api/keys", user="watcher")
+        assert refused.status == 403 and refused.codes() == ["forbidden"], refused.text
         missing = await env.api.call("GET", "/api/keys/nope")
         assert missing.status == 404 and missing.errors[0]["message"] == "no key 'nope'"
         metrics = (await env.api.call("GET", "/metrics")).text
