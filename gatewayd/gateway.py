@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gatewayd import ports
+from gatewayd.api.shapes import transfer_json
 from gatewayd.automation.pollers import PollerService
 from gatewayd.automation.schedules import ScheduleService
 from gatewayd.automation.watchers import Watchers
@@ -35,6 +36,7 @@ from gatewayd.passwords import Argon2Parameters, PasswordHashing
 from gatewayd.pipeline.auth_throttle import LoginThrottle
 from gatewayd.pipeline.clients import ClientPool
 from gatewayd.pipeline.engine import Engine, Hooks, Runtime
+from gatewayd.pipeline.leftovers import sweep_placed_temps
 from gatewayd.pipeline.limits import TransferLimits
 from gatewayd.pipeline.logins import Logins
 from gatewayd.pipeline.preregister import Expirer
@@ -127,6 +129,8 @@ class Gateway:
             create_transfer=self._create_from_task,
             observer=self.metrics,
             keyring=self.keyring,
+            # NOTIFY posts a transfer in the API's shape.
+            transfer_json=lambda t: transfer_json(t, self.rt.loaded.tz),
         )
         self.engine = Engine(self.rt)
         scheduler = loaded.config.scheduler
@@ -291,6 +295,10 @@ class Gateway:
         reconnect to such a transfer.
         """
         prepared, api_tls = await self.prepare()
+        # Before any partner connects, and on a shared database only names older than
+        # a lease: another node may be placing a file right now.
+        lease = self.config.daemon.lease if self.store.shared else 0.0
+        await sweep_placed_temps(self.loaded, self.store, grace=3 * lease)
         await self.scheduler.start()
         await self.bus.start()
         await self.schedules.start()

@@ -20,6 +20,7 @@ PROTOCOLS_MAY_LOAD = {
     "gatewayd",
     "gatewayd.config",
     "gatewayd.config.files",
+    "gatewayd.config.outbound",  # part of the schema: the servers that tasks reach
     "gatewayd.config.paths",
     "gatewayd.config.schema",
     "gatewayd.errors",
@@ -65,6 +66,7 @@ def test_the_option_schemas_load_without_the_loader() -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [
         "gatewayd.config",
+        "gatewayd.config.outbound",
         "gatewayd.config.schema",
         "gatewayd.model",
         "gatewayd.names",

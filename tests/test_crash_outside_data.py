@@ -121,6 +121,42 @@ async def test_crash_after_placing_is_completed_on_restart(tmp_path: Path, proto
     assert len(all_rows(r.db)) == 1
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_crash_after_done_leaves_no_temp_name_after_restart(
+    tmp_path: Path, protocol: str
+) -> None:
+    """Without post tasks, DONE is committed with the placing: a crash before the temp
+    name goes leaves a second name of the placed file, which the next start removes."""
+    r = Receiver(tmp_path, protocol, post=[])
+    data = make_file(tmp_path / "local" / "order.bin", MiB + 5)
+    (r.tmp / "unrelated.part").parent.mkdir(parents=True, exist_ok=True)
+    (r.tmp / "unrelated.part").write_bytes(b"only name of its bytes")
+
+    first = await start_daemon(r.env.config_file, crash_at=crashpoints.AFTER_DONE)
+    await first.wait_for("gatewayd ready")
+    client = in_background(r.upload(first, tmp_path / "local" / "order.bin", "order.bin"))
+    await died_by_itself(first)
+    await client
+
+    at_crash = read_row(r.db, 1)
+    assert (at_crash["status"], at_crash["step"]) == ("DONE", "NONE"), at_crash
+    tmp = Path(at_crash["tmp_filepath"])
+    assert tmp.stat().st_nlink == 2, "the temp name is still a second name of the file"
+
+    second = await start_daemon(r.env.config_file)
+    try:
+        await second.wait_for("gatewayd ready")
+    finally:
+        assert await second.stop() == 0, second.output
+    assert "temp names of finished transfers removed" in second.output
+    assert not tmp.exists()
+    assert sorted(p.name for p in r.tmp.iterdir()) == ["unrelated.part"], "one name kept"
+    placed = r.inbox / "order.bin"
+    assert placed.read_bytes() == data and placed.stat().st_nlink == 1
+    assert read_row(r.db, 1)["status"] == "DONE"
+    assert len(all_rows(r.db)) == 1
+
+
 async def test_placed_file_changed_before_the_restart_is_not_done(tmp_path: Path) -> None:
     """The size of what was placed is checked against the row (HTTP announces it)."""
     r = Receiver(tmp_path, "http", post=[trace_task(tmp_path / "out", "post")])

@@ -395,7 +395,7 @@ async def test_failing_sqlite_batch_fails_every_waiter(sqlite_store: SqliteStore
     a = await store.insert_transfer(make(progress=1))
     b = await store.insert_transfer(make())
     a.progress = 99
-    b.parent_id = 10**6  # no such row: the deferred foreign key fails the commit
+    b.progress = -1  # the CHECK constraint fails the commit
     c = make(src_filename="c")
     start = store.commit_count
     results = await asyncio.gather(
@@ -414,11 +414,24 @@ async def test_failing_sqlite_batch_fails_every_waiter(sqlite_store: SqliteStore
     assert await store.list_audit() == []
 
     # The writer survives and the next batch goes through.
-    b.parent_id = a.id
+    b.progress = 5
     await asyncio.gather(store.save_transfer(a), store.save_transfer(b))
     assert store.commit_count == start + 1
     got = await store.get_transfer(b.id or 0)
-    assert got is not None and got.parent_id == a.id
+    assert got is not None and got.progress == 5
+
+
+async def test_a_save_never_rewrites_what_insertion_fixed(store: Store) -> None:
+    """Rule, chains, parties and parent are the transfer's from its insertion on: a save
+    writes the columns that change, and only those."""
+    t = await store.insert_transfer(make(progress=1))
+    t.rule, t.partner, t.post_tasks = "other", "mallory", [TaskSpec("DELETE", {})]
+    t.progress, t.dest_filename = 7, "renamed.dat"
+    await store.save_transfer(t)
+    got = await store.get_transfer(t.id or 0)
+    assert got is not None
+    assert (got.progress, got.dest_filename) == (7, "renamed.dat")
+    assert (got.rule, got.partner, got.post_tasks) == ("r1", "partner-a", [])
 
 
 async def test_close_flushes_pending_writes(backend: Backend) -> None:

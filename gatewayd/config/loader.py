@@ -29,6 +29,7 @@ from gatewayd.config.keys import (
     valid_entries,
 )
 from gatewayd.config.messages import describe_value, field_name, validate
+from gatewayd.config.outbound_refs import RULE_CHAINS, declared_names, unknown_server_names
 from gatewayd.config.paths import Paths, absolute, create_folders, folder_problem
 from gatewayd.config.pollers import PollerConfig, load_pollers
 from gatewayd.config.problems import ConfigError, Problem, sort_problems
@@ -37,6 +38,7 @@ from gatewayd.config.rules import (
     RuleKeys,
     RuleOrigin,
     check_rule,
+    check_task_list,
     duplicate_problems,
     rule_files,
 )
@@ -124,6 +126,9 @@ def load_config(path: Path | str) -> LoadedConfig:
         Config, source, data={k: v for k, v in data.items() if k not in ("servers", "partners")}
     )
     problems += errors
+    problems += check_task_list(source, ("daemon", "error_tasks"))
+    outbound_names = declared_names(data)
+    problems += unknown_server_names(source, [("daemon", "error_tasks")], outbound_names)
     servers, errors = _endpoints(source, data, "servers")
     problems += errors
     partners, errors = _endpoints(source, data, "partners")
@@ -152,6 +157,7 @@ def load_config(path: Path | str) -> LoadedConfig:
     problems += errors
     for item in checked:
         problems += item.problems
+        problems += unknown_server_names(item.source, RULE_CHAINS, outbound_names)
         _check_rule_folders(folders, paths, item)
     problems += duplicate_problems([item.keys for item in checked])
     problems += folders.problems
@@ -216,6 +222,9 @@ def load_rule_text(loaded: LoadedConfig, text: str, source_name: str) -> RuleCon
     )
     problems = list(checked.problems)
     problems += check_key_references(source, loaded.config.keys, loaded.key_infos)
+    config = loaded.config
+    declared = {"icap": set(config.icap), "smtp": set(config.smtp), "notify": set(config.notify)}
+    problems += unknown_server_names(source, RULE_CHAINS, declared)
     name = checked.keys.name
     existing = [
         RuleKeys(

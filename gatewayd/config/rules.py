@@ -239,3 +239,20 @@ def _check_markers(source: YamlSource, at: DataPath, value: Any, seen: set[int])
     return [
         problem for key, item in items for problem in _check_markers(source, (*at, key), item, seen)
     ]
+
+
+def check_task_list(source: YamlSource, at: DataPath) -> list[Problem]:
+    """Types, arguments and markers of the tasks listed at `at` of `source` (the daemon's
+    gateway-wide `error_tasks`), reported as a rule's are."""
+    value: Any = source.data
+    for key in at:
+        value = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(value, list):
+        return []
+    seen: set[int] = set()
+    return [
+        problem
+        for index, task in enumerate(value)
+        if isinstance(task, dict)
+        for problem in _check_task(source, (*at, index), task, seen)
+    ]

@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic import Strict as StrictMode
 
+from gatewayd.config.outbound import IcapServerConfig, NotifyEndpointConfig, SmtpServerConfig
 from gatewayd.model import Direction, TaskSpec
 from gatewayd.names import check_name
 
@@ -177,6 +178,14 @@ class SchedulerConfig(Strict):
     retry_increment_factor: Annotated[float, Field(ge=1)] = 2.0
 
 
+class TaskConfig(Strict):
+    type: str
+    args: dict[str, object] = Field(default_factory=dict)
+
+    def spec(self) -> TaskSpec:
+        return TaskSpec(type=self.type, args=dict(self.args))
+
+
 class DaemonConfig(Strict):
     """Settings of the daemon itself. Relative paths resolve against `home`."""
 
@@ -218,6 +227,9 @@ class DaemonConfig(Strict):
     command_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
     cluster_poll: Annotated[float, Field(gt=0, le=60)] = 1.0
     cluster_notify: bool = True
+    # Tasks run for every failed transfer after its rule's own error chain (the
+    # gateway-wide error chain: one EMAIL or NOTIFY alerts on all failures).
+    error_tasks: Annotated[tuple[TaskConfig, ...], StrictMode(False)] = ()
 
     def node_name(self) -> str:
         """`node`, else the host name."""
@@ -420,6 +432,11 @@ class Config(Strict):
     accounts: dict[FileName, AccountConfig] = Field(default_factory=dict)
     # OpenPGP keys by name, for the ENCRYPT/DECRYPT/SIGN/VERIFY tasks (gatewayd.crypto).
     keys: dict[FileName, KeyConfig] = Field(default_factory=dict)
+    # Servers that tasks reach out to (gatewayd.config.outbound): ICAP scanners, SMTP
+    # servers, receivers of notices.
+    icap: dict[str, IcapServerConfig] = Field(default_factory=dict)
+    smtp: dict[str, SmtpServerConfig] = Field(default_factory=dict)
+    notify: dict[str, NotifyEndpointConfig] = Field(default_factory=dict)
     # Filled by the loader from the rules folder, not from gatewayd.yaml.
     rules: dict[str, RuleConfig] = Field(default_factory=dict, exclude=True)
     # Absolute path of the file this came from; relative paths resolve against home.
@@ -435,14 +452,6 @@ class Config(Strict):
                 "among the nodes that share the database"
             )
         return value
-
-
-class TaskConfig(Strict):
-    type: str
-    args: dict[str, object] = Field(default_factory=dict)
-
-    def spec(self) -> TaskSpec:
-        return TaskSpec(type=self.type, args=dict(self.args))
 
 
 class AllowConfig(Strict):

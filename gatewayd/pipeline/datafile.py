@@ -50,6 +50,11 @@ def _pwritev_all(fd: int, parts: list[bytes], offset: int) -> None:
             views[0] = views[0][written:]
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class _ThreadFile:
     """Runs the blocking I/O of one file in worker threads, one call at a time.
 
@@ -113,6 +118,7 @@ class ReceiveFile(_ThreadFile):
         self._last_checkpoint = time.monotonic()
         self._checkpoint: asyncio.Task[None] | None = None
         self._failure: TransferError | None = None
+        self._behind: asyncio.Future[None] | None = None  # the write in flight
         # Written since the last fsync; True at first so that even an empty or resumed
         # file is synced once before it counts as complete.
         self._dirty = True
@@ -181,6 +187,10 @@ class ReceiveFile(_ThreadFile):
             await self._pwrite(start, parts)
 
     async def _pwrite(self, offset: int, parts: list[bytes]) -> None:
+        """Start writing `parts` at `offset` once the write before it is done, and
+        return: the partner's next bytes arrive while the worker thread writes and
+        hashes these (one write in flight at most, so the hash sees them in order)."""
+        await self._settle()
         fd = self.fd
         length = sum(len(p) for p in parts)
         hash_now = offset == self._hashed
@@ -193,14 +203,28 @@ class ReceiveFile(_ThreadFile):
                 for part in parts:
                     self._hasher.update(part)
 
-        try:
-            await self._thread(_write)
-        except OSError as exc:
-            raise os_error(exc, f"cannot write {self.path.name}") from exc
-        if hash_now:
-            self._hashed = offset + length
-        self._dirty = True
-        self._add_extent(offset, offset + length)
+        async def _behind() -> None:
+            try:
+                await self._thread(_write)
+            except OSError as exc:
+                self._failure = os_error(exc, f"cannot write {self.path.name}")
+                raise self._failure from exc
+            if hash_now:
+                self._hashed = offset + length
+            self._dirty = True
+            self._add_extent(offset, offset + length)
+
+        self._behind = asyncio.ensure_future(_behind())
+        # Its error is also `_failure`, which the next call raises: never unheard.
+        self._behind.add_done_callback(_retrieved)
+
+    async def _settle(self) -> None:
+        """Wait for the write in flight (raising its error); the accounts of what was
+        written (`contiguous`, the hash) are then up to date."""
+        if self._behind is not None:
+            # Shielded: a cancelled caller must not lose the write's accounts.
+            await asyncio.shield(self._behind)
+            self._behind = None
 
     def _add_extent(self, start: int, end: int) -> None:
         if start > self.contiguous:
@@ -223,6 +247,7 @@ class ReceiveFile(_ThreadFile):
                 return
             await self._checkpoint
         await self._flush()
+        await self._settle()
         self._last_checkpoint = time.monotonic()
         if not self._dirty:  # nothing written since the last fsync
             return
@@ -253,6 +278,7 @@ class ReceiveFile(_ThreadFile):
         A small upload thus costs one thread hop at its end instead of five.
         """
         async with self._lock:
+            await self._settle()
             if self._checkpoint is not None and not self._checkpoint.done():
                 await self._checkpoint
             if self._failure:

@@ -12,7 +12,7 @@ import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -82,6 +82,8 @@ class Runtime:
     local_host: str = field(default_factory=socket.gethostname)
     # The gateway's OpenPGP keyring, for the tasks that encrypt, sign, decrypt, verify.
     keyring: Keyring | None = None
+    # A transfer as the API shows it (for NOTIFY); the composition supplies it.
+    transfer_json: Callable[[Transfer], dict[str, Any]] | None = None
 
     @property
     def progress_interval(self) -> float:
@@ -136,8 +138,9 @@ class Engine:
                 transfer.error_msg = "gateway shutting down"
                 await self.rt.store.save_transfer(transfer)
                 return
-        transfer.error_code, transfer.error_msg = ErrorCode.TeOk, ""
-        transfer.error_step = Step.NONE
+        if transfer.step != Step.ERROR_TASKS:  # a cut error chain keeps its error
+            transfer.error_code, transfer.error_msg = ErrorCode.TeOk, ""
+            transfer.error_step = Step.NONE
         transfer.start = transfer.start or self.rt.clock.now()
         data: DataStep = Partnerless() if transfer.is_server else ClientData(self.rt.clients)
         run = self.start(transfer, data)

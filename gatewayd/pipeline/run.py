@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
@@ -34,6 +34,7 @@ from gatewayd import crashpoints, lifecycle, safepath
 from gatewayd.errors import TaskError, TaskWarning, TransferError
 from gatewayd.lifecycle import CHAINS, STEPS, Event
 from gatewayd.model import ErrorCode, Step, TaskSpec, Transfer
+from gatewayd.outbound.context import Outbound
 from gatewayd.pipeline.datafile import ReceiveFile, SendFile
 from gatewayd.pipeline.files import CollisionPolicy, drop_temp, find_placed, place
 from gatewayd.safepath import Beneath
@@ -60,6 +61,10 @@ STOPPED: dict[StopReason, tuple[Event, ErrorCode, str]] = {
     StopReason.CANCEL: (Event.CANCEL, ErrorCode.TeCanceled, "transfer cancelled"),
     StopReason.SHUTDOWN: (Event.SHUTDOWN, ErrorCode.TeShuttingDown, "gateway shutting down"),
 }
+
+
+# A row with one of these codes has no failure recorded.
+_NO_ERROR = (ErrorCode.TeOk, ErrorCode.TeWarning)
 
 
 def stopped_error(reason: StopReason | None) -> TransferError:
@@ -120,6 +125,9 @@ class Run:
         self.inserted_at_data = False
         # The run started past DATA (a restart): leftovers of the last run may remain.
         self.resumed_after_data = False
+        # DONE was committed with the placing (no post task to run): the steps left
+        # have nothing to do.
+        self.finished = False
         # The task the row says is next when the run starts: it may have run already
         # (a crash between its work and the commit of its end).
         self.resumed_at = (transfer.step, transfer.task_number) if transfer.step in CHAINS else None
@@ -137,9 +145,14 @@ class Run:
         try:
             try:
                 t = self.transfer
+                if t.step == Step.ERROR_TASKS and t.error_code not in _NO_ERROR:
+                    await self.resume_error_chain()
+                    return
                 start = STEPS.index(t.step) if t.step in STEPS else 0
                 self.resumed_after_data = start > STEPS.index(Step.DATA)
                 for step in STEPS[start:]:
+                    if self.finished:
+                        break
                     await _STEP_WORK[step](self)
             except TransferError as exc:
                 await self.fail(exc)
@@ -267,6 +280,7 @@ class Run:
             log=self.log,
             remote=None if t.is_server else functools.partial(self._partner, t),
             keyring=self.rt.keyring,
+            outbound=outbound(self.rt.loaded, self.rt.transfer_json),
         )
 
     @contextlib.asynccontextmanager
@@ -333,6 +347,9 @@ class Run:
     async def fail(self, error: TransferError) -> None:
         """First error wins; run the error chain; end in ERROR at the failing step."""
         t = self.transfer
+        if self.finished:  # DONE is committed: what failed after it changes nothing
+            self.log.warning("error after the end ignored", error=error.message)
+            return
         if t.error_code in (ErrorCode.TeOk, ErrorCode.TeWarning):
             t.error_code, t.error_msg = error.code, error.message
             t.error_step = t.step
@@ -343,16 +360,50 @@ class Run:
         t.step, t.task_number = Step.ERROR_TASKS, 0
         with contextlib.suppress(Exception):
             await self.save()
-        for index, spec in enumerate(t.error_tasks):
+        await self.run_error_chain(error, failed_step, failed_task)
+
+    def error_chain(self) -> list[TaskSpec]:
+        """The rule's error tasks, then the daemon's `error_tasks` (the gateway-wide
+        error chain), numbered after them: their notices' keys differ from the rule's."""
+        daemon = self.rt.loaded.config.daemon
+        return [*self.transfer.error_tasks, *(task.spec() for task in daemon.error_tasks)]
+
+    async def run_error_chain(
+        self, error: TransferError, failed_step: Step, failed_task: int
+    ) -> None:
+        """Run the error chain from `task_number`, committing after each task (a crash
+        resumes it at the next one: `resume_error_chain`), then end in ERROR at the
+        failing step. A task that fails is logged and named in the transfer's message;
+        the first error stays."""
+        t = self.transfer
+        chain = self.error_chain()
+        own = len(t.error_tasks)
+        while t.task_number < len(chain):
+            index = t.task_number
+            spec = chain[index]
             try:
                 await self.run_task(spec, index, self.task_context(error))
             except TransferError as exc:  # never hides the first error
-                self.log.error("error task failed", error=exc.message)
-                t.error_msg += f"; error task #{index} ({spec.type}) failed"
+                where = "error task" if index < own else "gateway error task"
+                self.log.error(f"{where} failed", error=exc.message)
+                t.error_msg += f"; {where} #{index} ({spec.type}) failed"
+            t.task_number = index + 1
+            with contextlib.suppress(Exception):
+                await self.save()
         t.step, t.task_number = failed_step, failed_task if failed_step in CHAINS else 0
         lifecycle.apply(t, Event.FAIL)
         t.stop = self.rt.clock.now()
         await self.save()
+
+    async def resume_error_chain(self) -> None:
+        """A run that starts in ERROR TASKS (a crash in the error chain): the rest of
+        the chain, from the task that was cut (it may run twice: notices are
+        at-least-once), then ERROR with the error recorded. The failing chain's task
+        number is not kept through the crash: a later resume starts that chain over."""
+        t = self.transfer
+        self.error = TransferError(t.error_code, t.error_msg)
+        self.log.info("resuming the error chain", task_number=t.task_number)
+        await self.run_error_chain(self.error, t.error_step, 0)
 
     async def end_stopped(self, reason: StopReason) -> None:
         """The run was stopped from outside: record why, keeping the durable state."""
@@ -382,14 +433,24 @@ class Run:
                 await self._saving
 
     async def finalize(self) -> None:
-        t = self.transfer
         await self.enter(Step.FINALIZATION, commit=False)  # DONE is its one commit
+        await self._finish()
+
+    async def _finish(self) -> None:
+        t = self.transfer
         lifecycle.apply(t, Event.FINISH)
         t.step = Step.NONE
         t.task_number = 0
         t.stop = self.rt.clock.now()
         await self.save()
-        self.log.info("transfer done", size=t.filesize, sha256=t.sha256)
+        self.finished = True
+        self.log.info(
+            "transfer done",
+            file=t.local_filepath,
+            who=t.account or t.partner or "",
+            size=t.filesize,
+            sha256=t.sha256,
+        )
 
     # ------------------------------------------------------------------ data files
 
@@ -471,7 +532,22 @@ class Run:
         t.sha256 = sha
         # Committed whatever follows: the row must say where the file landed before
         # anything else happens to it; only then does the temp name go.
-        await self.enter(Step.POST_TASKS)
+        if t.post_tasks:
+            await self.enter(Step.POST_TASKS)
+        else:
+            # Nothing runs between the placing and the end: one commit records both
+            # (a small file's close waits for one commit instead of two). A crash
+            # before the temp name goes leaves a second name of a DONE transfer's
+            # file, which the next start removes (gatewayd.pipeline.leftovers).
+            await self.enter(Step.POST_TASKS, commit=False)
+            await self.enter(Step.FINALIZATION, commit=False)
+            await self._finish()
+            crashpoints.reached(crashpoints.AFTER_DONE)
+            try:
+                await asyncio.to_thread(drop_temp, tmp)
+            except OSError as exc:  # DONE stands; the next start removes the name
+                self.log.warning("temp name of a placed file kept", error=str(exc))
+            return
         await asyncio.to_thread(drop_temp, tmp)
 
     async def complete_send(self) -> None:
@@ -521,6 +597,22 @@ def _digest(where: Beneath) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def outbound(loaded: LoadedConfig, shape: Callable[[Transfer], dict[str, Any]] | None) -> Outbound:
+    """What the ICAP, EMAIL and NOTIFY tasks reach, from the current configuration."""
+    config = loaded.config
+    return Outbound(
+        icap=config.icap,
+        smtp=config.smtp,
+        notify=config.notify,
+        home=loaded.paths.home,
+        transfer_json=shape or _bare_transfer_json,
+    )
+
+
+def _bare_transfer_json(t: Transfer) -> dict[str, Any]:
+    return {"id": t.id, "remoteID": t.remote_id, "rule": t.rule, "status": str(t.status)}
 
 
 def _remove_temp(where: Beneath) -> None:

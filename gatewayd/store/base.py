@@ -531,6 +531,13 @@ class Store(ABC):
         insert its transfer, in one commit. False (nothing inserted, the transfer keeps
         no id) when that file was taken already."""
 
+    # -- leftovers of placed files
+
+    @abstractmethod
+    async def temp_paths_in_use(self) -> set[str]:
+        """The temp paths of every transfer not finished (not DONE nor CANCELLED): the
+        temp names a start-up sweep must leave alone."""
+
 
 class LiveWatched(NamedTuple):
     """What a scan compares with each file it sees: a record not seen gone yet."""

@@ -1024,6 +1024,12 @@ class PostgresStore(Store):
             raise
         return True
 
+    # -- leftovers of placed files
+
+    async def temp_paths_in_use(self) -> set[str]:
+        rows = await self._live_pool().fetch(_Q.temp_paths_in_use)
+        return {row[0] for row in rows}
+
 
 class _AlreadyFired(Exception):
     """Rolls back a firing that another commit recorded first."""

@@ -128,6 +128,9 @@ class Statements:
             f"FROM transfers WHERE {_PLANNED}"
         )
         self.next_expiry = f"SELECT min(next_attempt) FROM transfers WHERE {_AVAILABLE}"
+        self.temp_paths_in_use = (
+            f"SELECT tmp_filepath FROM transfers WHERE {_UNFINISHED} AND tmp_filepath <> ''"
+        )
         self.list_audit = q(
             f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit ORDER BY id DESC LIMIT ? OFFSET ?"
         )

@@ -801,6 +801,12 @@ class SqliteStore(Store):
             raise
         return True
 
+    # -- leftovers of placed files
+
+    async def temp_paths_in_use(self) -> set[str]:
+        rows = await self._reader().execute_fetchall(_Q.temp_paths_in_use)
+        return {row[0] for row in rows}
+
 
 class _AlreadyFired(Exception):
     """Rolls back a firing that another commit recorded first."""

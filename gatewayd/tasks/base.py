@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from gatewayd.errors import TransferError
 from gatewayd.model import Transfer
+from gatewayd.outbound.context import Outbound
 from gatewayd.requests import TransferRequest
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ class TaskContext:
     remote: Callable[[], AbstractAsyncContextManager[RemoteFiles]] | None = None
     # The gateway's OpenPGP keys (the ENCRYPT/DECRYPT/SIGN/VERIFY tasks); None: none.
     keyring: Keyring | None = None
+    # The servers that ICAP, EMAIL and NOTIFY reach (set by the driver; None otherwise).
+    outbound: Outbound | None = None
 
     @property
     def temp_tag(self) -> str | None:

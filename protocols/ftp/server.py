@@ -933,7 +933,8 @@ class FtpSession:
             self.log.info("upload refused", path=path, offset=offset, error=exc.message)
             await self.send(*reply_for(exc))
             return
-        self.log.info("upload starts", path=path, offset=offset, transfer_id=handle.transfer_id)
+        # Debug: the pipeline's "transfer done" is the line of record (one per file).
+        self.log.debug("upload starts", path=path, offset=offset, transfer_id=handle.transfer_id)
         await self.send(150, f"ok to send data for {posixpath.basename(path)} from byte {offset}")
         self._start(self._receive(handle, path))
 
@@ -1007,7 +1008,7 @@ class FtpSession:
             self.log.warning("upload failed", path=path, error=exc.message)
             await self.send(*reply_for(exc))
             return
-        self.log.info("upload complete", path=path, transfer_id=handle.transfer_id, size=position)
+        self.log.debug("upload complete", path=path, transfer_id=handle.transfer_id, size=position)
         if getattr(handle, "awaiting_rename", False):
             await self.send(226, f"{position} bytes held: complete once renamed (RNFR/RNTO)")
         else:
@@ -1128,7 +1129,7 @@ class FtpSession:
             await handle.close()
         except TransferError as exc:
             self.log.warning("download ended in error after its data", path=path, error=exc.message)
-        self.log.info("download complete", path=path, transfer_id=handle.transfer_id, size=size)
+        self.log.debug("download complete", path=path, transfer_id=handle.transfer_id, size=size)
         await self.send(226, f"transfer complete: {size - handle.offset} bytes sent")
 
 
