@@ -48,20 +48,13 @@ def key_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyFiles]:
         maker.close()
 
 
-def write_config(root: Path, keys: str, rule: str = "") -> Path:
+def write_config(root: Path, keys: str, rule: str = "", daemon: str = "") -> Path:
     config = root / "etc" / "gatewayd.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    text = (
-        textwrap.dedent("""
-        daemon:
-          home: ..
-        api:
-          enabled: false
-        keys:
-    """).lstrip("\n")
-        + textwrap.indent(textwrap.dedent(keys).strip("\n"), "  ")
-        + "\n"
-    )
+    indented = textwrap.indent(textwrap.dedent(daemon).strip("\n"), "  ")
+    text = "daemon:\n  home: ..\n" + (indented + "\n" if daemon else "")
+    text += "api:\n  enabled: false\nkeys:\n"
+    text += textwrap.indent(textwrap.dedent(keys).strip("\n"), "  ") + "\n"
     config.write_text(text)
     rules = root / "rules"
     rules.mkdir(exist_ok=True)
@@ -189,6 +182,11 @@ def test_tasks_naming_unknown_or_unfit_keys_at_their_line(
               signers: []
               colour: blue
         """,
+        daemon="""
+        error_tasks:
+          - type: ENCRYPT
+            args: {recipients: [partner, ghost]}
+        """,
     )
     rule = tmp_path / "rules" / "inbox.yaml"
     found = problems(config)
@@ -210,6 +208,8 @@ def test_tasks_naming_unknown_or_unfit_keys_at_their_line(
         at(line("type: DECRYPT"), "DECRYPT: no private key is configured"),
         at(line("signers: []"), "VERIFY: argument 'signers' names no key"),
         at(line("colour"), "VERIFY: unknown argument 'colour'"),
+        f"{config}:{line_of(config, 'ghost')}: ENCRYPT: unknown key 'ghost' (configured keys: "
+        "partner, signer)",
     ]  # fmt: skip
     for message in expected:
         assert any(p.startswith(message) for p in found), f"{message}\nnot in\n" + "\n".join(found)

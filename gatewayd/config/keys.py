@@ -21,12 +21,12 @@ from pydantic import ValidationError
 from gatewayd.config.paths import absolute
 from gatewayd.config.problems import Problem
 from gatewayd.config.schema import KeyConfig
-from gatewayd.config.yamlsource import YamlSource
+from gatewayd.config.yamlsource import DataPath, YamlSource
 from gatewayd.crypto.keys import EXPIRY_WARNING_DAYS, KeyFileError, KeyInfo, inspect_key_file
 from gatewayd.tasks.base import task_class
 from gatewayd.tasks.pgp import NEED_ENCRYPT, NEED_SIGN, PgpTask
 
-_CHAINS = ("pre", "post", "error")
+_CHAINS: tuple[DataPath, ...] = (("pre",), ("post",), ("error",))
 
 
 def _day(moment: datetime) -> str:
@@ -127,15 +127,17 @@ def check_key_references(
     infos: Mapping[str, KeyInfo],
     now: datetime | None = None,
     declared: Iterable[str] = (),
+    chains: Iterable[DataPath] = _CHAINS,
 ) -> list[Problem]:
-    """Problems of the OpenPGP tasks of one rule file with the keys they name."""
+    """Problems of the OpenPGP tasks listed at each of `chains` of `source` (a rule's
+    chains by default; `("daemon", "error_tasks")` in gatewayd.yaml) with the keys they
+    name."""
     now = now or datetime.now(UTC)
-    data = source.data
-    if not isinstance(data, dict):
-        return []
     problems: list[Problem] = []
-    for chain in _CHAINS:
-        tasks = data.get(chain)
+    for at in chains:
+        tasks: Any = source.data
+        for key in at:
+            tasks = tasks.get(key) if isinstance(tasks, dict) else None
         if not isinstance(tasks, list):
             continue
         for index, task in enumerate(tasks):
@@ -147,14 +149,14 @@ def check_key_references(
             args = task.get("args", {})
             if not isinstance(args, dict):
                 continue
-            at = (chain, index)
-            problems += _task_problems(source, at, cls, args, keys, infos, now, set(declared))
+            where = (*at, index)
+            problems += _task_problems(source, where, cls, args, keys, infos, now, set(declared))
     return problems
 
 
 def _task_problems(
     source: YamlSource,
-    at: tuple[str, int],
+    at: DataPath,
     cls: type[PgpTask],
     args: dict[str, Any],
     keys: Mapping[str, KeyConfig],

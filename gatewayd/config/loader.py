@@ -178,8 +178,12 @@ def load_config(path: Path | str) -> LoadedConfig:
     key_configs = config.keys if config is not None else valid_entries(data.get("keys"))
     key_infos, errors, key_warnings = check_keys(source, key_configs, paths.home)
     problems += errors
+    declared_keys = _declared(data, "keys")
     problems += all_reference_problems(
-        (i.source for i in checked), key_configs, key_infos, _declared(data, "keys")
+        (i.source for i in checked), key_configs, key_infos, declared_keys
+    )
+    problems += check_key_references(
+        source, key_configs, key_infos, None, declared_keys, [("daemon", "error_tasks")]
     )
     if problems or config is None:
         raise ConfigError(problems)
