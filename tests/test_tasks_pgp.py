@@ -168,7 +168,9 @@ async def both_ways(daemon: DaemonProcess, loaded: Any, keys: Keys, tmp_path: Pa
         row = await upload(run, "inbox", sent)
         assert row["status"] == "ERROR" and row["error_code"] == "TeExternalOperation", row
         assert message in row["error_msg"], (name, row["error_msg"])
-        assert "DECRYPT&VERIFY" in row["error_msg"]
+        said = row["error_msg"]
+        assert said.startswith("task #0 (DECRYPT&VERIFY) failed: DECRYPT&VERIFY: "), said
+        assert "DECRYPT&VERIFY: DECRYPT&VERIFY" not in said, said
         assert (staging / sent.name).read_bytes() == sent.read_bytes(), "input untouched"
         assert not (run.released / sent.name).exists()
         assert [p.name for p in staging.iterdir() if p.name.startswith(".")] == []
@@ -293,7 +295,8 @@ async def test_keys_listed_expiring_key_fails_and_reload_reimports(
         up = await run_curl("-u", ALICE, "-T", str(tmp_path / "b.bin"), f"{base}/push/")
         row = await env.wait_end(int(up.headers["waarp-transfer-id"]))
         assert row.status.name == "ERROR" and str(row.error_code) == "TeExternalOperation"
-        assert f"ENCRYPT: key 'soon' ({soon.fingerprint}) expired on " in row.error_msg, row
+        said = f"task #0 (ENCRYPT) failed: ENCRYPT: key 'soon' ({soon.fingerprint}) expired on "
+        assert row.error_msg.startswith(said), row.error_msg
         assert not (folder / "b.bin.pgp").exists() and (folder / "b.bin").exists()
 
         # A reload: a key added, one removed; the keyring follows the configuration.

@@ -110,7 +110,9 @@ async def test_failures_leave_the_file_untouched(tmp_path: Path, keyring: Keyrin
         with pytest.raises(TaskError) as caught:
             await run_task(type_name, args, ctx)
         assert caught.value.code == ErrorCode.TeExternalOperation
-        assert caught.value.message.startswith(f"{type_name}: ") and message in caught.value.message
+        said = caught.value.message
+        assert said.startswith(f"{type_name}: ") and message in said, said
+        assert not said.startswith(f"{type_name}: {type_name}"), said
         assert path.read_bytes() == CONTENT and leftovers(path.parent) == []
 
     # Signed but not by one of `signers`.

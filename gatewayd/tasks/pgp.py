@@ -99,7 +99,7 @@ class PgpTask(ArgsTask):
         overwrite = dest == source or self.flag(args, "overwrite")
         try:
             async with ctx.keyring.using() as ring:
-                command = self._command(args, ring, ctx.now())
+                command = self._command(args, ring, _aware(ctx))
                 if ctx.rerun and await self._done_before(ctx, ring, command, source, dest):
                     ctx.log.info(f"{self.type_name}: done by the interrupted run: {dest}")
                 else:
@@ -113,6 +113,8 @@ class PgpTask(ArgsTask):
         except OSError as error:
             raise self.fail(_fsops.os_error_text(error)) from error
         except TaskError as error:
+            if error.message.startswith(f"{self.type_name}: "):
+                raise  # said by this task already
             raise TaskError(f"{self.type_name}: {error.message}", error.code) from None
         if dest != source:
             follow(ctx, dest)
@@ -287,6 +289,12 @@ class _Command:
         self.armor = False
         self.compress = True
         self.verified: Key | None = None
+
+
+def _aware(ctx: TaskContext) -> datetime:
+    """The task's time, with a zone (a naive clock is taken as in the gateway's zone)."""
+    now = ctx.now()
+    return now if now.tzinfo is not None else now.replace(tzinfo=ctx.timezone)
 
 
 def ring_program(ctx: TaskContext) -> str:
