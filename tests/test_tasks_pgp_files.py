@@ -180,3 +180,36 @@ async def test_a_signature_by_a_key_expired_since_fails_with_its_own_message(
         assert Path(f"{path}.gpg").exists() and leftovers(path.parent) == []
     finally:
         await ring.close()
+
+
+async def test_two_private_keys_each_with_its_passphrase(
+    tmp_path: Path, key_files: dict[str, KeyConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second private key, its passphrase in the environment: DECRYPT gives gpg the
+    passphrase of the key the file is encrypted for."""
+    maker = GpgPeer(tmp_path / "maker")
+    try:
+        second = maker.generate("second", tmp_path / "keys", passphrase="env-pass")
+    finally:
+        maker.close()
+    assert second.secret is not None
+    monkeypatch.setenv("GD_TEST_SECOND_PASS", "env-pass")
+    configs = dict(key_files)
+    configs["second"] = KeyConfig(
+        file=second.secret, kind="private", passphrase_env="GD_TEST_SECOND_PASS"
+    )
+    infos = {name: inspect_key_file(config.file) for name, config in configs.items()}
+    ring = Keyring(tmp_path / "state")
+    await ring.load(configs, infos, tmp_path)
+    try:
+        for recipient in ("second", "ours"):
+            ctx = file_ctx(tmp_path / recipient, content=CONTENT)
+            ctx.keyring = ring
+            path = Path(ctx.transfer.local_filepath)
+            await run_task("ENCRYPT&SIGN", {"recipients": recipient, "signer": "second"}, ctx)
+            assert path.read_bytes() != CONTENT
+            await run_task("DECRYPT&VERIFY", {"signers": "second"}, ctx)
+            assert path.read_bytes() == CONTENT
+    finally:
+        await ring.close()
+    assert not (tmp_path / "state" / "gpg" / "1").exists()

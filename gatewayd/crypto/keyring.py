@@ -242,7 +242,9 @@ class Keyring:
 # (100 ms of hashing by default, seconds on a busy machine), then pays it again on every
 # use: every file signed or decrypted. The passphrase sits next to the keyring anyway
 # (its file, or the daemon's environment), so a slow derivation protects little here.
-_AGENT_CONF = "s2k-calibration 10\n"
+# Nothing cached: each run unlocks its key with the passphrase it gives, so what a task
+# does never depends on what an earlier one unlocked.
+_AGENT_CONF = "s2k-calibration 10\ndefault-cache-ttl 0\nmax-cache-ttl 0\n"
 
 
 def _fresh_folder(path: Path) -> None:

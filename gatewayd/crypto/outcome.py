@@ -44,10 +44,14 @@ def _when(timestamp: str) -> str:
 def _common(result: GpgResult, ring: Ring) -> None:
     """Failures any operation may end with."""
     if result.bad_passphrase():
-        bad = result.first("BAD_PASSPHRASE") or result.first("NEED_PASSPHRASE")
-        raise PgpFailure(
-            f"wrong passphrase for {_who(ring, bad.args[0] if bad and bad.args else '?')}"
-        )
+        ids = [
+            s.args[0]
+            for s in result.status
+            if s.keyword in ("BAD_PASSPHRASE", "NEED_PASSPHRASE", "ENC_TO") and s.args
+        ]
+        keys = [key for key in map(ring.by_id, ids) if key is not None and key.kind == "private"]
+        who = f"key '{keys[0].name}' ({keys[0].info.fingerprint})" if keys else "a private key"
+        raise PgpFailure(f"wrong passphrase for {who}")
     for keyword, role in (("INV_RECP", "recipient"), ("INV_SGNR", "signing")):
         invalid = result.first(keyword)
         if invalid is not None and len(invalid.args) >= 2:
