@@ -119,7 +119,7 @@ class Gateway:
         )
         self.clients = ClientPool(loaded)
         # The OpenPGP keys of `keys:`, imported into a keyring of our own by prepare().
-        self.keyring = Keyring(loaded.paths.state_dir)
+        self.keyring = Keyring(loaded.paths.state_dir, loaded.config.daemon.node_name())
         self.rt = Runtime(
             loaded,
             store,

@@ -1,7 +1,7 @@
 """The gateway's own GnuPG keyring, built from the configuration's `keys:`.
 
 The configuration is the source of truth: at start and on each reload, a fresh GnuPG
-home is made under `<state>/gpg/` and every configured key imported into it; only then
+home is made under `<state>/gpg/<node>/` and every configured key imported into it; only then
 does it replace the one in use (a reload that fails keeps the previous keyring). A key
 removed from the configuration is thus gone from the keyring at once. Runs in flight
 keep the home they started with; a replaced home is removed (and its gpg-agent stopped)
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Mapping
@@ -84,8 +85,12 @@ def read_passphrase(config: KeyConfig, home: Path) -> str:
 class Keyring:
     """The keyring in use, swapped whole by `load`."""
 
-    def __init__(self, state_dir: Path, program: str = "gpg") -> None:
-        self.root = state_dir / "gpg"
+    def __init__(self, state_dir: Path, node: str = "", program: str = "gpg") -> None:
+        # Nodes may share a state folder: each has a folder of its own (a short name:
+        # the agent's socket path must stay within the 108 bytes of a Unix socket).
+        self.root = (
+            state_dir / "gpg" / (hashlib.sha256(node.encode()).hexdigest()[:8] if node else "0")
+        )
         self.program = program
         self.current: Ring | None = None
         self._generation = 0
