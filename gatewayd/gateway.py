@@ -20,6 +20,7 @@ import structlog
 from gatewayd import ports
 from gatewayd.api.shapes import transfer_json
 from gatewayd.automation.pollers import PollerService
+from gatewayd.automation.retention import AutomationRetention
 from gatewayd.automation.schedules import ScheduleService
 from gatewayd.automation.watchers import Watchers
 from gatewayd.clock import Clock, SystemClock
@@ -177,6 +178,7 @@ class Gateway:
         self.pollers = PollerService(
             store, self.service, self.clients, self.clock, loaded, daemon.node_name()
         )
+        self.retention = AutomationRetention(store, self.clock, daemon.automation_retention)
         # One of each for every server: login failures and an account's transfers add
         # up whatever the protocol.
         # Counted in the database when nodes share it: guesses add up over the nodes.
@@ -303,6 +305,7 @@ class Gateway:
         await self.bus.start()
         await self.schedules.start()
         await self.pollers.start()
+        self.retention.start()
         for name, server_config, server in prepared:
             try:
                 await server.start()
@@ -392,6 +395,7 @@ class Gateway:
         )
         self.schedules.reload(loaded)
         self.pollers.reload(loaded)
+        self.retention.retention = loaded.config.daemon.automation_retention
 
     async def stop(self, timeout: float) -> Stopped:
         """Stop within about `timeout` seconds, so that no partner loses an answer:
@@ -423,7 +427,11 @@ class Gateway:
         await _all(left(), [("stop", "watchers", self.watchers.stop)])
         await _all(
             left(),
-            [("stop", "schedules", self.schedules.stop), ("stop", "pollers", self.pollers.stop)],
+            [
+                ("stop", "schedules", self.schedules.stop),
+                ("stop", "pollers", self.pollers.stop),
+                ("stop", "retention", self.retention.stop),
+            ],
         )
         await _all(left(), [("stop", "cluster bus", self.bus.stop)])
         await _all(left(), [("stop", "scheduler", self.scheduler.stop)])

@@ -1,10 +1,12 @@
-"""A schedule on two real `gatewayd serve` nodes sharing one PostgreSQL database: every
-firing happens once (one record, one transfer) though both nodes try each one, and
-after `kill -9` of one node the other goes on firing alone."""
+"""A schedule on two real `gatewayd serve` nodes sharing one PostgreSQL database: one
+node fires it (the leader, gatewayd.automation.leader), every firing once (one record,
+one transfer); after `kill -9` of that node the other takes over once its lease ran
+out, catches up the latest firing missed meanwhile (once) and goes on alone."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -64,29 +66,32 @@ async def test_two_nodes_fire_each_time_once_and_one_goes_on_alone(
     a, b = await c.start("node-a", "node-b")
     try:
         both = await wait_runs(pg_database, 3, "with two nodes", c)
-        # One record per firing, each with its own transfer, EVERY seconds apart.
+        # One record per firing, each with its own transfer, all made by the leader.
         times = [r[0] for r in both]
         assert len(set(times)) == len(times)
         ids = [r[1] for r in both]
         assert None not in ids and len(set(ids)) == len(ids)
-        # Both nodes tried: the loser of each firing made no transfer.
-        fired = [e for n in (a, b) for e in n.log_events("schedule fired")]
-        fired_times = sorted(e["fire_time"] for e in fired)
-        assert len(fired_times) == len(set(fired_times)), "a firing made twice"
-        # ...and the other node tried each one too: its insert found the record.
-        lost = [e for n in (a, b) for e in n.log_events("schedule firing made already")]
-        assert lost, "only one node tried"
-        assert {e["fire_time"] for e in lost} <= set(fired_times)
+        assert {r[2] for r in both} == {"node-a"}, both
+        assert not b.log_events("schedule fired"), "the node on standby fired"
+        assert not b.log_events("schedule firing made already"), "the standby node tried"
 
-        await b.daemon.kill()
+        await a.daemon.kill()
         before = len(await runs(pg_database))
-        after = await wait_runs(pg_database, before + 2, "after kill -9 of node-b", c)
-        assert {r[2] for r in after[before:]} == {"node-a"}
+        after = await wait_runs(pg_database, before + 3, "after kill -9 of node-a", c)
+        assert {r[2] for r in after[before:]} == {"node-b"}
+        # Its first firing is the catch-up of the latest time missed while node-a's
+        # lease ran out (once, however many were missed); then each time as usual.
+        [caught] = b.log_events("catching up a missed firing")
+        first = datetime.fromisoformat(after[before][0])
+        assert datetime.fromisoformat(caught["fire_time"]) == first
+        last_of_a = datetime.fromisoformat(after[before - 1][0])
+        assert first - last_of_a > timedelta(seconds=EVERY), "nothing was missed: no takeover"
         counts = await pg_raw(
             pg_database,
-            "SELECT count(*), count(DISTINCT transfer_id) FROM schedule_runs",
+            "SELECT count(*), count(DISTINCT transfer_id), count(DISTINCT fire_time) "
+            "FROM schedule_runs",
         )
-        assert counts[0][0] == counts[0][1]
+        assert counts[0][0] == counts[0][1] == counts[0][2]
         total = (await pg_raw(pg_database, "SELECT count(*) FROM transfers"))[0][0]
         assert total == counts[0][0], "one transfer per firing, nothing else"
     finally:

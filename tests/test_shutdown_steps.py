@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from gatewayd.errors import TransferError
-from gatewayd.model import Direction, ErrorCode, Status
+from gatewayd.model import Direction, ErrorCode, Status, Step, Transfer
+from gatewayd.pipeline.run import StopReason
 from gatewayd.store.base import TransferFilter
 from tests.gateway_env import GatewayEnv, exec_task
 from tests.http_support import PASSWORD, http_gateway
@@ -124,3 +125,28 @@ async def test_an_open_cut_short_never_leaves_its_row_running(env: GatewayEnv) -
             await asyncio.sleep(0.01)
     left = [(name, status) for name, status in await rows(env) if status == Status.RUNNING]
     assert left == []
+
+
+async def test_a_stop_arriving_as_done_is_committed_changes_nothing(env: GatewayEnv) -> None:
+    """Without post tasks DONE is committed with the placing: a stop that lands at that
+    moment (here: as the run enters FINALIZATION) finds the transfer over and leaves
+    it DONE, the partner told it worked."""
+    env.rule("plain", "receive")
+    await env.start()
+    stops: list[asyncio.Future[bool]] = []
+
+    async def stop_now(transfer: Transfer, step: Step) -> None:
+        if step == Step.FINALIZATION and transfer.id is not None:
+            stops.append(
+                asyncio.ensure_future(env.gw.engine.stop(transfer.id, StopReason.SHUTDOWN))
+            )
+            await asyncio.sleep(0)  # the stop has cancelled the run's task
+
+    env.hooks.before_step = stop_now
+    upload = await env.server().open_transfer("alice", "/plain/late.bin", Direction.RECEIVE)
+    await upload.write(0, b"z" * 100)
+    await upload.close()
+    assert stops and await stops[0], "the stop found the run"
+    row = await env.row(upload.transfer_id)
+    assert (row.status, row.error_code) == (Status.DONE, ErrorCode.TeOk), row.error_msg
+    assert row.filesize == 100

@@ -90,6 +90,7 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         "0007_cluster.sql",
         "0008_watchers.sql",
         "0009_schedules.sql",
+        "0010_automation_state.sql",
     ]
     objects = {
         (kind, name)
@@ -606,6 +607,42 @@ async def test_find_unfinished_upload(store: Store) -> None:
     latest = await store.insert_transfer(upload(status=Status.INTERRUPTED, progress=1234))
     found = await store.find_unfinished_upload("acct", "in", "data.csv")
     assert found is not None and (found.id, found.progress) == (latest.id, 1234)
+
+
+async def test_unfinished_uploads_are_found_across_renames_ends_and_restarts(
+    backend: Backend,
+) -> None:
+    """SQLite answers most of these without a query (its in-memory index of names
+    that may have one): the answers must be the database's."""
+
+    def upload(**kw: Any) -> Transfer:
+        base: dict[str, Any] = {"is_server": True, "is_send": False, "partner": None}
+        base.update(account="acct", rule="in", dest_filename="a.part", status=Status.RUNNING)
+        base.update(kw)
+        return make(**base)
+
+    first = backend.make()
+    await first.open()
+    try:
+        t = await first.insert_transfer(upload())
+        t.dest_filename = "a.csv"  # the partner renamed its temporary name
+        await first.save_transfer(t)
+        found = await first.find_unfinished_upload("acct", "in", "a.csv")
+        assert found is not None and found.id == t.id
+        t.status = Status.DONE
+        await first.save_transfer(t)
+        assert await first.find_unfinished_upload("acct", "in", "a.csv") is None
+        kept = await first.insert_transfer(upload(dest_filename="b.csv", status=Status.ERROR))
+    finally:
+        await first.close()
+    again = backend.make()
+    await again.open()
+    try:
+        found = await again.find_unfinished_upload("acct", "in", "b.csv")
+        assert found is not None and found.id == kept.id, "rows of an earlier run count"
+        assert await again.find_unfinished_upload("acct", "in", "a.csv") is None
+    finally:
+        await again.close()
 
 
 async def test_interrupt_running(store: Store) -> None:

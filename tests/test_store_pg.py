@@ -83,6 +83,8 @@ async def test_migrations_from_empty(pg_database: str) -> None:
         "schedule_state",
         "poller_files",
         "watched_files",
+        "automation_state",
+        "poller_seen",
     }
     columns = await pg_raw(
         pg_database,

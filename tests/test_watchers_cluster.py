@@ -1,5 +1,6 @@
 """Two real nodes on one PostgreSQL database with one watcher: one node scans it (the
-other stands by), every file is sent exactly once; the scanning node killed by SIGKILL,
+other stands by), every file is sent exactly once; a pause asked of the standby node
+holds on the scanning one (the database keeps it); the scanning node killed by SIGKILL,
 the other takes the watcher over and sends what is dropped next, still once each."""
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ async def states(session: aiohttp.ClientSession, node: Node) -> str:
     return str(body["status"]["state"])
 
 
+async def wait_state(session: aiohttp.ClientSession, node: Node, state: str) -> None:
+    try:
+        async with asyncio.timeout(20):
+            while await states(session, node) != state:
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"{node.name} never {state}: {await states(session, node)}") from None
+
+
 async def test_one_watcher_two_nodes_each_file_once_and_takeover(cluster: Cluster) -> None:
     cluster.partners["share"] = {"protocol": "local", "root": str(cluster.share)}
     cluster.rules["out"] = {"name": "out", "direction": "send", "path": "/out", "allow": "all"}
@@ -74,6 +84,15 @@ async def test_one_watcher_two_nodes_each_file_once_and_takeover(cluster: Cluste
         # Fired on the standby node: it does not scan.
         status, body, _ = await call(session, "POST", f"{other.api}/api/watchers/drop/fire")
         assert status == 200 and body["notScanned"], body
+        # Paused through the standby node: the scanning node reads it at its next scan.
+        status, body, _ = await call(session, "POST", f"{other.api}/api/watchers/drop/pause")
+        assert status == 200 and body["status"]["pausedBy"] == "admin", body
+        await wait_state(session, scanner, "paused")
+        paused = await pg_raw(cluster.dsn, "SELECT kind, name, paused FROM automation_state")
+        assert [tuple(r) for r in paused] == [("watcher", "drop", 1)]
+        status, body, _ = await call(session, "POST", f"{scanner.api}/api/watchers/drop/resume")
+        assert status == 200 and not body["status"]["paused"], body
+        await wait_state(session, scanner, "running")
 
     await scanner.daemon.kill()
     second = [f"b{i:03}.bin" for i in range(40)]

@@ -1,6 +1,7 @@
 """`/api/pollers`: what each remote poller is, its state (last and next look, files
-seen, taken, skipped) and `fire` (look now); `PUT` and `DELETE` write and remove its
-file in `daemon.pollers_dir` (gatewayd.api.automation). The `rules` permission: read to
+seen, taken, skipped), `fire` (look now), `pause` and `resume` (kept in the database:
+on every node, across restarts); `PUT` and `DELETE` write and remove its file in
+`daemon.pollers_dir` (gatewayd.api.automation). The `rules` permission: read to
 look, write to act, delete to delete.
 """
 
@@ -29,6 +30,10 @@ POLLER_PROPERTIES: dict[str, Any] = {
     "lastRun": TIME,
     "nextRun": TIME,
     "lastError": {"type": "string"},
+    "state": {"enum": ["active", "paused"]},
+    "pausedBy": {"type": "string", "description": "who paused it last"},
+    "pausedAt": TIME,
+    "pausedLooks": {**COUNT, "description": "looks not made on this node: paused"},
     "polls": COUNT,
     "seen": {**COUNT, "description": "matching files in the last listing"},
     "taken": {**COUNT, "description": "files this node made a transfer of"},
@@ -65,9 +70,9 @@ def _pollers(call: Call) -> PollerService:
     return call.ctx.pollers
 
 
-def _poller_json(call: Call, name: str) -> dict[str, Any]:
+async def _poller_json(call: Call, name: str) -> dict[str, Any]:
     service, tz = _pollers(call), call.ctx.tz
-    config, stats = service.config(name), service.stats(name)
+    config, stats = service.config(name), await service.read_pause(name)
     return {
         "name": name,
         "partner": config.partner,
@@ -81,6 +86,10 @@ def _poller_json(call: Call, name: str) -> dict[str, Any]:
         "lastRun": rfc3339(stats.last_poll, tz),
         "nextRun": rfc3339(stats.next_poll, tz),
         "lastError": stats.last_error,
+        "state": "paused" if stats.paused else "active",
+        "pausedBy": stats.paused_by,
+        "pausedAt": rfc3339(stats.paused_at, tz),
+        "pausedLooks": stats.paused_looks,
         "polls": stats.polls,
         "seen": stats.seen,
         "taken": stats.taken,
@@ -100,7 +109,7 @@ def _poller_json(call: Call, name: str) -> dict[str, Any]:
 )
 async def list_pollers(call: Call) -> web.StreamResponse:
     names = _pollers(call).names()
-    return web.json_response({"pollers": [_poller_json(call, n) for n in names]})
+    return web.json_response({"pollers": [await _poller_json(call, n) for n in names]})
 
 
 @route(
@@ -115,7 +124,7 @@ async def list_pollers(call: Call) -> web.StreamResponse:
 async def get_poller(call: Call) -> web.StreamResponse:
     name = call.request.match_info["name"]
     try:
-        return web.json_response(_poller_json(call, name))
+        return web.json_response(await _poller_json(call, name))
     except UnknownPoller:
         raise not_found(f"no poller '{name}'") from None
 
@@ -136,7 +145,43 @@ async def fire_poller(call: Call) -> web.StreamResponse:
     except UnknownPoller:
         raise not_found(f"no poller '{name}'") from None
     await call.audit("fire poller", name)
-    return web.json_response(_poller_json(call, name), status=202)
+    return web.json_response(await _poller_json(call, name), status=202)
+
+
+async def _pause(call: Call, paused: bool) -> web.StreamResponse:
+    name = call.request.match_info["name"]
+    try:
+        await _pollers(call).set_paused(name, paused, call.principal.user)
+    except UnknownPoller:
+        raise not_found(f"no poller '{name}'") from None
+    await call.audit("pause poller" if paused else "resume poller", name)
+    return web.json_response(await _poller_json(call, name))
+
+
+@route(
+    "POST",
+    "/api/pollers/{name}/pause",
+    summary="Pause a poller on every node, across restarts (no look until resumed)",
+    area="rules",
+    letter="w",
+    tag="automation",
+    responses={200: ("Paused", "Poller"), 404: ("No such poller", "Errors"), **ERRORS},
+)
+async def pause_poller(call: Call) -> web.StreamResponse:
+    return await _pause(call, True)
+
+
+@route(
+    "POST",
+    "/api/pollers/{name}/resume",
+    summary="Resume a paused poller (it looks at once)",
+    area="rules",
+    letter="w",
+    tag="automation",
+    responses={200: ("Active", "Poller"), 404: ("No such poller", "Errors"), **ERRORS},
+)
+async def resume_poller(call: Call) -> web.StreamResponse:
+    return await _pause(call, False)
 
 
 @route(
@@ -154,7 +199,7 @@ async def put_poller(call: Call) -> web.StreamResponse:
         return None  # the pollers apply a reload at once
 
     async def shown(name: str) -> dict[str, Any]:
-        return _poller_json(call, name)
+        return await _poller_json(call, name)
 
     return await put_file(call, "poller", applied, shown)
 

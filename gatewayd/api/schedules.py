@@ -15,7 +15,7 @@ from gatewayd.api.errors import not_found
 from gatewayd.api.routes import SCHEMAS, Call, route
 from gatewayd.api.shapes import rfc3339, transfer_json
 from gatewayd.automation.schedules import ScheduleService, UnknownSchedule
-from gatewayd.store.base import ScheduleState
+from gatewayd.store.base import PauseState, ScheduleState
 
 SCHEDULE_PROPERTIES: dict[str, Any] = {
     "name": {"type": "string"},
@@ -23,6 +23,8 @@ SCHEDULE_PROPERTIES: dict[str, Any] = {
     "timezone": {"type": "string", "description": "the schedule's zone, or the gateway's"},
     "catchUp": {"enum": ["once", "skip"]},
     "state": {"enum": ["active", "paused"]},
+    "pausedBy": {"type": "string", "description": "who paused it last"},
+    "pausedAt": TIME,
     "transfer": {"type": "object", "description": "the request each firing makes"},
     "since": TIME,
     "lastRun": TIME,
@@ -34,6 +36,8 @@ SCHEDULE_PROPERTIES: dict[str, Any] = {
     "duplicates": {**COUNT, "description": "firings another node (or run) made first"},
     "skipped": {**COUNT, "description": "firings dropped: paused, or missed with skip"},
     "errors": {**COUNT, "description": "firings whose transfer was refused"},
+    "standby": {**COUNT, "description": "times left to the node that fires the schedules"},
+    "firesHere": {"type": "boolean", "description": "this node fires the schedules now"},
 }
 SCHEMAS["Schedule"] = {"type": "object", "properties": SCHEDULE_PROPERTIES}
 SCHEMAS["ScheduleList"] = {
@@ -80,7 +84,9 @@ def _schedules(call: Call) -> ScheduleService:
     return call.ctx.schedules
 
 
-def _schedule_json(call: Call, name: str, state: ScheduleState | None) -> dict[str, Any]:
+def _schedule_json(
+    call: Call, name: str, state: ScheduleState | None, pause: PauseState | None
+) -> dict[str, Any]:
     service, tz = _schedules(call), call.ctx.tz
     config, stats = service.config(name), service.stats(name)
     return {
@@ -89,6 +95,8 @@ def _schedule_json(call: Call, name: str, state: ScheduleState | None) -> dict[s
         "timezone": config.timezone or str(tz),
         "catchUp": config.catch_up,
         "state": "paused" if state is not None and state.paused else "active",
+        "pausedBy": pause.paused_by if pause else "",
+        "pausedAt": rfc3339(pause.paused_at if pause else None, tz),
         "transfer": config.transfer.request(),
         "since": rfc3339(state.since if state else None, tz),
         "lastRun": rfc3339(state.last_fire if state else None, tz),
@@ -100,6 +108,8 @@ def _schedule_json(call: Call, name: str, state: ScheduleState | None) -> dict[s
         "duplicates": stats.duplicates,
         "skipped": stats.skipped,
         "errors": stats.errors,
+        "standby": stats.standby,
+        "firesHere": service.leading,
     }
 
 
@@ -107,7 +117,8 @@ async def _one_schedule(call: Call, name: str | None = None) -> dict[str, Any]:
     name = name or call.request.match_info["name"]
     if name not in _schedules(call).names():
         raise not_found(f"no schedule '{name}'")
-    return _schedule_json(call, name, await call.ctx.store.schedule_state(name))
+    pause = (await call.ctx.store.pause_states("schedule")).get(name)
+    return _schedule_json(call, name, await call.ctx.store.schedule_state(name), pause)
 
 
 @route(
@@ -121,7 +132,10 @@ async def _one_schedule(call: Call, name: str | None = None) -> dict[str, Any]:
 )
 async def list_schedules(call: Call) -> web.StreamResponse:
     states = await _schedules(call).states()
-    found = [_schedule_json(call, n, states.get(n)) for n in _schedules(call).names()]
+    pauses = await call.ctx.store.pause_states("schedule")
+    found = [
+        _schedule_json(call, n, states.get(n), pauses.get(n)) for n in _schedules(call).names()
+    ]
     return web.json_response({"schedules": found})
 
 
@@ -172,7 +186,7 @@ async def fire_schedule(call: Call) -> web.StreamResponse:
 async def _pause(call: Call, paused: bool) -> web.StreamResponse:
     name = call.request.match_info["name"]
     try:
-        await _schedules(call).set_paused(name, paused)
+        await _schedules(call).set_paused(name, paused, call.principal.user)
     except UnknownSchedule:
         raise not_found(f"no schedule '{name}'") from None
     await call.audit("pause schedule" if paused else "resume schedule", name)

@@ -4,8 +4,9 @@ A watcher is written like a rule (gatewayd.api.rules): JSON with the YAML file's
 names, or the YAML itself, checked as `check-config` checks the watchers folder, written
 atomically as `watchers/<name>.yaml`, then the whole configuration is loaded again and
 swapped in (and, with several nodes, announced to the others). Pause and resume are
-this node's (not written to the file: `enabled: false` in the file stops a watcher
-everywhere, for good). Permissions: the `rules` area.
+kept in the database: they hold on every node and across restarts, until resumed
+(`enabled: false` in the file is the configuration's switch). Permissions: the `rules`
+area.
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ async def watcher_json(call: Call, config: WatcherConfig) -> dict[str, Any]:
     body = config.model_dump(mode="json", exclude={"source"})
     watchers = call.ctx.watchers
     watch = watchers.get(config.name) if watchers is not None else None
+    if watchers is not None and watch is not None:
+        await watchers.read_pause(config.name)
     state = watch.state if watch is not None else WatcherState(config.name, state="stopped")
     totals = {key: state.totals.get(key, 0) for key in OUTCOMES}
     body["status"] = {
         "state": state.state,
         "paused": state.paused,
+        "pausedBy": state.paused_by,
+        "pausedAt": rfc3339(state.paused_at, call.ctx.loaded.tz),
         "lastScan": rfc3339(state.last_scan, call.ctx.loaded.tz),
         "lastError": state.last_error,
         "seen": state.seen,
@@ -239,10 +244,7 @@ async def _act(call: Call, action: str) -> web.StreamResponse:
     watchers = _service(call)
     if watchers.get(name) is None:
         raise conflict(f"watcher '{name}' is not running", "not_running")
-    if action == "pause":
-        watchers.pause(name)
-    else:
-        watchers.resume(name)
+    await watchers.set_paused(name, action == "pause", call.principal.user)
     await call.audit(f"watcher.{action}", f"watcher/{name}", {})
     return web.json_response(await watcher_json(call, config))
 
@@ -250,7 +252,7 @@ async def _act(call: Call, action: str) -> web.StreamResponse:
 @route(
     "POST",
     "/api/watchers/{name}/pause",
-    summary="Pause a watcher on this node (no scan until resumed or restarted)",
+    summary="Pause a watcher on every node, across restarts, until resumed",
     area="rules",
     letter="w",
     tag="watchers",
@@ -340,6 +342,8 @@ SCHEMAS["Watcher"] = {
                             ],
                         },
                         "paused": {"type": "boolean"},
+                        "pausedBy": {**_STR, "description": "Who paused it last"},
+                        "pausedAt": {"type": ["string", "null"], "format": "date-time"},
                         "lastScan": {"type": ["string", "null"], "format": "date-time"},
                         "lastError": _STR,
                         "seen": _INT,

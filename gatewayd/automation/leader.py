@@ -1,8 +1,9 @@
-"""Which node runs the pollers when several share a PostgreSQL database: the first, by
-name, of the nodes whose lease holds. When it dies, its lease runs out and the next one
-takes over at its next look; meanwhile the records of files taken keep every file
-fetched once whoever looks (gatewayd.store `insert_take`), so a handover at any moment
-never fetches a file twice. With SQLite (one node) this node always runs them."""
+"""Which node runs the pollers and fires the schedules when several share a PostgreSQL
+database: the first, by name, of the nodes whose lease holds. When it dies, its lease
+runs out and the next one takes over at its next look; meanwhile the records of files
+taken and of firings keep each file fetched once and each firing made once whoever
+acts (gatewayd.store `insert_take`, `insert_fire`), so a handover at any moment never
+makes anything twice. With SQLite (one node) this node always runs them."""
 
 from __future__ import annotations
 

@@ -6,9 +6,17 @@ settled: the same size and time on two consecutive looks, so that a file the par
 is still writing is not fetched half-written. Taking it inserts its transfer and the
 record of the file in one commit under that key (gatewayd.store `insert_take`): it is
 fetched once, whichever node looked, and across restarts. On a shared database one
-node looks at a time (gatewayd.automation.leader). `after: delete` / `move` end
-the transfer's post chain with REMOTEDELETE / REMOTEMOVE, which run only once the file
-is here whole and the rule's own post tasks passed.
+node looks at a time (gatewayd.automation.leader). The first look of a file is kept
+in the database too (`poller_seen`): after a restart, or when another node takes over,
+the next look settles what the last one saw instead of starting again. Each look also
+marks the files taken that it no longer lists (`note_poller_listing`): the retention
+purges only those (gatewayd.automation.retention). Pause and resume are kept in the
+database (kind "poller"): they hold on every node and across restarts.
+
+`after: delete` / `move` end the transfer's post chain with REMOTEDELETE / REMOTEMOVE,
+which run only once the file is here whole and the rule's own post tasks passed. A
+poller whose configuration changes while the daemon runs starts its first looks again
+(what it took stays taken).
 """
 
 from __future__ import annotations
@@ -54,6 +62,11 @@ class PollerStats:
     last_poll: datetime | None = None
     next_poll: datetime | None = None
     last_error: str = ""
+    paused: bool = False
+    paused_by: str = ""
+    paused_at: datetime | None = None
+    # Looks not made because the poller is paused.
+    paused_looks: int = 0
 
 
 @dataclass
@@ -61,10 +74,12 @@ class _Poller:
     config: PollerConfig
     cron: Cron | None
     stats: PollerStats = field(default_factory=PollerStats)
-    # What the previous look saw of each matching file: (size, mtime text).
-    previous: dict[str, tuple[int, str]] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # The next look is the API's `fire`: made even when paused.
+    forced: bool = False
+    # Its configuration changed: the first looks recorded before do not count.
+    fresh: bool = False
 
 
 class UnknownPoller(LookupError):
@@ -113,16 +128,18 @@ class PollerService:
 
     def _apply(self, loaded: LoadedConfig) -> None:
         configs = {n: c for n, c in loaded.pollers.items() if c.enabled}
+        changed = set()
         for name, poller in list(self._pollers.items()):
             if configs.get(name) != poller.config:
                 self._cancel(poller)
                 del self._pollers[name]
+                changed.add(name)
         for name, config in configs.items():
             if name in self._pollers:
                 continue
             tz = ZoneInfo(config.timezone) if config.timezone else loaded.tz
             cron = Cron(config.cron, tz) if config.cron else None
-            poller = _Poller(config, cron)
+            poller = _Poller(config, cron, fresh=name in changed)
             poller.task = asyncio.create_task(self._run(poller), name=f"poller-{name}")
             self._pollers[name] = poller
 
@@ -176,8 +193,28 @@ class PollerService:
         return poller
 
     def fire(self, name: str) -> None:
-        """Look now (the API's `fire`), then go on at the usual times."""
-        self._get(name).wake.set()
+        """Look now (the API's `fire`, paused or not), then go on at the usual times."""
+        poller = self._get(name)
+        poller.forced = True
+        poller.wake.set()
+
+    async def read_pause(self, name: str) -> PollerStats:
+        """`name`'s stats with the database's pause state copied in (the API)."""
+        poller = self._get(name)
+        found = (await self._store.pause_states("poller")).get(name)
+        stats = poller.stats
+        stats.paused = found is not None and found.paused
+        stats.paused_by = found.paused_by if found is not None else ""
+        stats.paused_at = found.paused_at if found is not None else None
+        return stats
+
+    async def set_paused(self, name: str, paused: bool, by: str) -> PollerStats:
+        """Pause or resume `name` on every node (kept in the database)."""
+        poller = self._get(name)
+        await self._store.set_paused("poller", name, paused, by, self._clock.now())
+        if not paused:
+            poller.wake.set()
+        return await self.read_pause(name)
 
     # ------------------------------------------------------------------ loop
 
@@ -190,8 +227,9 @@ class PollerService:
     async def _run(self, poller: _Poller) -> None:
         while not self._stopping:
             poller.wake.clear()
+            forced, poller.forced = poller.forced, False
             try:
-                await self.poll(poller)
+                await self.poll(poller, forced=forced)
             except Exception as exc:
                 poller.stats.last_error = str(exc)
                 log.exception("poll failed", poller=poller.config.name)
@@ -200,13 +238,17 @@ class PollerService:
             self.passes += 1
             await self._clock.wait(poller.wake, (nxt - now).total_seconds())
 
-    async def poll(self, poller: _Poller) -> int:
-        """One look at the partner's folder; how many files it took."""
+    async def poll(self, poller: _Poller, *, forced: bool = False) -> int:
+        """One look at the partner's folder; how many files it took. A paused poller
+        looks only when `forced` (the API's `fire`)."""
         config = poller.config
         stats = poller.stats
         if not await self._leader.mine():
             stats.standby += 1
-            poller.previous = {}  # a file must settle under this node's own eyes
+            return 0
+        await self.read_pause(config.name)
+        if stats.paused and not forced:
+            stats.paused_looks += 1
             return 0
         stats.polls += 1
         stats.last_poll = self._clock.now()
@@ -226,18 +268,35 @@ class PollerService:
             if not e.is_dir and any(fnmatch.fnmatchcase(e.name, g) for g in config.globs)
         ]
         stats.seen = len(files)
-        taken = await self._store.poller_taken(config.name)
+        store, name, at = self._store, config.name, self._clock.now()
+        taken = await store.poller_taken(name)
+        previous = await store.poller_seen(name)
+        stale: list[str] = []
+        if poller.fresh:
+            stale, previous, poller.fresh = list(previous), {}, False
         now_seen = {e.name: (e.size, _mtime_text(e)) for e in files}
+        await store.note_poller_listing(name, {(n, *v) for n, v in now_seen.items()}, at)
         count = 0
+        # What the next look compares with: the files not taken, as seen now.
+        changed: dict[str, tuple[int, str]] = {}
+        done: list[str] = []
         for entry in files:
             key: Key = (entry.name, *now_seen[entry.name])
             if key in taken:
+                if entry.name in previous or entry.name in stale:
+                    done.append(entry.name)
                 continue
-            if poller.previous.get(entry.name) != now_seen[entry.name]:
-                continue  # new or still changing: taken once it looks the same twice
+            if previous.get(entry.name) != now_seen[entry.name]:
+                # New or still changing: taken once it looks the same twice.
+                changed[entry.name] = now_seen[entry.name]
+                continue
             if await self._take(poller, key):
                 count += 1
-        poller.previous = now_seen
+                done.append(entry.name)
+            # Else refused, or another node took it first: the next look sees it taken.
+        done += [n for n in previous if n not in now_seen]
+        done += [n for n in stale if n not in now_seen]  # the others are in `changed`
+        await store.set_poller_seen(name, changed, done, at)
         stats.last_error = ""
         return count
 

@@ -5,9 +5,16 @@ makes, under the key (schedule, fire time): a firing happens once whichever node
 which run of the daemon, tries it (gatewayd.store `insert_fire`). The scheduler then
 runs the transfer like any other.
 
-Missed firings (the daemon was down) are counted from the last firing, or from when
-the schedule became known: `catch_up: once` fires the latest of them once at start,
-`skip` drops them. Times come from a `gatewayd.clock.Clock`, so tests drive it exactly.
+On a shared database one node fires the schedules: the one that runs the pollers
+(gatewayd.automation.leader); the others follow the times without firing. The record
+stays the arbiter (a handover in the middle of a firing, `fire` through the API of
+another node).
+
+Missed firings (the daemon was down, or the node that fired them died) are counted
+from the last firing, or from when the schedule became known: `catch_up: once` fires
+the latest of them once when a node starts firing the schedules (at start, or when it
+takes over), `skip` drops them. Times come from a `gatewayd.clock.Clock`, so tests
+drive it exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from gatewayd.automation.cron import Cron, CronError
+from gatewayd.automation.leader import Leader
 from gatewayd.clock import Clock
 from gatewayd.config import LoadedConfig
 from gatewayd.config.schedules import ScheduleConfig
@@ -56,6 +64,8 @@ class ScheduleStats:
     duplicates: int = 0
     skipped: int = 0
     errors: int = 0
+    # Times left to the node that fires the schedules (see the module's docstring).
+    standby: int = 0
 
 
 @dataclass
@@ -94,6 +104,9 @@ class ScheduleService:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._lock = asyncio.Lock()
+        self._leader = Leader(store, node)
+        # Whether this node fired the schedules at its last pass (None: not known yet).
+        self._leading: bool | None = None
         # Passes of the loop so far: tests driving a manual clock wait for the next one.
         self.passes = 0
 
@@ -102,7 +115,8 @@ class ScheduleService:
     async def start(self) -> None:
         """Know the configured schedules (in the database too), fire what was missed
         as their `catch_up` says, then run the loop."""
-        await self._sync(self._loaded, catch_up=True)
+        await self._sync(self._loaded)
+        await self._lead()
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="schedules")
 
@@ -114,7 +128,7 @@ class ScheduleService:
 
     async def apply(self, loaded: LoadedConfig) -> None:
         """`reload` now, for a caller that shows the result (the API after a write)."""
-        await self._sync(loaded, catch_up=False)
+        await self._sync(loaded)
         self._wake.set()
 
     async def stop(self) -> None:
@@ -170,10 +184,10 @@ class ScheduleService:
         entry = self._entry(name)
         return await self._fire(entry, self._clock.now(), manual=True)
 
-    async def set_paused(self, name: str, paused: bool) -> None:
+    async def set_paused(self, name: str, paused: bool, by: str = "") -> None:
         """Pause or resume `name` on every node (the state is in the database)."""
         self._entry(name)
-        await self._store.set_schedule_paused(name, paused, self._clock.now())
+        await self._store.set_paused("schedule", name, paused, by, self._clock.now())
 
     # ------------------------------------------------------------------ loop
 
@@ -183,8 +197,8 @@ class ScheduleService:
             try:
                 pending, self._pending = self._pending, None
                 if pending is not None:
-                    await self._sync(pending, catch_up=False)
-                await self._fire_due()
+                    await self._sync(pending)
+                await self._fire_due(await self._lead())
             except Exception:
                 log.exception("schedule pass failed")
             self.passes += 1
@@ -199,10 +213,29 @@ class ScheduleService:
         seconds = (min(times) - self._clock.now()).total_seconds()
         return min(max(seconds, 0.0), _SAFETY_CAP)
 
-    async def _fire_due(self) -> None:
+    @property
+    def leading(self) -> bool:
+        """Whether this node fired the schedules at its last pass."""
+        return bool(self._leading)
+
+    async def _lead(self) -> bool:
+        """Whether this node fires the schedules now; when it just became the one (its
+        start, or the previous one died), it first catches up what was missed."""
+        mine = await self._leader.mine()
+        if mine and not self._leading:
+            await self._catch_up()
+        self._leading = mine
+        return mine
+
+    async def _fire_due(self, leading: bool = True) -> None:
         now = self._clock.now()
         due_now = [e for e in self._entries.values() if e.next_at is not None and e.next_at <= now]
         if not due_now:
+            return
+        if not leading:
+            for entry in due_now:
+                entry.next_at = self._next(entry.cron, now)
+                entry.stats.standby += 1
             return
         # One read for the pass: paused (on any node) and last errors.
         states = {s.name: s for s in await self._store.schedule_states()}
@@ -217,15 +250,15 @@ class ScheduleService:
                 continue
             await self._fire(entry, due, state=state)
 
-    async def _sync(self, loaded: LoadedConfig, *, catch_up: bool) -> None:
+    async def _sync(self, loaded: LoadedConfig) -> None:
+        """Follow `loaded`'s schedules. A new or changed one counts from now: nothing
+        to catch up (that is `_catch_up`'s, when this node starts firing)."""
         async with self._lock:
             self._loaded = loaded
             now = self._clock.now()
             configs = {n: c for n, c in loaded.schedules.items() if c.enabled}
             await self._store.ensure_schedules(sorted(configs), now)
-            states = {s.name: s for s in await self._store.schedule_states()}
             entries: dict[str, _Entry] = {}
-            missed: list[tuple[_Entry, datetime, ScheduleState]] = []
             for name, config in configs.items():
                 old = self._entries.get(name)
                 cron = Cron(config.cron, _zone(config, loaded.tz))
@@ -237,17 +270,32 @@ class ScheduleService:
                 if old is not None:
                     entry.stats = old.stats
                 entries[name] = entry
-                state = states.get(name)
-                if catch_up and state is not None:
-                    due = _missed(cron, state, now)
-                    if due is not None and config.catch_up == "once" and not state.paused:
-                        missed.append((entry, due, state))
-                    elif due is not None:
-                        entry.stats.skipped += 1
-                        log.info("missed firing skipped", schedule=name, fire_time=due.isoformat())
             self._entries = entries
+
+    async def _catch_up(self) -> None:
+        """Fire (`catch_up: once`) or drop (`skip`) the latest firing each schedule
+        missed since its last one, as the database knows them."""
+        states = {s.name: s for s in await self._store.schedule_states()}
+        now = self._clock.now()
+        missed: list[tuple[_Entry, datetime, ScheduleState]] = []
+        for name, entry in sorted(self._entries.items()):
+            state = states.get(name)
+            due = None if state is None else _missed(entry.cron, state, now)
+            if state is None or due is None:
+                continue
+            # Caught up (or dropped) here: the pass's due times are not tried again.
+            entry.next_at = self._next(entry.cron, now)
+            if entry.config.catch_up == "once" and not state.paused:
+                missed.append((entry, due, state))
+            else:
+                entry.stats.skipped += 1
+                log.info("missed firing skipped", schedule=name, fire_time=due.isoformat())
         for entry, due, state in missed:
-            log.info("catching up a missed firing", schedule=entry.config.name, fire_time=due)
+            log.info(
+                "catching up a missed firing",
+                schedule=entry.config.name,
+                fire_time=due.isoformat(),
+            )
             await self._fire(entry, due, state=state)
 
     @staticmethod

@@ -16,6 +16,9 @@ inode, size and time under another path) is not sent again. A record whose path 
 seen missing (sent and then moved away or deleted, e.g. by the rule's post tasks) is
 marked gone: a file that appears there later is new.
 
+Pause and resume are kept in the database (`Store.set_paused`, kind "watcher"): each
+scan reads them first, so a pause holds on every node and across restarts.
+
 On PostgreSQL one node scans each watcher (a session advisory lock per watcher, taken
 before each scan and released when the watcher stops); when that node dies its
 database session ends with it and another node takes the watcher at its next scan.
@@ -91,6 +94,8 @@ class WatcherState:
     seen: int = 0
     totals: Counter[str] = field(default_factory=Counter)
     paused: bool = False
+    paused_by: str = ""
+    paused_at: datetime | None = None
 
 
 class _Watch:
@@ -130,6 +135,10 @@ class _Watch:
         if not config.enabled:
             state.state = "disabled"
             return ScanResult(skipped="disabled")
+        try:
+            await self.owner.read_pause(config.name)
+        except Exception as exc:  # the database away: the state last read holds
+            log.warning("watcher pause state unread", watcher=config.name, error=str(exc))
         if state.paused and not forced:
             state.state = "paused"
             return ScanResult(skipped="paused")
@@ -425,12 +434,22 @@ class Watchers:
         watch = self.watches[name]
         return await watch.scan(forced=True)
 
-    def pause(self, name: str) -> None:
-        watch = self.watches[name]
-        watch.state.paused = True
-        watch.state.state = "paused"
+    async def read_pause(self, name: str) -> None:
+        """Copy the database's pause state of `name` into its state (a scan, the API)."""
+        watch = self.watches.get(name)
+        if watch is None:
+            return
+        found = (await self.store.pause_states("watcher")).get(name)
+        state = watch.state
+        state.paused = found is not None and found.paused
+        state.paused_by = found.paused_by if found is not None else ""
+        state.paused_at = found.paused_at if found is not None else None
 
-    def resume(self, name: str) -> None:
+    async def set_paused(self, name: str, paused: bool, by: str) -> None:
+        """Pause or resume `name` on every node (the database keeps it, see above)."""
         watch = self.watches[name]
-        watch.state.paused = False
+        await self.store.set_paused("watcher", name, paused, by, self.clock.now())
+        await self.read_pause(name)
+        if paused:
+            watch.state.state = "paused"
         watch.wake.set()

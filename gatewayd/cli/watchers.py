@@ -1,5 +1,5 @@
-"""`gatewayd watcher list|get|fire|pause|resume`: the local folder watchers, through the
-admin API (their files are written like rules': `gatewayd rule`'s pattern, or the API)."""
+"""`gatewayd watcher list|get|fire|pause|resume|apply|delete`: the local folder
+watchers, through the admin API (pause and resume hold on every node, until resumed)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from gatewayd.cli import output as out
 from gatewayd.cli.api_client import ApiClient
 from gatewayd.cli.api_command import command, group, name_in_path
+from gatewayd.cli.automation_files import add_files
 from gatewayd.cli.exits import Exit
 
 if TYPE_CHECKING:
@@ -68,7 +69,13 @@ def _fire(api: ApiClient, args: argparse.Namespace) -> int:
 def _action(verb: str) -> Any:
     def run(api: ApiClient, args: argparse.Namespace) -> int:
         _, body, _ = api.request("POST", f"/api/watchers/{name_in_path(args.name)}/{verb}")
-        out.emit(body, args.format, lambda w: f"watcher {w['name']} {w['status']['state']}")
+
+        def human(w: dict[str, Any]) -> str:
+            status = w["status"]
+            by = f" (paused by {status['pausedBy']})" if status["paused"] else ""
+            return f"watcher {w['name']} {status['state']}{by}"
+
+        out.emit(body, args.format, human)
         return Exit.OK
 
     return run
@@ -83,5 +90,6 @@ def add(commands: Commands) -> None:
     fire = command(watchers, "fire", "scan a watcher's folder now", _fire)
     fire.add_argument("name")
     for verb in ("pause", "resume"):
-        action = command(watchers, verb, f"{verb} a watcher on the node asked", _action(verb))
+        action = command(watchers, verb, f"{verb} a watcher (on every node)", _action(verb))
         action.add_argument("name")
+    add_files(watchers, "watcher")

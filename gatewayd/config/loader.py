@@ -53,7 +53,8 @@ from gatewayd.config.schema import (
     name_problem,
 )
 from gatewayd.config.timezones import gateway_timezone
-from gatewayd.config.watchers import CheckedWatcher, WatcherConfig, check_watcher, watcher_files
+from gatewayd.config.watchers import WatcherConfig, check_watcher
+from gatewayd.config.yamlfolder import Checked, by_name, yaml_files
 from gatewayd.config.yamlsource import DataPath, YamlSource, describe_key, parse_yaml, read_yaml
 from gatewayd.crypto.keys import KeyInfo
 from gatewayd.names import check_name
@@ -205,7 +206,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         warnings=warnings,
         demo_secrets=tuple(demo),
         rule_origins={item.rule.name: item.origin for item in checked if item.rule is not None},
-        watchers={w.watcher.name: w.watcher for w in watchers if w.watcher is not None},
+        watchers=by_name(watchers),
         schedules=schedules,
         pollers=pollers,
         key_infos=key_infos,
@@ -259,9 +260,9 @@ def load_watcher_text(loaded: LoadedConfig, text: str, source_name: str) -> Watc
         loaded.paths,
         check_file_name=False,
     )
-    if checked.problems or checked.watcher is None:
+    if checked.problems or checked.item is None:
         raise ConfigError(checked.problems)
-    watcher = checked.watcher
+    watcher = checked.item
     return watcher.model_copy(update={"source": loaded.watcher_file(watcher.name)})
 
 
@@ -507,11 +508,11 @@ def _load_watchers(
     rules: dict[str, RuleConfig],
     partners: set[str],
     invalid_rules: frozenset[str],
-) -> tuple[list[CheckedWatcher], list[Problem]]:
+) -> tuple[list[Checked[WatcherConfig]], list[Problem]]:
     if not paths.watchers_dir.is_dir():
         return [], []  # no folder, no watchers
     try:
-        files = watcher_files(paths.watchers_dir)
+        files = yaml_files(paths.watchers_dir)
     except OSError as exc:
         message = f"cannot read the watchers folder {paths.watchers_dir}: {exc.strerror}"
         return [], [source.problem(("daemon", "watchers_dir"), message)]

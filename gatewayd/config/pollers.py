@@ -17,18 +17,25 @@ The checks beyond the schema (rule, partner, direction, globs) point at file and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic import Strict as StrictMode
 
-from gatewayd.config.messages import validate
 from gatewayd.config.problems import Problem
-from gatewayd.config.schedules import checked_zone, cron_problem, schedule_files
+from gatewayd.config.schedules import checked_zone, cron_problem
 from gatewayd.config.schema import FileName, RuleConfig, Strict
-from gatewayd.config.yamlsource import YamlSource, read_yaml
+from gatewayd.config.yamlfolder import (
+    Checked,
+    Partners,
+    by_name,
+    check_file,
+    load_folder,
+    partner_ref,
+    rule_ref,
+)
+from gatewayd.config.yamlsource import YamlSource
 from gatewayd.model import Direction
 
 
@@ -70,72 +77,23 @@ class PollerConfig(Strict):
         return self
 
 
-@dataclass
-class CheckedPoller:
-    source: YamlSource
-    poller: PollerConfig | None
-    problems: list[Problem]
-
-
 def check_poller(
-    source: YamlSource, rules: Mapping[str, RuleConfig], partners: set[str]
-) -> CheckedPoller:
+    source: YamlSource, rules: Mapping[str, RuleConfig], partners: Partners
+) -> Checked[PollerConfig]:
     """Validate one parsed poller file against the rules and partners declared."""
-    problems = list(source.problems)
-    if not source.parsed:
-        return CheckedPoller(source, None, problems)
-    poller, errors = validate(PollerConfig, source)
-    problems += errors
-    data = source.data
-    if isinstance(data, dict):
-        problems += _check_refs(source, data, rules, partners)
-    if poller is not None:
-        poller = poller.model_copy(update={"source": source.file})
-    return CheckedPoller(source, poller if not problems else None, problems)
 
+    def refs(data: dict[Any, Any], _: PollerConfig | None) -> list[Problem]:
+        rule, problems = rule_ref(
+            source, ("rule",), data.get("rule"), rules, kind="poller", direction=Direction.RECEIVE
+        )
+        return problems + partner_ref(source, ("partner",), data.get("partner"), rule, partners)
 
-def _check_refs(
-    source: YamlSource, data: dict[Any, Any], rules: Mapping[str, RuleConfig], partners: set[str]
-) -> list[Problem]:
-    problems = []
-    name = data.get("name")
-    if isinstance(name, str) and source.file.stem != name:
-        problems.append(
-            source.problem(
-                ("name",),
-                f"poller '{name}' must be in a file named {name}.yaml, not {source.file.name}",
-            )
-        )
-    rule_name, partner = data.get("rule"), data.get("partner")
-    rule = rules.get(rule_name) if isinstance(rule_name, str) else None
-    if isinstance(rule_name, str) and rule is None:
-        problems.append(source.problem(("rule",), f"unknown rule '{rule_name}'"))
-    elif rule is not None and rule.direction != Direction.RECEIVE:
-        problems.append(
-            source.problem(
-                ("rule",),
-                f"rule '{rule.name}' is a {rule.direction} rule: a poller needs a receive rule",
-            )
-        )
-    if isinstance(partner, str):
-        if partner not in partners:
-            problems.append(source.problem(("partner",), f"unknown partner '{partner}'"))
-        elif rule is not None and not rule.allows_partner(partner):
-            problems.append(
-                source.problem(
-                    ("partner",), f"rule '{rule.name}' does not allow partner '{partner}'"
-                )
-            )
-    return problems
+    return check_file("poller", PollerConfig, source, refs)
 
 
 def load_pollers(
-    folder: Path, rules: Mapping[str, RuleConfig], partners: set[str]
+    folder: Path, rules: Mapping[str, RuleConfig], partners: Partners
 ) -> tuple[dict[str, PollerConfig], list[Problem]]:
     """Every poller of `folder` (missing: none), or the problems of its files."""
-    if not folder.is_dir():
-        return {}, []
-    checked = [check_poller(read_yaml(file), rules, partners) for file in schedule_files(folder)]
-    problems = [problem for item in checked for problem in item.problems]
-    found = {item.poller.name: item.poller for item in checked if item.poller is not None}
-    return found, problems
+    checked, problems = load_folder(folder, lambda s: check_poller(s, rules, partners))
+    return by_name(checked), problems

@@ -16,7 +16,6 @@ work on the parsed data, like gatewayd.config.rules, and point at file and line.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -24,12 +23,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import AfterValidator, Field
 
-from gatewayd.config.messages import validate
 from gatewayd.config.problems import Problem
-from gatewayd.config.schema import FileName, PartnerConfig, RuleConfig, Strict
-from gatewayd.config.yamlsource import YamlSource, read_yaml
-
-SCHEDULE_SUFFIXES = (".yaml", ".yml")
+from gatewayd.config.schema import FileName, RuleConfig, Strict
+from gatewayd.config.yamlfolder import (
+    Checked,
+    Partners,
+    by_name,
+    check_file,
+    load_folder,
+    partner_ref,
+    rule_ref,
+)
+from gatewayd.config.yamlsource import YamlSource
 
 
 def cron_problem(expression: str) -> str | None:
@@ -94,75 +99,30 @@ class ScheduleConfig(Strict):
     source: Path | None = Field(default=None, exclude=True)
 
 
-@dataclass
-class CheckedSchedule:
-    """One schedule file after its checks: the schedule when valid, and its problems."""
-
-    source: YamlSource
-    schedule: ScheduleConfig | None
-    problems: list[Problem]
-
-
-def schedule_files(folder: Path) -> list[Path]:
-    """The schedule files of `folder`, in name order (hidden files are skipped)."""
-    return sorted(
-        entry
-        for entry in folder.iterdir()
-        if entry.suffix in SCHEDULE_SUFFIXES and not entry.name.startswith(".") and entry.is_file()
-    )
-
-
 def check_schedule(
-    source: YamlSource,
-    rules: Mapping[str, RuleConfig],
-    partners: Mapping[str, PartnerConfig] | set[str],
-) -> CheckedSchedule:
+    source: YamlSource, rules: Mapping[str, RuleConfig], partners: Partners
+) -> Checked[ScheduleConfig]:
     """Validate one parsed schedule file against the rules and partners declared."""
-    problems = list(source.problems)
-    if not source.parsed:
-        return CheckedSchedule(source, None, problems)
-    schedule, errors = validate(ScheduleConfig, source)
-    problems += errors
-    data = source.data
-    if isinstance(data, dict):
-        name = data.get("name")
-        if isinstance(name, str) and source.file.stem != name:
-            problems.append(
-                source.problem(
-                    ("name",),
-                    f"schedule '{name}' must be in a file named {name}.yaml, "
-                    f"not {source.file.name}",
-                )
-            )
-        transfer = data.get("transfer")
-        if isinstance(transfer, dict):
-            problems += _check_transfer(source, transfer, rules, partners)
-    if schedule is not None:
-        schedule = schedule.model_copy(update={"source": source.file})
-    return CheckedSchedule(source, schedule if not problems else None, problems)
+
+    def transfer(data: dict[Any, Any], _: ScheduleConfig | None) -> list[Problem]:
+        found = data.get("transfer")
+        return _check_transfer(source, found, rules, partners) if isinstance(found, dict) else []
+
+    return check_file("schedule", ScheduleConfig, source, transfer)
 
 
 def _check_transfer(
     source: YamlSource,
     transfer: dict[Any, Any],
     rules: Mapping[str, RuleConfig],
-    partners: Mapping[str, PartnerConfig] | set[str],
+    partners: Partners,
 ) -> list[Problem]:
-    problems = []
-    rule_name, partner = transfer.get("rule"), transfer.get("partner")
-    rule = rules.get(rule_name) if isinstance(rule_name, str) else None
-    if isinstance(rule_name, str) and rule is None:
-        problems.append(source.problem(("transfer", "rule"), f"unknown rule '{rule_name}'"))
-    if isinstance(partner, str):
-        if partner not in partners:
-            problems.append(source.problem(("transfer", "partner"), f"unknown partner '{partner}'"))
-        elif rule is not None and not rule.allows_partner(partner):
-            problems.append(
-                source.problem(
-                    ("transfer", "partner"),
-                    f"rule '{rule.name}' does not allow partner '{partner}'",
-                )
-            )
+    rule, problems = rule_ref(
+        source, ("transfer", "rule"), transfer.get("rule"), rules, kind="schedule"
+    )
+    problems += partner_ref(
+        source, ("transfer", "partner"), transfer.get("partner"), rule, partners
+    )
     file = transfer.get("file")
     if isinstance(file, str) and (file.startswith("/") or ".." in file.split("/")):
         problems.append(
@@ -172,15 +132,9 @@ def _check_transfer(
 
 
 def load_schedules(
-    folder: Path,
-    rules: Mapping[str, RuleConfig],
-    partners: Mapping[str, PartnerConfig] | set[str],
+    folder: Path, rules: Mapping[str, RuleConfig], partners: Partners
 ) -> tuple[dict[str, ScheduleConfig], list[Problem]]:
     """Every schedule of `folder` (missing: none), or the problems of its files. Two
     files cannot hold one name: the file name is the schedule's name."""
-    if not folder.is_dir():
-        return {}, []
-    checked = [check_schedule(read_yaml(file), rules, partners) for file in schedule_files(folder)]
-    problems = [problem for item in checked for problem in item.problems]
-    found = {item.schedule.name: item.schedule for item in checked if item.schedule is not None}
-    return found, problems
+    checked, problems = load_folder(folder, lambda s: check_schedule(s, rules, partners))
+    return by_name(checked), problems

@@ -199,6 +199,9 @@ class DaemonConfig(Strict):
     schedules_dir: LaxPath = Path("schedules")
     # One YAML file per remote poller (gatewayd.config.pollers); a missing folder: none.
     pollers_dir: LaxPath = Path("pollers")
+    # Seconds the records of the automation (files watched or polled, firings) are kept
+    # once they guard nothing any more (gatewayd.automation.retention): 7 days.
+    automation_retention: Annotated[float, Field(gt=0)] = 7 * 86400.0
     # An IANA zone name (Europe/Paris); default: the system's zone.
     timezone: str | None = None
     shutdown_timeout: Annotated[float, Field(gt=0)] = 10.0

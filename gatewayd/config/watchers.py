@@ -12,22 +12,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic import Strict as StrictMode
 
-from gatewayd.config.messages import validate
 from gatewayd.config.paths import Paths, absolute
 from gatewayd.config.problems import Problem
-from gatewayd.config.schema import FileName, Names, PartnerConfig, RuleConfig, Strict
+from gatewayd.config.schema import FileName, Names, RuleConfig, Strict
+from gatewayd.config.yamlfolder import Checked, Partners, check_file, partner_ref, rule_ref
 from gatewayd.config.yamlsource import YamlSource
 from gatewayd.model import Direction
 from gatewayd.tasks.markers import unknown_markers
 
-WATCHER_SUFFIXES = (".yaml", ".yml")
 # Files still being written by the usual tools, and hidden files: never taken unless the
 # watcher lists its own `exclude`.
 DEFAULT_EXCLUDE = (".*", "*.part", "*.partial", "*.filepart", "*.tmp", "*.swp")
@@ -113,22 +111,6 @@ class WatcherConfig(Strict):
         return (self.partner,) if self.partner is not None else tuple(self.partners)
 
 
-@dataclass
-class CheckedWatcher:
-    source: YamlSource
-    watcher: WatcherConfig | None
-    problems: list[Problem]
-
-
-def watcher_files(folder: Path) -> list[Path]:
-    """The watcher files of `folder`, in name order (hidden files are skipped)."""
-    return sorted(
-        entry
-        for entry in folder.iterdir()
-        if entry.suffix in WATCHER_SUFFIXES and not entry.name.startswith(".") and entry.is_file()
-    )
-
-
 def watched_folder(paths: Paths, rule: RuleConfig, watcher: WatcherConfig) -> Path:
     """The absolute folder `watcher` scans (lexically resolved, no link followed)."""
     return Path(os.path.normpath(absolute(watcher.folder, paths.rule_folder(rule))))
@@ -137,70 +119,42 @@ def watched_folder(paths: Paths, rule: RuleConfig, watcher: WatcherConfig) -> Pa
 def check_watcher(
     source: YamlSource,
     rules: Mapping[str, RuleConfig],
-    partners: Mapping[str, PartnerConfig] | set[str],
+    partners: Partners,
     paths: Paths,
     *,
     check_file_name: bool = True,
     invalid_rules: frozenset[str] = frozenset(),
-) -> CheckedWatcher:
+) -> Checked[WatcherConfig]:
     """Validate one parsed watcher file against the rules and partners loaded."""
-    problems = list(source.problems)
-    if not source.parsed:
-        return CheckedWatcher(source, None, problems)
-    watcher, errors = validate(WatcherConfig, source)
-    problems += errors
-    data = source.data if isinstance(source.data, dict) else {}
-    name = data.get("name")
-    if check_file_name and isinstance(name, str) and source.file.stem != name:
-        problems.append(
-            source.problem(
-                ("name",),
-                f"watcher '{name}' must be in a file named {name}.yaml, not {source.file.name}",
-            )
+
+    def refs(data: dict[Any, Any], watcher: WatcherConfig | None) -> list[Problem]:
+        rule, problems = rule_ref(
+            source,
+            ("rule",),
+            data.get("rule"),
+            rules,
+            kind="watcher",
+            direction=Direction.SEND,
+            invalid_rules=invalid_rules,
         )
-    rule_name = data.get("rule")
-    rule = rules.get(rule_name) if isinstance(rule_name, str) else None
-    # A rule whose file has mistakes is reported there, not as unknown here.
-    if isinstance(rule_name, str) and rule is None and rule_name not in invalid_rules:
-        problems.append(source.problem(("rule",), f"unknown rule '{rule_name}'"))
-    if rule is not None and rule.direction != Direction.SEND:
-        problems.append(
-            source.problem(
-                ("rule",),
-                f"rule '{rule.name}' is a {rule.direction} rule: a watcher needs a send rule",
-            )
-        )
-    problems += _check_partners(source, data, rule, partners)
-    problems += _check_markers(source, data)
-    if rule is not None and watcher is not None:
-        problems += _check_folder(source, paths, rule, watcher)
-    if watcher is not None:
-        watcher = watcher.model_copy(update={"source": source.file})
-    return CheckedWatcher(source, watcher if not problems else None, problems)
+        problems += _check_partners(source, data, rule, partners)
+        problems += _check_markers(source, data)
+        if rule is not None and watcher is not None:
+            problems += _check_folder(source, paths, rule, watcher)
+        return problems
+
+    return check_file("watcher", WatcherConfig, source, refs, check_file_name=check_file_name)
 
 
 def _check_partners(
-    source: YamlSource,
-    data: dict[Any, Any],
-    rule: RuleConfig | None,
-    partners: Mapping[str, PartnerConfig] | set[str],
+    source: YamlSource, data: dict[Any, Any], rule: RuleConfig | None, partners: Partners
 ) -> list[Problem]:
     named: list[tuple[tuple[Any, ...], Any]] = []
     if isinstance(data.get("partner"), str):
         named.append((("partner",), data["partner"]))
     if isinstance(data.get("partners"), list):
         named += [(("partners", i), p) for i, p in enumerate(data["partners"])]
-    problems = []
-    for at, partner in named:
-        if not isinstance(partner, str):
-            continue
-        if partner not in partners:
-            problems.append(source.problem(at, f"unknown partner '{partner}'"))
-        elif rule is not None and not rule.allows_partner(partner):
-            problems.append(
-                source.problem(at, f"rule '{rule.name}' does not allow partner '{partner}'")
-            )
-    return problems
+    return [p for at, partner in named for p in partner_ref(source, at, partner, rule, partners)]
 
 
 def _check_markers(source: YamlSource, data: dict[Any, Any]) -> list[Problem]:

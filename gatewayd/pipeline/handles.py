@@ -43,6 +43,9 @@ class ServerHandle(TransferHandle):
     async def _ended(self) -> None:
         """Wait for the run's end; raise what it ended with (None: DONE)."""
         await self.run.done.wait()
+        if self.run.finished:  # DONE is committed: a stop that came after is no failure
+            self.sha256 = self.run.transfer.sha256
+            return
         if self.run.stop_reason is not None:
             raise self.run.stopped_error()
         if self.run.error is not None:

@@ -161,7 +161,8 @@ class Run:
                     raise
                 if (task := asyncio.current_task()) is not None:
                     task.uncancel()
-                await self.end_stopped(self.stop_reason)
+                if not self.finished:  # DONE is committed: a stop comes too late for it
+                    await self.end_stopped(self.stop_reason)
             except Exception as exc:
                 self.log.exception("internal error")
                 await self.fail(TransferError(ErrorCode.TeInternal, f"internal error: {exc!r}"))
@@ -442,7 +443,9 @@ class Run:
         t.step = Step.NONE
         t.task_number = 0
         t.stop = self.rt.clock.now()
-        await self.save()
+        # To its end: a stop arriving meanwhile would find DONE in the row's object
+        # with its commit still in flight.
+        await uncancellable(self.save())
         self.finished = True
         self.log.info(
             "transfer done",

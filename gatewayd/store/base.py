@@ -538,6 +538,45 @@ class Store(ABC):
         """The temp paths of every transfer not finished (not DONE nor CANCELLED): the
         temp names a start-up sweep must leave alone."""
 
+    # -- automation state: pause, a poller's first looks, retention (migration 0010) ----
+
+    @abstractmethod
+    async def set_paused(self, kind: str, name: str, paused: bool, by: str, at: datetime) -> None:
+        """Pause or resume the watcher, poller or schedule (`kind`) `name` on every
+        node: whichever runs it reads this state before each scan, look or firing."""
+
+    @abstractmethod
+    async def pause_states(self, kind: str) -> dict[str, PauseState]:
+        """The pause states recorded for `kind` (an object never paused has none)."""
+
+    @abstractmethod
+    async def poller_seen(self, poller: str) -> dict[str, tuple[int, str]]:
+        """A poller's last look: each matching file not taken yet, by name, with its
+        size and modification time (text)."""
+
+    @abstractmethod
+    async def set_poller_seen(
+        self, poller: str, seen: dict[str, tuple[int, str]], dropped: list[str], at: datetime
+    ) -> None:
+        """Record the files of a look (new ones, or with another size or time now) and
+        forget those `dropped` (taken, or no longer listed), in one commit."""
+
+    @abstractmethod
+    async def note_poller_listing(
+        self, poller: str, listed: set[tuple[str, int, str]], at: datetime
+    ) -> None:
+        """After a look that listed `listed` (name, size, mtime text): each file taken
+        and not listed is marked gone since `at` (unless it was already); each listed
+        again is not gone any more. Only gone records are ever purged."""
+
+    @abstractmethod
+    async def purge_automation(self, before: datetime) -> dict[str, int]:
+        """Drop the records of the automation that no longer guard anything and are
+        older than `before`: watched files seen gone, remote files no longer listed,
+        firings but the newest of each schedule; only those whose transfers are DONE
+        or CANCELLED; and a poller's first looks older than `before`. How many of each
+        table ("watched_files", "poller_files", "schedule_runs", "poller_seen")."""
+
 
 class LiveWatched(NamedTuple):
     """What a scan compares with each file it sees: a record not seen gone yet."""
@@ -614,6 +653,18 @@ class NodeState:
 
 
 # -- schedules and pollers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PauseState:
+    """A watcher's, poller's or schedule's pause, shared by the nodes: who paused it
+    and when (kept after a resume, for the record)."""
+
+    kind: str
+    name: str
+    paused: bool
+    paused_by: str = ""
+    paused_at: datetime | None = None
 
 
 @dataclass(frozen=True)

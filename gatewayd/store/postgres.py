@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from gatewayd.model import ErrorCode, Status, Step, Transfer
+from gatewayd.store.automation_sql import AutomationStatements, decode_pause, listing_changes
 from gatewayd.store.base import (
     ApiToken,
     LeaseLost,
@@ -47,6 +48,7 @@ from gatewayd.store.base import (
     NodeState,
     Notice,
     Notification,
+    PauseState,
     ScheduleState,
     Store,
     TapisTask,
@@ -107,6 +109,7 @@ _BUS = BusStatements(POSTGRESQL)
 _NOTIFY = "SELECT pg_notify($1, $2)"
 _LF = LoginFailureStatements(POSTGRESQL)
 _S = ScheduleStatements(POSTGRESQL)
+_A = AutomationStatements(POSTGRESQL)
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 _ID = COLUMNS.index("id")
 _NEXT_IDS = "SELECT nextval(pg_get_serial_sequence('transfers', 'id')) FROM generate_series(1, $1)"
@@ -994,9 +997,10 @@ class PostgresStore(Store):
         return True
 
     async def set_schedule_paused(self, name: str, paused: bool, now: datetime) -> bool:
-        async with self._transaction() as conn:
-            found = await conn.fetchval(_S.set_paused, int(paused), encode_time(now), name)
-        return found is not None
+        if await self.schedule_state(name) is None:
+            return False
+        await self.set_paused("schedule", name, paused, "", now)
+        return True
 
     async def set_schedule_error(self, name: str, error: str, now: datetime) -> None:
         async with self._transaction() as conn:
@@ -1029,6 +1033,53 @@ class PostgresStore(Store):
     async def temp_paths_in_use(self) -> set[str]:
         rows = await self._live_pool().fetch(_Q.temp_paths_in_use)
         return {row[0] for row in rows}
+
+    # -- automation state: pause, a poller's first looks, retention (migration 0010) ----
+
+    async def set_paused(self, kind: str, name: str, paused: bool, by: str, at: datetime) -> None:
+        row = POSTGRESQL.values((kind, name, int(paused), by, encode_time(at)))
+        async with self._transaction() as conn:
+            await conn.execute(_A.set_paused, *row)
+
+    async def pause_states(self, kind: str) -> dict[str, PauseState]:
+        rows = await self._live_pool().fetch(_A.states, kind)
+        return {state.name: state for state in (decode_pause(tuple(r)) for r in rows)}
+
+    async def poller_seen(self, poller: str) -> dict[str, tuple[int, str]]:
+        rows = await self._live_pool().fetch(_A.seen, poller)
+        return {row[0]: (int(row[1]), row[2]) for row in rows}
+
+    async def set_poller_seen(
+        self, poller: str, seen: dict[str, tuple[int, str]], dropped: list[str], at: datetime
+    ) -> None:
+        if not seen and not dropped:
+            return
+        when = encode_time(at)
+        async with self._transaction() as conn:
+            if seen:
+                await conn.executemany(
+                    _A.seen_upsert, [(poller, n, s, m, when) for n, (s, m) in seen.items()]
+                )
+            if dropped:
+                await conn.executemany(_A.seen_drop, [(poller, name) for name in dropped])
+
+    async def note_poller_listing(
+        self, poller: str, listed: set[tuple[str, int, str]], at: datetime
+    ) -> None:
+        rows = [tuple(r) for r in await self._live_pool().fetch(_A.taken_with_gone, poller)]
+        changes = listing_changes(rows, listed, encode_time(at))
+        if changes:
+            async with self._transaction() as conn:
+                await conn.executemany(_A.taken_gone, [(c[0], poller, *c[1:]) for c in changes])
+
+    async def purge_automation(self, before: datetime) -> dict[str, int]:
+        cutoff = encode_time(before)
+        counts: dict[str, int] = {}
+        async with self._transaction() as conn:
+            for table, statement in _A.purges:
+                status = await conn.execute(statement, cutoff)  # "DELETE <count>"
+                counts[table] = int(status.split()[-1])
+        return counts
 
 
 class _AlreadyFired(Exception):

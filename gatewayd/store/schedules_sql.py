@@ -16,7 +16,9 @@ RUN_COLUMNS = "schedule, fire_time, transfer_id, node, created"
 TAKEN_COLUMNS = "poller, name, size, mtime, transfer_id, node, created"
 # A state with what its firings say: the last one, its transfer, how many.
 _STATE = (
-    "SELECT s.name, s.since, s.paused, s.last_error, "
+    # Paused: automation_state says (migration 0010), shared with watchers and pollers.
+    "SELECT s.name, s.since, coalesce((SELECT a.paused FROM automation_state a "
+    "WHERE a.kind = 'schedule' AND a.name = s.name), 0), s.last_error, "
     "(SELECT max(r.fire_time) FROM schedule_runs r WHERE r.schedule = s.name), "
     "(SELECT r.transfer_id FROM schedule_runs r WHERE r.schedule = s.name "
     "ORDER BY r.fire_time DESC LIMIT 1), "
@@ -42,9 +44,6 @@ class ScheduleStatements:
         self.claim_fire = q(
             f"INSERT INTO schedule_runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (schedule, fire_time) DO NOTHING RETURNING schedule"
-        )
-        self.set_paused = q(
-            "UPDATE schedule_state SET paused = ?, updated = ? WHERE name = ? RETURNING name"
         )
         self.taken = q("SELECT name, size, mtime FROM poller_files WHERE poller = ?")
         self.claim_file = q(

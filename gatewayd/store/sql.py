@@ -80,7 +80,19 @@ TABLES: dict[str, tuple[str, ...]] = {
     # -- schedules and pollers
     "schedule_state": ("name", "since", "paused", "last_error", "updated"),
     "schedule_runs": ("schedule", "fire_time", "transfer_id", "node", "created"),
-    "poller_files": ("poller", "name", "size", "mtime", "transfer_id", "node", "created"),
+    "poller_files": (
+        "poller",
+        "name",
+        "size",
+        "mtime",
+        "transfer_id",
+        "node",
+        "created",
+        "gone",
+    ),
+    # -- the automation's shared state (pause, a poller's first looks)
+    "automation_state": ("kind", "name", "paused", "paused_by", "paused_at"),
+    "poller_seen": ("poller", "name", "size", "mtime", "seen"),
 }
 WATCHED_COLUMNS = ", ".join(TABLES["watched_files"])
 
@@ -120,6 +132,10 @@ class Statements:
         self.find_unfinished_upload = q(
             f"{self.select} WHERE account = ? AND rule = ? AND dest_filename = ? "
             f"AND is_server = 1 AND is_send = 0 AND {_UNFINISHED} ORDER BY id DESC LIMIT 1"
+        )
+        self.unfinished_uploads = (
+            "SELECT id, account, rule, dest_filename FROM transfers "
+            f"WHERE is_server = 1 AND is_send = 0 AND {_UNFINISHED} AND account IS NOT NULL"
         )
         self.due = q(f"{self.select} WHERE {_DUE} ORDER BY {_DUE_AT}, id LIMIT ?")
         self.count_due = q(f"SELECT count(*) FROM transfers WHERE {_DUE}")

@@ -23,6 +23,7 @@ from typing import Any, Self
 import aiosqlite
 
 from gatewayd.model import ErrorCode, Status, Step, Transfer
+from gatewayd.store.automation_sql import AutomationStatements, decode_pause, listing_changes
 from gatewayd.store.base import (
     ApiToken,
     Listening,
@@ -33,6 +34,7 @@ from gatewayd.store.base import (
     NodeState,
     Notice,
     Notification,
+    PauseState,
     ScheduleState,
     Store,
     TapisTask,
@@ -79,6 +81,7 @@ from gatewayd.store.sql import (
     encode_watched,
     forget_unrecorded_ids,
 )
+from gatewayd.store.upload_index import UploadIndex
 from gatewayd.store.writer import BatchWriter
 
 _Q = Statements(SQLITE)
@@ -86,6 +89,7 @@ _N = NodeStatements(SQLITE)
 _BUS = BusStatements(SQLITE)
 _LF = LoginFailureStatements(SQLITE)
 _S = ScheduleStatements(SQLITE)
+_A = AutomationStatements(SQLITE)
 # Within a batch, inserts go before the updates that may follow them.
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 
@@ -131,6 +135,7 @@ class SqliteStore(Store):
         self._writer: BatchWriter | None = None
         self._last_id = 0
         self._closed = False
+        self._uploads = UploadIndex()
         self._on_commit: Callable[[float], None] | None = None
 
     # -- life cycle ------------------------------------------------------------------
@@ -153,6 +158,8 @@ class SqliteStore(Store):
                 raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {rows[0][0]})")
             await apply_migrations(self._write_conn, migrations, where=str(self.path))
             self._last_id = await self._max_transfer_id(self._write_conn)
+            uploads = await self._write_conn.execute_fetchall(_Q.unfinished_uploads)
+            self._uploads.load((int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in uploads)
             self._read_conn = await self._connect()
             await self._read_conn.execute("PRAGMA query_only = ON")
         except BaseException:
@@ -260,6 +267,7 @@ class SqliteStore(Store):
                 if t.status == Status.RUNNING and self.node is not None:
                     t.owner = self.node
                 rows.append(encode_row(t))
+                self._uploads.written(t)
         except BaseException:
             for t in transfers:
                 t.id = None
@@ -301,7 +309,9 @@ class SqliteStore(Store):
         if transfer.status == Status.RUNNING and self.node is not None:
             transfer.owner = self.node
         row = encode_update(transfer)
+        self._uploads.written(transfer)
         await asyncio.shield(writer.submit(_Q.update, row, key=transfer.id))
+        self._uploads.committed(transfer)
 
     async def interrupt_running(self) -> list[Transfer]:
         """Call at start-up, before any transfer runs: a RUNNING row saved after this
@@ -477,6 +487,8 @@ class SqliteStore(Store):
     async def find_unfinished_upload(
         self, account: str, rule: str, filename: str
     ) -> Transfer | None:
+        if not self._uploads.may_have(account, rule, filename):
+            return None
         found = await self._fetch(_Q.find_unfinished_upload, (account, rule, filename))
         return found[0] if found else None
 
@@ -769,11 +781,10 @@ class SqliteStore(Store):
         return True
 
     async def set_schedule_paused(self, name: str, paused: bool, now: datetime) -> bool:
-        async with self._live_writer().transaction() as conn:
-            rows = list(
-                await conn.execute_fetchall(_S.set_paused, (int(paused), encode_time(now), name))
-            )
-        return bool(rows)
+        if await self.schedule_state(name) is None:
+            return False
+        await self.set_paused("schedule", name, paused, "", now)
+        return True
 
     async def set_schedule_error(self, name: str, error: str, now: datetime) -> None:
         async with self._live_writer().transaction() as conn:
@@ -806,6 +817,50 @@ class SqliteStore(Store):
     async def temp_paths_in_use(self) -> set[str]:
         rows = await self._reader().execute_fetchall(_Q.temp_paths_in_use)
         return {row[0] for row in rows}
+
+    # -- automation state: pause, a poller's first looks, retention (migration 0010) ----
+
+    async def set_paused(self, kind: str, name: str, paused: bool, by: str, at: datetime) -> None:
+        row = (kind, name, int(paused), by, encode_time(at))
+        async with self._live_writer().transaction() as conn:
+            await conn.execute(_A.set_paused, row)
+
+    async def pause_states(self, kind: str) -> dict[str, PauseState]:
+        rows = await self._reader().execute_fetchall(_A.states, (kind,))
+        return {state.name: state for state in map(decode_pause, rows)}
+
+    async def poller_seen(self, poller: str) -> dict[str, tuple[int, str]]:
+        rows = await self._reader().execute_fetchall(_A.seen, (poller,))
+        return {name: (int(size), mtime) for name, size, mtime in rows}
+
+    async def set_poller_seen(
+        self, poller: str, seen: dict[str, tuple[int, str]], dropped: list[str], at: datetime
+    ) -> None:
+        if not seen and not dropped:
+            return
+        when = encode_time(at)
+        async with self._live_writer().transaction() as conn:
+            await conn.executemany(
+                _A.seen_upsert, [(poller, n, s, m, when) for n, (s, m) in seen.items()]
+            )
+            await conn.executemany(_A.seen_drop, [(poller, name) for name in dropped])
+
+    async def note_poller_listing(
+        self, poller: str, listed: set[tuple[str, int, str]], at: datetime
+    ) -> None:
+        rows = list(await self._reader().execute_fetchall(_A.taken_with_gone, (poller,)))
+        changes = listing_changes(rows, listed, encode_time(at))
+        if changes:
+            async with self._live_writer().transaction() as conn:
+                await conn.executemany(_A.taken_gone, [(c[0], poller, *c[1:]) for c in changes])
+
+    async def purge_automation(self, before: datetime) -> dict[str, int]:
+        cutoff = (encode_time(before),)
+        counts: dict[str, int] = {}
+        async with self._live_writer().transaction() as conn:
+            for table, statement in _A.purges:
+                counts[table] = (await conn.execute(statement, cutoff)).rowcount
+        return counts
 
 
 class _AlreadyFired(Exception):
