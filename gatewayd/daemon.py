@@ -50,6 +50,7 @@ from gatewayd.config import (
 )
 from gatewayd.config.demo import save_demo_checks
 from gatewayd.config.schema import Config
+from gatewayd.crypto.keyring import KeyringError
 from gatewayd.logs import configure_logging
 from gatewayd.systemd import Notifier
 
@@ -427,6 +428,11 @@ class _Reloader:
                 "reload refused: these settings change only with a restart",
                 settings=",".join(refused),
             )
+            return
+        try:
+            await gateway.load_keys(loaded)
+        except KeyringError as exc:
+            log.error("reload refused: the running configuration is kept", keys=str(exc))
             return
         gateway.apply_config(loaded)
         for warning in loaded.warnings:

@@ -29,6 +29,7 @@ from gatewayd.config import LoadedConfig
 from gatewayd.config.files import FileError, server_tls_context
 from gatewayd.config.paths import absolute
 from gatewayd.config.schema import ServerConfig
+from gatewayd.crypto.keyring import Keyring, KeyringError
 from gatewayd.errors import TaskError
 from gatewayd.metrics import GatewayMetrics, LiveState
 from gatewayd.model import Status, Transfer
@@ -103,6 +104,7 @@ class Gateway:
                 queue_depth=lambda: self.scheduler.queue_depth(),
                 schedules=lambda: self.schedules.counts(),
                 pollers=lambda: self.pollers.counts(),
+                keys=self._key_expiry,
             ),
             node=loaded.config.daemon.node_name(),
         )
@@ -117,6 +119,8 @@ class Gateway:
             nice=passwords.nice,
         )
         self.clients = ClientPool(loaded)
+        # The OpenPGP keys of `keys:`, imported into a keyring of our own by prepare().
+        self.keyring = Keyring(loaded.paths.state_dir, loaded.config.daemon.node_name())
         self.rt = Runtime(
             loaded,
             store,
@@ -125,6 +129,7 @@ class Gateway:
             hooks or Hooks(),
             create_transfer=self._create_from_task,
             observer=self.metrics,
+            keyring=self.keyring,
             # NOTIFY posts a transfer in the API's shape.
             transfer_json=lambda t: transfer_json(t, self.rt.loaded.tz),
         )
@@ -193,6 +198,20 @@ class Gateway:
     def auth_throttle(self) -> LoginThrottle:
         return self.logins.throttle
 
+    def _key_expiry(self) -> list[tuple[str, float | None]]:
+        now = self.clock.now().timestamp()
+        return [
+            (name, key.info.expires.timestamp() - now if key.info.expires else None)
+            for name, key in self.keyring.keys().items()
+        ]
+
+    async def load_keys(self, loaded: LoadedConfig) -> None:
+        """Import the keys of `loaded` into a fresh keyring and put it in use (at start
+        and on reload); KeyringError when one fails (the keyring in use is kept)."""
+        if not loaded.config.keys and self.keyring.current is None:
+            return
+        await self.keyring.load(loaded.config.keys, loaded.key_infos, loaded.paths.home)
+
     def _sessions(self) -> list[tuple[str, str, int]]:
         found = []
         for name, server in list(self.servers.items()):
@@ -255,6 +274,10 @@ class Gateway:
                 raise StartError(f"server '{name}': {exc}") from exc
             prepared.append((name, server_config, server))
         api_tls = await self._prepare_api_tls()
+        try:
+            await self.load_keys(self.loaded)
+        except KeyringError as exc:
+            raise StartError(f"OpenPGP keys: {exc}") from exc
         if self.config.api.enabled:
             import gatewayd.api  # noqa: F401  (aiohttp: imported here, not at the start)
         await self.hashing.start()
@@ -425,6 +448,7 @@ class Gateway:
         await _all(max(left(), 0.5), [("finish", "scheduler", self.scheduler.wait_idle)])
         await self.clients.close_all()
         await self.hashing.close()
+        await self.keyring.close()
         return await self._stopped(began)
 
     async def _stopped(self, began: float) -> Stopped:

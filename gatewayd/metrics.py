@@ -63,6 +63,8 @@ class LiveState:
     schedules: Callable[[], Iterable[tuple[str, Mapping[str, int]]]] = lambda: ()
     # Per poller: {outcome: count} of its files, its looks, the matching files seen now.
     pollers: Callable[[], Iterable[tuple[str, Mapping[str, int], int, int]]] = lambda: ()
+    # OpenPGP keys: (name, seconds until it expires; None: it never does).
+    keys: Callable[[], Iterable[tuple[str, float | None]]] = lambda: ()
 
 
 class GatewayMetrics(Observer):
@@ -233,6 +235,35 @@ class _StateCollector(Collector):
         yield sessions
         yield queue
         yield from _automation(state, empty=empty)
+        yield from _keys(state, empty=empty)
+
+
+# A key expiring within this many seconds counts in gatewayd_keys_expiring_soon.
+_KEY_SOON = 30 * 86400
+
+
+def _keys(state: LiveState, *, empty: bool) -> Iterator[Metric]:
+    """The OpenPGP keys' expiry, computed at scrape time."""
+    left = GaugeMetricFamily(
+        "gatewayd_key_expiry_seconds",
+        "Seconds until each configured OpenPGP key expires (negative: expired; keys "
+        "that never expire are not listed)",
+        labels=["key"],
+    )
+    soon = GaugeMetricFamily(
+        "gatewayd_keys_expiring_soon",
+        "Configured OpenPGP keys that expire within 30 days (or have expired)",
+    )
+    if not empty:
+        count = 0
+        for name, seconds in sorted(state.keys(), key=lambda item: item[0]):
+            if seconds is None:
+                continue
+            left.add_metric([name], seconds)
+            count += seconds < _KEY_SOON
+        soon.add_metric([], count)
+    yield left
+    yield soon
 
 
 def _automation(state: LiveState, *, empty: bool) -> Iterator[Metric]:

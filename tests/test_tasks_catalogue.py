@@ -10,8 +10,12 @@ EXPECTED = {
     "CHNEWLINE",
     "COPY",
     "COPYRENAME",
+    "DECRYPT",
+    "DECRYPT&VERIFY",
     "DELETE",
     "EMAIL",
+    "ENCRYPT",
+    "ENCRYPT&SIGN",
     "EXEC",
     "EXECMOVE",
     "EXECOUTPUT",
@@ -22,8 +26,10 @@ EXPECTED = {
     "NOTIFY",
     "RENAME",
     "SETINFO",
+    "SIGN",
     "TRANSCODE",
     "TRANSFER",
+    "VERIFY",
 }
 
 

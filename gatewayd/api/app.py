@@ -18,6 +18,7 @@ from aiohttp import web
 from gatewayd.api import (  # noqa: F401
     about,
     inventory,
+    keys,
     metrics,
     openapi,
     pollers,

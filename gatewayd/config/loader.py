@@ -22,6 +22,12 @@ from pydantic import BaseModel, ValidationError
 from gatewayd import ports as protocol_registry
 from gatewayd.config.demo import demo_secret_warnings
 from gatewayd.config.files import cert_and_key_problem, certificates_problem
+from gatewayd.config.keys import (
+    all_reference_problems,
+    check_key_references,
+    check_keys,
+    valid_entries,
+)
 from gatewayd.config.messages import describe_value, field_name, validate
 from gatewayd.config.outbound_refs import RULE_CHAINS, declared_names, unknown_server_names
 from gatewayd.config.paths import Paths, absolute, create_folders, folder_problem
@@ -50,6 +56,7 @@ from gatewayd.config.timezones import gateway_timezone
 from gatewayd.config.watchers import WatcherConfig, check_watcher
 from gatewayd.config.yamlfolder import Checked, by_name, yaml_files
 from gatewayd.config.yamlsource import DataPath, YamlSource, describe_key, parse_yaml, read_yaml
+from gatewayd.crypto.keys import KeyInfo
 from gatewayd.names import check_name
 
 M = TypeVar("M", bound=BaseModel)
@@ -73,6 +80,8 @@ class LoadedConfig:
     schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
     # The remote pollers of `daemon.pollers_dir` (gatewayd.config.pollers).
     pollers: dict[str, PollerConfig] = field(default_factory=dict)
+    # What the files of `config.keys` hold (gatewayd.config.keys), by key name.
+    key_infos: dict[str, KeyInfo] = field(default_factory=dict)
 
     def rule_folder(self, rule: RuleConfig) -> Path:
         """The rule's local folder (its `folder`, or data_dir/<name>)."""
@@ -167,6 +176,16 @@ def load_config(path: Path | str) -> LoadedConfig:
     problems += errors
     pollers, errors = _load_pollers(paths, source, rules, _declared(data, "partners"))
     problems += errors
+    key_configs = config.keys if config is not None else valid_entries(data.get("keys"))
+    key_infos, errors, key_warnings = check_keys(source, key_configs, paths.home)
+    problems += errors
+    declared_keys = _declared(data, "keys")
+    problems += all_reference_problems(
+        (i.source for i in checked), key_configs, key_infos, declared_keys
+    )
+    problems += check_key_references(
+        source, key_configs, key_infos, None, declared_keys, [("daemon", "error_tasks")]
+    )
     if problems or config is None:
         raise ConfigError(problems)
 
@@ -179,7 +198,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         }
     )
     warnings, demo = demo_secret_warnings(config, source, paths.state_dir)
-    warnings = sort_problems(warnings)
+    warnings = sort_problems([*warnings, *key_warnings])
     return LoadedConfig(
         config=config,
         paths=paths,
@@ -190,6 +209,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         watchers=by_name(watchers),
         schedules=schedules,
         pollers=pollers,
+        key_infos=key_infos,
     )
 
 
@@ -206,6 +226,7 @@ def load_rule_text(loaded: LoadedConfig, text: str, source_name: str) -> RuleCon
         source, loaded.config.accounts, loaded.config.partners, check_file_name=False
     )
     problems = list(checked.problems)
+    problems += check_key_references(source, loaded.config.keys, loaded.key_infos)
     config = loaded.config
     declared = {"icap": set(config.icap), "smtp": set(config.smtp), "notify": set(config.notify)}
     problems += unknown_server_names(source, RULE_CHAINS, declared)

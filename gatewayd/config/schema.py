@@ -395,6 +395,31 @@ class ApiConfig(Strict):
         return value
 
 
+# ------------------------------------------------------------------ OpenPGP keys (keys:)
+
+
+class KeyConfig(Strict):
+    """An OpenPGP key of `keys:`: a partner's public key, or one of our private keys with
+    the passphrase that unlocks it (read from a file or an environment variable, never
+    written in the configuration). The file (armored or binary) holds one key."""
+
+    file: LaxPath
+    kind: Literal["public", "private"]
+    passphrase_file: LaxPath | None = None
+    passphrase_env: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _passphrase_source(self) -> KeyConfig:
+        given = [n for n in ("passphrase_file", "passphrase_env") if getattr(self, n) is not None]
+        if self.kind == "private" and len(given) != 1:
+            raise ValueError(
+                "a private key needs exactly one of 'passphrase_file' and 'passphrase_env'"
+            )
+        if self.kind == "public" and given:
+            raise ValueError(f"a public key has no passphrase: remove '{given[0]}'")
+        return self
+
+
 class Config(Strict):
     """The whole of `gatewayd.yaml`, plus the rules loaded from the rules folder."""
 
@@ -408,6 +433,8 @@ class Config(Strict):
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     partners: dict[str, PartnerConfig] = Field(default_factory=dict)
     accounts: dict[FileName, AccountConfig] = Field(default_factory=dict)
+    # OpenPGP keys by name, for the ENCRYPT/DECRYPT/SIGN/VERIFY tasks (gatewayd.crypto).
+    keys: dict[FileName, KeyConfig] = Field(default_factory=dict)
     # Servers that tasks reach out to (gatewayd.config.outbound): ICAP scanners, SMTP
     # servers, receivers of notices.
     icap: dict[str, IcapServerConfig] = Field(default_factory=dict)

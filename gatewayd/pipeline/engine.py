@@ -28,6 +28,7 @@ from gatewayd.tasks.base import TransferCreator
 
 if TYPE_CHECKING:
     from gatewayd.config import LoadedConfig
+    from gatewayd.crypto.keyring import Keyring
     from gatewayd.pipeline.clients import ClientPool
     from gatewayd.store.base import Store
 
@@ -79,6 +80,8 @@ class Runtime:
     create_transfer: TransferCreator | None = None
     observer: Observer = field(default_factory=Observer)
     local_host: str = field(default_factory=socket.gethostname)
+    # The gateway's OpenPGP keyring, for the tasks that encrypt, sign, decrypt, verify.
+    keyring: Keyring | None = None
     # A transfer as the API shows it (for NOTIFY); the composition supplies it.
     transfer_json: Callable[[Transfer], dict[str, Any]] | None = None
 

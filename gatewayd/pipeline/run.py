@@ -280,6 +280,7 @@ class Run:
             create_transfer=self.rt.create_transfer,
             log=self.log,
             remote=None if t.is_server else functools.partial(self._partner, t),
+            keyring=self.rt.keyring,
             outbound=outbound(self.rt.loaded, self.rt.transfer_json),
         )
 

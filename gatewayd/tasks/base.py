@@ -15,12 +15,15 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from gatewayd.errors import TransferError
 from gatewayd.model import Transfer
 from gatewayd.outbound.context import Outbound
 from gatewayd.requests import TransferRequest
+
+if TYPE_CHECKING:
+    from gatewayd.crypto.keyring import Keyring
 
 
 class TransferCreator(Protocol):
@@ -74,6 +77,8 @@ class TaskContext:
     rerun: bool = False
     # The partner of a client transfer, connected (set by the driver; None otherwise).
     remote: Callable[[], AbstractAsyncContextManager[RemoteFiles]] | None = None
+    # The gateway's OpenPGP keys (the ENCRYPT/DECRYPT/SIGN/VERIFY tasks); None: none.
+    keyring: Keyring | None = None
     # The servers that ICAP, EMAIL and NOTIFY reach (set by the driver; None otherwise).
     outbound: Outbound | None = None
 
