@@ -6,6 +6,7 @@ const STATUSES = ["PLANNED", "AVAILABLE", "RUNNING", "PAUSED", "INTERRUPTED", "E
 const SORTS = ["id", "start", "stop", "status", "rule", "requester", "requested", "filesize"];
 const FILTERS = ["status", "rule", "partner", "account", "direction", "protocol", "start", "stop", "file", "followID"];
 const SVG = "http://www.w3.org/2000/svg";
+const CHART_SLOTS = 300;
 
 const state = { session: null, cleanup: null };
 
@@ -302,10 +303,12 @@ function chart(points) {
   const peak = Math.max(1, ...points.map((p) => p[1]));
   const box = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": "Throughput of the last minutes" });
   box.append(svg("rect", { x: 0, y: 0, width, height, class: "chart-bg" }));
-  const n = Math.max(2, points.length);
-  const coords = points.map((p, i) => `${((i / (n - 1)) * width).toFixed(1)},${(height - 4 - (p[1] / peak) * (height - 8)).toFixed(1)}`);
+  // The stream keeps one point a second for five minutes: the newest at the right.
+  const slots = Math.max(CHART_SLOTS, points.length);
+  const x = (i) => (((slots - points.length + i) / (slots - 1)) * width).toFixed(1);
+  const coords = points.map((p, i) => `${x(i)},${(height - 4 - (p[1] / peak) * (height - 8)).toFixed(1)}`);
   if (coords.length) box.append(svg("polyline", { points: coords.join(" "), class: "chart-line" }));
-  return { box, peak };
+  return { box };
 }
 
 function progressCells(t) {
@@ -339,9 +342,11 @@ async function pageLive() {
     counts.replaceChildren(
       ...STATUSES.map((s) => h("li", {}, h("a", { href: `#/transfers?status=${s}` }, badge(s), " ", h("span", { class: "count", "data-status": s }, String(snap.counts[s] ?? "…"))))),
     );
-    const { box, peak } = chart(snap.throughput);
-    const nowRate = snap.throughput.length ? snap.throughput[snap.throughput.length - 1][1] : 0;
-    chartBox.replaceChildren(box, h("figcaption", {}, `Throughput of this node, last ${Math.round(snap.throughput.length / 60) || 1} min: now ${rate(nowRate) === "—" ? "0 B/s" : rate(nowRate)}, peak ${rate(peak)}`));
+    const { box } = chart(snap.throughput);
+    const speeds = snap.throughput.map((p) => p[1]);
+    const now = speeds.length ? speeds[speeds.length - 1] : 0;
+    const caption = `Throughput of this node over the last 5 minutes: now ${size(Math.round(now))}/s, peak ${size(Math.round(Math.max(0, ...speeds)))}/s`;
+    chartBox.replaceChildren(box, h("figcaption", {}, caption));
     const seen = new Set();
     for (const t of snap.running) {
       seen.add(t.id);
