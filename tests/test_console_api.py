@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -207,3 +208,21 @@ async def test_the_lists_console_filters(env: ApiEnv) -> None:
         "direction",
         "stop",
     ]
+
+
+async def test_over_tls_the_cookie_is_secure(env: ApiEnv) -> None:
+    from tests.test_api_tls import self_signed
+
+    cert, key = self_signed(env.root)
+    env.extra["api"] = {"tls_cert": str(cert), "tls_key": str(key)}
+    await env.start()
+    trusting = ssl.create_default_context(cafile=str(cert))
+    base = env.api.base.replace("http://", "https://")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + "/", ssl=trusting) as r:
+            assert r.status == 200 and "Content-Security-Policy" in r.headers
+        body = {"user": "admin", "password": PASSWORD}
+        async with session.post(base + "/api/session", json=body, ssl=trusting) as r:
+            assert r.status == 201
+            morsel = r.cookies[COOKIE]
+            assert morsel["secure"] and morsel["httponly"] and morsel["samesite"] == "Strict"
