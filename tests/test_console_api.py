@@ -226,3 +226,22 @@ async def test_over_tls_the_cookie_is_secure(env: ApiEnv) -> None:
             assert r.status == 201
             morsel = r.cookies[COOKIE]
             assert morsel["secure"] and morsel["httponly"] and morsel["samesite"] == "Strict"
+
+
+async def test_the_event_stream_of_a_session_ends_with_the_session(
+    env: ApiEnv, browser: aiohttp.ClientSession
+) -> None:
+    await env.start()
+    login = await _login(env, browser)
+    token = (await login.json())["csrfToken"]
+    async with browser.get(env.api.base + "/api/transfers/events") as stream:
+        assert stream.status == 200
+        events = _events(stream)
+        async with asyncio.timeout(10):
+            await events.__anext__()  # it flows
+            async with browser.delete(
+                env.api.base + "/api/session", headers={"X-CSRF-Token": token}
+            ) as r:
+                assert r.status == 204
+            async for _ in events:  # ends at the next sample
+                pass

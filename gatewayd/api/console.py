@@ -262,6 +262,8 @@ async def transfer_events(call: Call) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
+    session = call.request.get(SESSION)
+    sessions = call.ctx.auth.sessions
     await response.prepare(call.request)
     with contextlib.suppress(ConnectionError):
         async with feed.listen() as queue:
@@ -273,8 +275,8 @@ async def transfer_events(call: Call) -> web.StreamResponse:
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
-                if item is None:
-                    break
+                if item is None or (session is not None and not sessions.alive(session.id)):
+                    break  # the daemon stops, or the session ended (logout, expiry)
                 data = json.dumps(item, separators=(",", ":")).encode()
                 await response.write(b"event: transfers\ndata: " + data + b"\n\n")
         await response.write_eof()

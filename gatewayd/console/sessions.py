@@ -80,6 +80,12 @@ class SessionStore:
         session.seen = now
         return session
 
+    def alive(self, session_id: str) -> bool:
+        """Whether the session still lasts, without counting this as activity (an open
+        event stream does not keep a session alive)."""
+        session = self._sessions.get(session_id)
+        return session is not None and not self._expired(session, self._now())
+
     def close(self, session_id: str) -> bool:
         """End a session (logout); whether it existed."""
         return self._sessions.pop(session_id, None) is not None

@@ -159,6 +159,15 @@ const live = {
       this.last = JSON.parse(ev.data);
       for (const f of this.listeners) f(this.last);
     });
+    // A stream ended for good (the session ended, the daemon stopped): is the user
+    // still logged in? (The browser reconnects by itself while the answer is 200.)
+    this.source.addEventListener("error", async () => {
+      if (!this.source || this.source.readyState !== EventSource.CLOSED) return;
+      this.source = null;
+      const s = await api("GET", "/api/session").catch(() => null);
+      if (s && !s.user) loggedOut("Your session has ended: log in again.");
+      else if (s) setTimeout(() => this.start(), 2000);
+    });
   },
   stop() {
     if (this.source) this.source.close();
