@@ -312,3 +312,49 @@ async def test_phone_width_folds_the_menu(gateway: Gateway, page: Watched) -> No
     assert width <= 390, f"the page is {width} px wide"
     await shoot(page.page, gateway, "console-phone")
     page.check()
+
+
+async def test_every_page_shows_and_a_token_is_shown_once(gateway: Gateway, page: Watched) -> None:
+    await page.login("admin")
+    pages = {
+        "#/transfers": "History",
+        "#/new": "New transfer",
+        "#/rules": "Rules",
+        "#/servers": "Servers",
+        "#/partners": "Partners",
+        "#/accounts": "Accounts",
+        "#/users": "Users",
+        "#/tokens": "API tokens",
+        "#/automation": "Automation",
+        "#/nodes": "Cluster nodes",
+        "#/audit": "Audit log",
+    }
+    for where, title in pages.items():
+        await page.go(where)
+        await page.page.wait_for_selector(f"main h1:text-is('{title}')", timeout=WAIT)
+    await page.go("#/partners")
+    await page.page.wait_for_selector("main td:text-is('share')", timeout=WAIT)
+    await page.go("#/tokens")
+    await page.page.wait_for_selector("#token-form", timeout=WAIT)
+    await page.page.fill("#token-form input[name=comment]", "from the console")
+    await page.page.click("#token-form button[type=submit]")
+    token = await (await page.page.wait_for_selector("#new-token textarea")).input_value()
+    assert token.count(".") == 2, token  # a JWT
+    status, about = await gateway.call(
+        "GET", "/api/about", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200 and about["user"] == "admin"
+    await page.go("#/nodes")
+    await page.go("#/tokens")
+    await page.page.wait_for_selector("main td:text-is('from the console')", timeout=WAIT)
+    assert token not in (await page.page.content()), "a token is shown once"
+    row = page.page.locator("tr", has_text="from the console")
+    await row.locator("button:text-is('Revoke')").click()
+    await page.page.wait_for_selector(
+        "tr:has-text('from the console') >> button:text-is('Revoke')", state="detached"
+    )
+    status, _ = await gateway.call(
+        "GET", "/api/about", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert status == 401
+    page.check()

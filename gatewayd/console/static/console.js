@@ -750,13 +750,30 @@ async function pageTokens() {
 }
 
 async function pageAutomation() {
-  const sections = [["Watchers", "/api/watchers", "watchers"], ["Schedules", "/api/schedules", "schedules"], ["Pollers", "/api/pollers", "pollers"]];
+  const sections = [
+    ["Watchers", "/api/watchers", "watchers", ["pause", "resume", "fire"]],
+    ["Schedules", "/api/schedules", "schedules", ["pause", "resume", "fire"]],
+    ["Pollers", "/api/pollers", "pollers", ["fire"]],
+  ];
   const parts = [h("h1", {}, "Automation")];
-  for (const [title, path, key] of sections) {
+  for (const [title, path, key, verbs] of sections) {
     parts.push(h("h2", {}, title));
     try {
       const rows = (await api("GET", path))[key] || [];
-      parts.push(rows.length ? table(rows, autoColumns(rows)) : h("p", {}, `No ${title.toLowerCase()}.`));
+      const columns = autoColumns(rows);
+      if (can("rules", "w")) {
+        const run = (name, verb) => async () => {
+          try {
+            await api("POST", `${path}/${encodeURIComponent(name)}/${verb}`);
+            await render();
+            notice(`${name}: ${verb} done.`);
+          } catch (e) {
+            notice(`${name}: ${verb} refused: ${e.message}`, "error");
+          }
+        };
+        columns.push({ label: "", cell: (r) => h("div", { class: "actions" }, verbs.map((v) => button(v[0].toUpperCase() + v.slice(1), run(r.name, v), { "data-action": v }))) });
+      }
+      parts.push(rows.length ? table(rows, columns) : h("p", {}, `No ${title.toLowerCase()}.`));
     } catch (e) {
       parts.push(h("p", { class: "error" }, e.message));
     }
@@ -819,7 +836,18 @@ const ROUTES = [
   [/^\/audit$/, pageAudit],
 ];
 
-async function render() {
+// Renders run one after the other, and only the newest asked for runs: a slow page
+// never overwrites the one the user went to next.
+let rendering = Promise.resolve();
+let wanted = 0;
+
+function render() {
+  const mine = ++wanted;
+  rendering = rendering.catch(() => null).then(() => (mine === wanted ? renderNow() : null));
+  return rendering;
+}
+
+async function renderNow() {
   if (!state.session) return;
   if (state.cleanup) state.cleanup();
   state.cleanup = null;
