@@ -284,6 +284,17 @@ async def test_a_rule_edit_with_an_error_shows_its_line_and_changes_nothing(
     # The browser logs the refused PUT (400) as a failed load: that one only.
     page.check(allowed_errors=1, what="the refused rule")
     assert "400" in page.errors[0]
+    # Corrected (and changed), it is saved and in force at once.
+    fixed = before.replace("edited from the console", "saved from the console")
+    await page.page.fill("#rule-yaml", fixed)
+    await page.page.click("#rule-save")
+    await page.page.wait_for_selector("#notice .info:has-text('saved')", timeout=WAIT)
+    assert await page.page.locator("#rule-problems li").count() == 0
+    assert await page.page.locator(".gutter span.bad").count() == 0
+    assert path.read_text() == fixed
+    status, rule = await gateway.call("GET", "/api/rules/edited")
+    assert status == 200 and rule["comment"] == "saved from the console"
+    page.check(allowed_errors=1, what="the saved rule")
 
 
 async def test_logout_ends_the_session(gateway: Gateway, page: Watched) -> None:
