@@ -68,6 +68,7 @@ class LiveFeed:
         elif self.latest is not None:
             queue.put_nowait(self.latest)
         self._listeners.add(queue)
+        self._counted = float("-inf")  # a new page gets fresh counts at the next sample
         try:
             yield queue
         finally:
