@@ -18,7 +18,7 @@ import pytest
 import gatewayd.passwords
 from gatewayd.api.auth import AREAS, KEY_FILE
 from gatewayd.api.routes import ROUTES, Route
-from tests.api_support import PASSWORD, ApiEnv, basic
+from tests.api_support import PASSWORD, Answer, ApiEnv, basic
 
 
 @pytest.fixture
@@ -76,6 +76,14 @@ def _path(r: Route) -> str:
 
 async def _send(env: ApiEnv, r: Route, token: str) -> Any:
     body = {} if r.body else None
+    if r.answer_type == "text/event-stream":  # never ends: the answer's head says enough
+        url = env.api.base + _path(r)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with env.api.session.get(url, headers=headers) as response:
+            if response.status == 200:
+                return Answer(200, None, response.headers, "")
+            text = await response.text()
+            return Answer(response.status, json.loads(text), response.headers, text)
     return await env.api.call(r.method, _path(r), json_body=body, token=token)
 
 

@@ -150,6 +150,9 @@ def test_add_then_watch_to_completion(daemon: Daemon) -> None:
     # Not a terminal: one line per change on stderr, no bar.
     assert f"transfer {created['id']}: " in result.stderr and "\r" not in result.stderr
     assert (daemon.env.share / "copy.bin").stat().st_size == 6 * MiB
+    # It followed the live stream of running transfers, not a poll of the row (the
+    # stream's access line is written once the server notices the client left).
+    _wait_line(daemon.lines, daemon.proc, "GET /api/transfers/events ")
     final = as_json(daemon, "transfer", "watch", str(created["id"]))
     assert final["status"] == "DONE" and final["sha256"]
 

@@ -547,6 +547,32 @@ async def test_list_filters(store: Store) -> None:
     assert await ids(parent_id=rows[6].id) == [rows[7].id]
     assert await ids(rule="a", statuses=(Status.DONE,), is_server=False) == [rows[0].id]
     assert await ids(rule="nope") == []
+    # The console's filters.
+    assert await ids(is_send=True) == expect(lambda t: t.is_send)
+    assert await ids(is_send=False) == expect(lambda t: not t.is_send)
+    protocol = rows[0].protocol
+    assert await ids(protocol=protocol) == expect(lambda t: t.protocol == protocol)
+    assert await ids(protocol="no-such-protocol") == []
+
+
+async def test_list_filename_pattern(store: Store) -> None:
+    names = ["Report_1.csv", "report-2.CSV", "data%1.bin", "data_x.bin", "a\\b.txt"]
+    made = [make(src_filename=n, dest_filename=f"out-{i}") for i, n in enumerate(names)]
+    for t in made:
+        await store.insert_transfer(t)
+
+    async def ids(pattern: str) -> list[int]:
+        page, _ = await store.list_transfers(TransferFilter(limit=100, filename_pattern=pattern))
+        return [t.id or 0 for t in page]
+
+    assert await ids("report*.csv") == [made[0].id, made[1].id]  # case-insensitive
+    assert await ids("report_?.csv") == [made[0].id]  # `_` is a character
+    assert await ids("data%?.bin") == [made[2].id]  # `%` too
+    assert await ids("data?x.bin") == [made[3].id]
+    assert await ids("a\\b.txt") == [made[4].id]
+    assert await ids("out-3") == [made[3].id]  # the other side's name
+    assert await ids("*") == [t.id for t in made]
+    assert await ids("nothing*") == []
 
 
 @pytest.mark.parametrize("field", SORT_FIELDS)

@@ -7,6 +7,8 @@ event loop, next to the protocol servers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ from aiohttp import web
 # The handler modules register their routes when imported.
 from gatewayd.api import (  # noqa: F401
     about,
+    console,
     inventory,
     keys,
     metrics,
@@ -35,6 +38,10 @@ from gatewayd.api.errors import Handler, error_middleware
 from gatewayd.api.refusals import CALLER, RefusedWrites
 from gatewayd.api.routes import ANONYMOUS, CONTEXT, ROUTES, ApiContext, ApiDeps, Call, Route
 from gatewayd.config.paths import absolute
+from gatewayd.console.live import LiveFeed
+from gatewayd.console.sessions import COOKIE
+from gatewayd.model import Status
+from gatewayd.store.base import Store, TransferFilter
 
 if TYPE_CHECKING:
     from gatewayd.config import LoadedConfig
@@ -43,6 +50,8 @@ log = structlog.get_logger("gatewayd.api")
 
 MAX_BODY = 1 << 20  # bytes; rules and transfer requests are far smaller
 SHUTDOWN_GRACE = 2.0  # seconds
+# Sent by the console's script with every request (see `_headers`).
+CONSOLE_HEADER = "X-Gatewayd-Console"
 
 
 def _endpoint(r: Route) -> Handler:
@@ -80,6 +89,10 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
     # Answers may carry tokens and private details: never cache them anywhere.
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.headers.get(CONSOLE_HEADER) or COOKIE in request.cookies:
+        # A Basic challenge would make the browser ask for a password in a dialog of
+        # its own: the console asks with its login form.
+        response.headers.popall("WWW-Authenticate", None)
     return response
 
 
@@ -93,6 +106,15 @@ def build_app(ctx: ApiContext) -> web.Application:
     for r in ROUTES:
         app.router.add_route(r.method, r.path, _endpoint(r), name=r.operation_id)
     return app
+
+
+async def _counts(store: Store) -> dict[str, int]:
+    """Transfers per status in the database (every node's)."""
+    found = {}
+    for status in Status:
+        _, total = await store.list_transfers(TransferFilter(statuses=(status,), limit=1))
+        found[status.value] = total
+    return found
 
 
 def _tls_context(loaded: LoadedConfig) -> ssl.SSLContext | None:
@@ -115,6 +137,8 @@ class ApiServer:
         self.auth: Authenticator | None = None
         self.refused_writes: RefusedWrites | None = None
         self._runner: web.AppRunner | None = None
+        self.feed: LiveFeed | None = None
+        self._feed_task: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.scheme = "http"
 
@@ -130,7 +154,13 @@ class ApiServer:
             shared=deps.config().config.database.backend == "postgresql",
         )
         started: datetime = deps.clock.now()
-        context = ApiContext(**vars(deps), auth=self.auth, started=started)
+        self.feed = LiveFeed(
+            running=lambda: [run.transfer for run in list(deps.service.engine.active.values())],
+            node=deps.config().config.daemon.node_name(),
+            tz=lambda: deps.config().tz,
+            counts=lambda: _counts(deps.store),
+        )
+        context = ApiContext(**vars(deps), auth=self.auth, started=started, feed=self.feed)
         app = build_app(context)
         self.refused_writes = app[REFUSED_WRITES]
         tls = self.tls or _tls_context(deps.config())
@@ -148,11 +178,19 @@ class ApiServer:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._feed_task = asyncio.create_task(self.feed.run(), name="console-live-feed")
         addresses = runner.addresses
         self.port = int(addresses[0][1]) if addresses else api.port
         log.info("api listening", address=api.address, port=self.port, scheme=self.scheme)
 
     async def stop(self) -> None:
+        if self.feed is not None:
+            self.feed.close()  # open event streams end now, not after the grace
+        if self._feed_task is not None:
+            self._feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feed_task
+            self._feed_task = None
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

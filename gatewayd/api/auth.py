@@ -39,6 +39,7 @@ from aiohttp import web
 from gatewayd.api.errors import ApiError, Problem
 from gatewayd.api.refusals import CALLER, ReportBound
 from gatewayd.config.schema import ApiConfig
+from gatewayd.console.sessions import COOKIE, CSRF_HEADER, Session, SessionStore
 from gatewayd.fsutil import create_exclusive
 from gatewayd.passwords import CredentialCache, HashingBusy, PasswordHashing
 from gatewayd.pipeline.auth_throttle import AuthThrottle, LoginThrottle, ThrottlePolicy
@@ -72,6 +73,10 @@ THROTTLE = ThrottlePolicy(
 )
 # Longest login written to the log (an attacker's may be kilobytes long).
 MAX_LOGGED_LOGIN = 200
+# Requests that change nothing: a console session needs no CSRF token for them.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The console session a request came with (set by `authenticate`).
+SESSION = web.RequestKey("gatewayd_console_session", Session)
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,8 @@ class Authenticator:
         self.throttle: LoginThrottle = throttle or AuthThrottle(THROTTLE)
         # A banned address may knock thousands of times a second: one line a minute.
         self._ban_reports = ReportBound(burst=1, interval=60.0, total_burst=20, total_interval=1.0)
+        # The web console's logged-in browsers (gatewayd.api.console).
+        self.sessions = SessionStore()
 
     def __repr__(self) -> str:
         return f"Authenticator(cache={self.cache!r})"
@@ -211,6 +218,8 @@ class Authenticator:
         if not header and tapis_token and request.path.startswith(TAPIS_PREFIX):
             # Tapis clients send their JWT there: one of our bearer tokens works.
             return await self._bearer(request, tapis_token)
+        if not header and COOKIE in request.cookies:
+            return self._from_session(request, request.cookies[COOKIE])
         if not header:
             raise self._unauthorized("authentication required (HTTP Basic or a bearer token)")
         if scheme.lower() == "basic":
@@ -220,6 +229,42 @@ class Authenticator:
         if scheme.lower() == "bearer":
             return await self._bearer(request, value.strip())
         raise self._unauthorized(f"unsupported authentication scheme '{scheme}'")
+
+    async def login(self, request: web.Request, login: str, password: str) -> Principal:
+        """Check a password given in a body (the console's login form) exactly like one
+        given as HTTP Basic: the same throttle, hashing slots and audit."""
+        request[CALLER] = unverified(login)
+        await self._refuse_if_banned(request, login)
+        return await self._basic(request, login, password)
+
+    def _from_session(self, request: web.Request, session_id: str) -> Principal:
+        """The user of a console session, with the user's current permissions; a change
+        needs the session's CSRF token in a header (a cross-site page can make the
+        browser send the cookie, never read the token)."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise self._unauthorized("the console session has ended: log in again")
+        request[CALLER] = session.user
+        if request.method not in SAFE_METHODS and not session.csrf_ok(
+            request.headers.get(CSRF_HEADER)
+        ):
+            raise ApiError(
+                403,
+                [
+                    Problem(
+                        f"a change made with a console session needs its {CSRF_HEADER} header",
+                        "csrf",
+                    )
+                ],
+            )
+        user = self._config().users.get(session.user)
+        if user is None:
+            self.sessions.close(session_id)
+            raise self._unauthorized("the session's user no longer exists")
+        request[SESSION] = session
+        return Principal(
+            session.user, {str(a): p for a, p in user.permissions.items()}, manages_tokens=True
+        )
 
     async def _refuse_if_banned(self, request: web.Request, login: str) -> None:
         """429 for an address banned by the throttle, before any credential is checked

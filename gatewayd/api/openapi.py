@@ -324,7 +324,10 @@ def _operation(r: Route) -> dict[str, Any]:
     if r.description:
         op["description"] = r.description
     op["x-permission"] = f"{r.area}:{r.letter}" if r.area else "any authenticated user"
-    if r.open_when is not None:
+    if r.public:
+        op["x-permission"] = "none"
+        op["security"] = []
+    elif r.open_when is not None:
         op["x-permission"] += " (or none, depending on a setting)"
     params = [
         {"name": name, "in": "path", "required": True, "schema": STRING}
@@ -387,9 +390,11 @@ def build_document() -> dict[str, Any]:
             "securitySchemes": {
                 "basicAuth": {"type": "http", "scheme": "basic"},
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                # The console's (`POST /api/session`); changes also need X-CSRF-Token.
+                "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "gatewayd_session"},
             },
         },
-        "security": [{"basicAuth": []}, {"bearerAuth": []}],
+        "security": [{"basicAuth": []}, {"bearerAuth": []}, {"sessionCookie": []}],
         "paths": dict(sorted(paths.items())),
     }
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gatewayd.automation.watchers import Watchers
     from gatewayd.clock import Clock
     from gatewayd.config import LoadedConfig
+    from gatewayd.console.live import LiveFeed
     from gatewayd.passwords import PasswordHashing
     from gatewayd.pipeline.service import TransferService
     from gatewayd.ports import ProtocolServer
@@ -69,6 +70,8 @@ class ApiContext(ApiDeps):
     started: datetime
     # Rule changes (validate, write, reload, swap) happen one at a time.
     config_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The console's live stream of this node's running transfers (None: not running).
+    feed: LiveFeed | None = None
 
     @property
     def loaded(self) -> LoadedConfig:
@@ -135,6 +138,9 @@ class Route:
     open_when: Callable[[ApiContext], bool] | None = None
     # The media type of the successful answers (errors are always JSON).
     answer_type: str = "application/json"
+    # Needs no credentials at all (the console's page and login): `open_when` is always
+    # true, and the OpenAPI document says so.
+    public: bool = False
 
 
 ROUTES: list[Route] = []
@@ -144,6 +150,10 @@ ROUTES: list[Route] = []
 SCHEMAS: dict[str, dict[str, Any]] = {}
 
 ANONYMOUS = Principal("(anonymous)")
+
+
+def _always(ctx: ApiContext) -> bool:
+    return True
 
 
 def route(
@@ -161,8 +171,12 @@ def route(
     description: str = "",
     open_when: Callable[[ApiContext], bool] | None = None,
     answer_type: str = "application/json",
+    public: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Register the decorated handler in `ROUTES`."""
+
+    if public:
+        open_when = _always
 
     def register(handler: Handler) -> Handler:
         ROUTES.append(
@@ -182,6 +196,7 @@ def route(
                 description=description,
                 open_when=open_when,
                 answer_type=answer_type,
+                public=public,
             )
         )
         return handler

@@ -55,6 +55,18 @@ LIST_QUERY = (
     Param("partner", "Only client transfers with this partner"),
     Param("account", "Only server transfers of this local account"),
     Param("start", "Only transfers that started at or after this time (RFC 3339)"),
+    Param("stop", "Only transfers that ended at or before this time (RFC 3339)"),
+    Param(
+        "direction",
+        "Only transfers that send or that receive (seen from this gateway)",
+        {"type": "string", "enum": ["send", "receive"]},
+    ),
+    Param("protocol", "Only transfers of this protocol (sftp, http, ftp, local, ...)"),
+    Param(
+        "file",
+        "Only transfers whose file name (either side) matches this pattern: `*` any "
+        "characters, `?` one, case-insensitive",
+    ),
     Param("followID", "Only transfers of this correlation id"),
     Param("limit", "Page size (default 20, at most 1000)", {"type": "integer"}),
     Param("offset", "Rows to skip", {"type": "integer"}),
@@ -90,6 +102,16 @@ def _statuses(query: Query, name: str, *, allow_all: bool = False) -> list[Statu
         if status not in found:
             found.append(status)
     return found
+
+
+def _direction(query: Query) -> bool | None:
+    value = query.text("direction")
+    if value is None or value in ("send", "receive"):
+        return None if value is None else value == "send"
+    query.problems.append(
+        Problem(f"'direction': {value!r} is not send or receive", "bad_query", "direction")
+    )
+    return None
 
 
 def _sort(query: Query) -> tuple[str, bool]:
@@ -143,6 +165,10 @@ async def list_transfers(call: Call) -> web.StreamResponse:
         partner=query.text("partner"),
         account=query.text("account"),
         start_after=query.time("start", call.ctx.tz),
+        stop_before=query.time("stop", call.ctx.tz),
+        is_send=_direction(query),
+        protocol=query.text("protocol"),
+        filename_pattern=query.text("file"),
         follow_id=query.text("followID"),
         limit=query.integer("limit", 20, 1, MAX_LIMIT),
         offset=query.integer("offset", 0, 0, MAX_ID),

@@ -21,7 +21,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,6 +215,45 @@ class ApiClient:
 
     def get(self, path: str, query: Sequence[tuple[str, str]] = ()) -> Any:
         return self.request("GET", path, query=query)[1]
+
+    def events(self, path: str) -> Iterator[tuple[str, Any]]:
+        """The (event, decoded JSON data) of a Server-Sent Events stream, as they come;
+        `NoStream` when the gateway has no such stream (an older version)."""
+        headers = {"Authorization": self._authorization(), "Accept": "text/event-stream"}
+        request = urllib.request.Request(self.settings.url + path, headers=headers)
+        try:
+            answer = self._opener.open(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (404, 405):
+                raise NoStream(path) from None
+            raise _http_error(exc.code, _decode(exc.read())) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CliError(
+                Exit.UNREACHABLE, f"cannot reach the API at {self.settings.url}: {reason}"
+            ) from None
+        with answer:
+            if not answer.headers.get("Content-Type", "").startswith("text/event-stream"):
+                raise NoStream(path)
+            event = "message"
+            data: list[str] = []
+            try:
+                for raw in answer:
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if not line:
+                        if data:
+                            yield event, _decode("\n".join(data).encode())
+                        event, data = "message", []
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].lstrip())
+            except OSError as exc:
+                raise CliError(Exit.UNREACHABLE, f"the event stream broke: {exc}") from None
+
+
+class NoStream(Exception):
+    """The gateway does not offer that event stream."""
 
 
 def _decode(payload: bytes) -> Any:

@@ -8,11 +8,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gatewayd.cli import output as out
-from gatewayd.cli.api_client import ApiClient
+from gatewayd.cli.api_client import ApiClient, NoStream
 from gatewayd.cli.api_command import Run, command, group, seconds, transfer_id
 from gatewayd.cli.exits import CliError, Exit
 
@@ -123,46 +123,114 @@ class _Rate:
         return (progress - first) / (at - first_at)
 
 
-def _watch(api: ApiClient, number: int, args: argparse.Namespace) -> int:
-    """Follow a transfer until it ends; a live bar on a terminal, a line per change
-    otherwise. Exit status 0 only when it ends DONE."""
-    tty = sys.stderr.isatty()
-    rate = _Rate()
-    deadline = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
-    last_line = ""
-    while True:
-        t = api.get(f"/api/transfers/{number}")
+class _Display:
+    """What `watch` shows: a live bar on a terminal, a line per change otherwise."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.tty = sys.stderr.isatty()
+        self.last_line = ""
+
+    def show(self, t: Mapping[str, Any], speed: float | None, eta: float | None) -> None:
         status = t["status"]
-        ended = status in _ENDED and not (status == "ERROR" and t["remainingAttempts"] > 0)
+        if self.tty:
+            label = f"{status} {t['step']}" if status == "RUNNING" else status
+            bar = out.progress_bar(t["progress"], t["filesize"], speed, eta, label)
+            sys.stderr.write("\r\x1b[2K" + bar)
+            sys.stderr.flush()
+        else:
+            line = f"transfer {self.number}: {status} {t['step']}"
+            if line != self.last_line:
+                print(line, file=sys.stderr)
+                self.last_line = line
+
+    def end(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def _ended(t: Mapping[str, Any]) -> bool:
+    status = t["status"]
+    return status in _ENDED and not (status == "ERROR" and t["remainingAttempts"] > 0)
+
+
+def _watch(api: ApiClient, number: int, args: argparse.Namespace) -> int:
+    """Follow a transfer until it ends, from the gateway's live stream of running
+    transfers (`/api/transfers/events`), else by asking for the row every `--interval`
+    seconds (a gateway without the stream). Exit status 0 only when it ends DONE."""
+    display = _Display(number)
+    deadline = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
+    try:
+        t = _follow_stream(api, number, args, display, deadline)
+    except NoStream:
+        t = _follow_polling(api, number, args, display, deadline)
+    display.end()
+    out.emit(t, args.format, _summary)
+    return Exit.OK if t["status"] == "DONE" else Exit.TRANSFER_FAILED
+
+
+def _check_deadline(
+    t: Mapping[str, Any], args: argparse.Namespace, display: _Display, deadline: float | None
+) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        display.end()
+        raise CliError(
+            Exit.TRANSFER_FAILED,
+            f"transfer {t['id']} still {t['status']} after {args.wait_timeout:g} s",
+        )
+
+
+def _follow_stream(
+    api: ApiClient,
+    number: int,
+    args: argparse.Namespace,
+    display: _Display,
+    deadline: float | None,
+) -> dict[str, Any]:
+    """While the transfer runs on the node we are connected to, its progress comes with
+    each event; otherwise (planned, paused, run by another node) each event is the
+    moment to look at its row."""
+    t: dict[str, Any] = api.get(f"/api/transfers/{number}")
+    display.show(t, None, None)
+    if _ended(t):
+        return t
+    for event, data in api.events("/api/transfers/events"):
+        if event != "transfers" or not isinstance(data, dict):
+            continue
+        live = next((r for r in data.get("running", ()) if r.get("id") == number), None)
+        if live is not None:
+            t.update(status=live["status"], step=live["step"], progress=live["progress"])
+            display.show(t, live.get("rate") or None, live.get("eta"))
+        else:
+            t = api.get(f"/api/transfers/{number}")
+            display.show(t, None, None)
+            if _ended(t):
+                return t
+        _check_deadline(t, args, display, deadline)
+    # The stream ended (the daemon stops): the row says where the transfer is.
+    return _follow_polling(api, number, args, display, deadline)
+
+
+def _follow_polling(
+    api: ApiClient,
+    number: int,
+    args: argparse.Namespace,
+    display: _Display,
+    deadline: float | None,
+) -> dict[str, Any]:
+    rate = _Rate()
+    while True:
+        t: dict[str, Any] = api.get(f"/api/transfers/{number}")
         speed = rate.add(time.monotonic(), t["progress"])
         total = t["filesize"]
         eta = None
         if speed and speed > 0 and total > 0:
             eta = max(0.0, (total - t["progress"]) / speed)
-        label = f"{status} {t['step']}" if status == "RUNNING" else status
-        if tty:
-            bar = out.progress_bar(t["progress"], total, speed, eta, label)
-            sys.stderr.write("\r\x1b[2K" + bar)
-            sys.stderr.flush()
-        else:
-            line = f"transfer {number}: {status} {t['step']}"
-            if line != last_line:
-                print(line, file=sys.stderr)
-                last_line = line
-        if ended:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            if tty:
-                sys.stderr.write("\n")
-            raise CliError(
-                Exit.TRANSFER_FAILED,
-                f"transfer {number} still {status} after {args.wait_timeout:g} s",
-            )
+        display.show(t, speed, eta)
+        if _ended(t):
+            return t
+        _check_deadline(t, args, display, deadline)
         time.sleep(args.interval)
-    if tty:
-        sys.stderr.write("\n")
-    out.emit(t, args.format, _summary)
-    return Exit.OK if status == "DONE" else Exit.TRANSFER_FAILED
 
 
 def _summary(t: dict[str, Any]) -> str:

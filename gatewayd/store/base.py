@@ -38,6 +38,11 @@ class TransferFilter:
     offset: int = 0
     sort: str = "id"  # one of SORT_FIELDS
     descending: bool = False
+    # The console's filters: direction, protocol, and a file name pattern (`*` any
+    # characters, `?` one; case-insensitive) matched against either side's name.
+    is_send: bool | None = None
+    protocol: str | None = None
+    filename_pattern: str | None = None
 
 
 @dataclass(frozen=True)

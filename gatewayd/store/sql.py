@@ -244,6 +244,21 @@ class Statements:
         return page, count, params
 
 
+def glob_to_like(pattern: str) -> str:
+    """A file name pattern (`*`, `?`) as a LIKE pattern escaped with a backslash."""
+    out = []
+    for char in pattern:
+        if char in "\\%_":
+            out.append("\\" + char)
+        elif char == "*":
+            out.append("%")
+        elif char == "?":
+            out.append("_")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def where_clause(filt: TransferFilter) -> tuple[str, tuple[Any, ...]]:
     """The WHERE clause (with a leading space, or empty) and its parameters."""
     terms: list[str] = []
@@ -268,6 +283,19 @@ def where_clause(filt: TransferFilter) -> tuple[str, tuple[Any, ...]]:
     if filt.filename is not None:
         terms.append("(src_filename = ? OR dest_filename = ?)")
         params.extend((filt.filename, filt.filename))
+    if filt.is_send is not None:
+        terms.append("is_send = ?")
+        params.append(int(filt.is_send))
+    if filt.protocol is not None:
+        terms.append("protocol = ?")
+        params.append(filt.protocol)
+    if filt.filename_pattern is not None:
+        like = glob_to_like(filt.filename_pattern)
+        terms.append(
+            "(lower(src_filename) LIKE lower(?) ESCAPE '\\' "
+            "OR lower(dest_filename) LIKE lower(?) ESCAPE '\\')"
+        )
+        params.extend((like, like))
     return (" WHERE " + " AND ".join(terms) if terms else ""), tuple(params)
 
 
