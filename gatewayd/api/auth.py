@@ -28,7 +28,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from aiohttp import web
 
 from gatewayd.api.errors import ApiError, Problem
 from gatewayd.api.refusals import CALLER, ReportBound
-from gatewayd.config.schema import ApiConfig
+from gatewayd.config.schema import ApiConfig, LoginThrottleConfig
 from gatewayd.fsutil import create_exclusive
 from gatewayd.passwords import CredentialCache, HashingBusy, PasswordHashing
 from gatewayd.pipeline.auth_throttle import AuthThrottle, LoginThrottle, ThrottlePolicy
@@ -70,6 +70,13 @@ THROTTLE = ThrottlePolicy(
     max_account_failures=None,
     ban=900.0,
 )
+
+
+def throttle_policy(config: LoginThrottleConfig) -> ThrottlePolicy:
+    """The policy `api.login_throttle` configures (its defaults are `THROTTLE`)."""
+    return replace(THROTTLE, **config.model_dump())
+
+
 # Longest login written to the log (an attacker's may be kilobytes long).
 MAX_LOGGED_LOGIN = 200
 
@@ -393,5 +400,7 @@ async def open_authenticator(
     """The API's authenticator; with `shared` (nodes share the database) its login
     throttle counts the failures of every node."""
     key = await asyncio.to_thread(load_signing_key, state_dir)
-    throttle = login_throttle(store, "api", shared=shared, policy=THROTTLE)
+    throttle = login_throttle(
+        store, "api", shared=shared, policy=throttle_policy(api_config().login_throttle)
+    )
     return Authenticator(api_config, store, key, now, hashing=hashing, throttle=throttle)

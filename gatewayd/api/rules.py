@@ -311,7 +311,7 @@ async def create_rule(call: Call) -> web.StreamResponse:
     area="rules",
     letter="w",
     tag="rules",
-    body="Rule",
+    body="RuleReplace",
     body_yaml=True,
     responses={
         200: ("Replaced and loaded", "Rule"),

@@ -355,6 +355,20 @@ class AdminUserConfig(Strict):
         return AccountConfig._must_be_a_hash(value) or value
 
 
+class LoginThrottleConfig(Strict):
+    """The admin API's login throttle (README, "Admin API"): failures per address over
+    `window` seconds; past `free_failures` each answer waits `base_delay` seconds,
+    doubling up to `max_delay`; the `max_address_failures`-th bans the address for
+    `ban` seconds."""
+
+    window: Annotated[float, Field(gt=0)] = 900.0
+    free_failures: Annotated[int, Field(ge=0)] = 2
+    base_delay: Annotated[float, Field(ge=0)] = 0.5
+    max_delay: Annotated[float, Field(ge=0)] = 8.0
+    max_address_failures: Annotated[int, Field(ge=1)] = 10
+    ban: Annotated[float, Field(gt=0)] = 900.0
+
+
 class ApiConfig(Strict):
     enabled: bool = True
     address: str = "127.0.0.1"
@@ -371,6 +385,7 @@ class ApiConfig(Strict):
     # Files one element of a Tapis transfer task (/v3/files/transfers) may expand to; an
     # element naming a folder with more fails with a message saying so.
     tapis_max_files: Annotated[int, Field(gt=0)] = 10_000
+    login_throttle: LoginThrottleConfig = LoginThrottleConfig()
 
     @field_validator("tls_key")
     @classmethod
