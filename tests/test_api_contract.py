@@ -73,6 +73,7 @@ class Contract:
             *auth,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env={**environ_without_proxy(), "NO_COLOR": "1"},
+            cwd=self.root,  # its cache (.schemathesis/) stays in the temp folder
         )  # fmt: skip
         try:
             async with asyncio.timeout(RUN_TIMEOUT):
