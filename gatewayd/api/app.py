@@ -19,6 +19,7 @@ from gatewayd.api import (  # noqa: F401
     about,
     inventory,
     metrics,
+    objects,
     openapi,
     pollers,
     r66,

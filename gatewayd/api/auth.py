@@ -278,6 +278,8 @@ class Authenticator:
 
     async def _basic(self, request: web.Request, login: str, password: str) -> Principal:
         user = self._config().users.get(login)
+        if user is not None and not user.enabled:
+            user = None  # answered like an unknown user (a hash is checked all the same)
         try:
             hashed = user.password if user is not None else await self._decoy_hash()
             if self.cache.hit(hashed, password):
@@ -336,6 +338,8 @@ class Authenticator:
         user = self._config().users.get(stored.user)
         if user is None:
             raise self._unauthorized("the token's user no longer exists", token_error=True)
+        if not user.enabled:
+            raise self._unauthorized("the token's user is disabled", token_error=True)
         own = {str(a): p for a, p in user.permissions.items()}
         return Principal(
             stored.user,

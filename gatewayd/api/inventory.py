@@ -79,7 +79,7 @@ def account_json(call: Call, name: str, account: AccountConfig) -> dict[str, Any
 
 
 def user_json(name: str, user: AdminUserConfig) -> dict[str, Any]:
-    return {"name": name, "permissions": dict(user.permissions)}
+    return {"name": name, "enabled": user.enabled, "permissions": dict(user.permissions)}
 
 
 def _one(items: dict[str, Any], kind: str, name: str) -> Any:

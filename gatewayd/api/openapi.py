@@ -239,7 +239,7 @@ def _schemas() -> dict[str, Any]:
             }
         ),
         "AccountList": _list("accounts", "Account"),
-        "User": _obj({"name": STRING, "permissions": PERMISSIONS}),
+        "User": _obj({"name": STRING, "enabled": BOOL, "permissions": PERMISSIONS}),
         "UserList": _list("users", "User"),
         "TokenRequest": _request(
             {

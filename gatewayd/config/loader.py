@@ -23,6 +23,7 @@ from gatewayd import ports as protocol_registry
 from gatewayd.config.demo import demo_secret_warnings
 from gatewayd.config.files import cert_and_key_problem, certificates_problem
 from gatewayd.config.messages import describe_value, field_name, validate
+from gatewayd.config.objects import load_objects, protocol_problems
 from gatewayd.config.paths import Paths, absolute, create_folders, folder_problem
 from gatewayd.config.pollers import PollerConfig, load_pollers
 from gatewayd.config.problems import ConfigError, Problem, sort_problems
@@ -70,6 +71,9 @@ class LoadedConfig:
     schedules: dict[str, ScheduleConfig] = field(default_factory=dict)
     # The remote pollers of `daemon.pollers_dir` (gatewayd.config.pollers).
     pollers: dict[str, PollerConfig] = field(default_factory=dict)
+    # The file of each account, partner and API user kept in its folder, by (kind, name)
+    # (gatewayd.config.objects); those of the main file are not here.
+    object_files: dict[tuple[str, str], Path] = field(default_factory=dict)
 
     def rule_folder(self, rule: RuleConfig) -> Path:
         """The rule's local folder (its `folder`, or data_dir/<name>)."""
@@ -136,9 +140,18 @@ def load_config(path: Path | str) -> LoadedConfig:
             source.problem(("database", "path"), f"{paths.database} is a folder, not a file")
         )
     problems += _file_problems(source, config, servers, partners, paths)
+    objects = load_objects(
+        daemon, paths.home, source, data, lambda entry: _endpoint_model(entry, "partners")
+    )
+    problems += objects.problems
+    problems += protocol_problems(
+        objects, servers, protocol_registry.CheckContext(paths.home, paths.state_dir)
+    )
+    declared_accounts = _declared(data, "accounts") | objects.declared["accounts"]
+    declared_partners = _declared(data, "partners") | objects.declared["partners"]
 
     checked, errors = _load_rules(
-        paths, source, accounts=_declared(data, "accounts"), partners=_declared(data, "partners")
+        paths, source, accounts=declared_accounts, partners=declared_partners
     )
     problems += errors
     for item in checked:
@@ -149,16 +162,14 @@ def load_config(path: Path | str) -> LoadedConfig:
     valid_rules = {item.rule.name: item.rule for item in checked if item.rule is not None}
     folders.check(paths.watchers_dir, source, ("daemon", "watchers_dir"), writable=False)
     invalid = frozenset(i.keys.name for i in checked if i.rule is None and i.keys.name)
-    watchers, errors = _load_watchers(
-        paths, source, valid_rules, _declared(data, "partners"), invalid
-    )
+    watchers, errors = _load_watchers(paths, source, valid_rules, declared_partners, invalid)
     problems += errors
     for watcher in watchers:
         problems += watcher.problems
     rules = {item.rule.name: item.rule for item in checked if item.rule is not None}
-    schedules, errors = _load_schedules(paths, source, rules, _declared(data, "partners"))
+    schedules, errors = _load_schedules(paths, source, rules, declared_partners)
     problems += errors
-    pollers, errors = _load_pollers(paths, source, rules, _declared(data, "partners"))
+    pollers, errors = _load_pollers(paths, source, rules, declared_partners)
     problems += errors
     if problems or config is None:
         raise ConfigError(problems)
@@ -166,7 +177,11 @@ def load_config(path: Path | str) -> LoadedConfig:
     config = config.model_copy(
         update={
             "servers": servers,
-            "partners": partners,
+            "partners": {**partners, **objects.objects["partners"]},
+            "accounts": {**config.accounts, **objects.objects["accounts"]},
+            "api": config.api.model_copy(
+                update={"users": {**config.api.users, **objects.objects["users"]}}
+            ),
             "rules": rules,
             "source": paths.config_file,
         }
@@ -183,6 +198,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         watchers={w.watcher.name: w.watcher for w in watchers if w.watcher is not None},
         schedules=schedules,
         pollers=pollers,
+        object_files=objects.files,
     )
 
 
@@ -381,6 +397,13 @@ def _endpoints(
         if endpoint is not None:
             found[name] = endpoint
     return found, problems
+
+
+def partner_model(
+    entry: dict[Any, Any],
+) -> tuple[type[ServerConfig] | type[PartnerConfig] | None, str | None]:
+    """The model of a partner entry, by its protocol (or why there is none)."""
+    return _endpoint_model(entry, "partners")
 
 
 def _endpoint_model(

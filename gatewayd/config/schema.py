@@ -190,6 +190,11 @@ class DaemonConfig(Strict):
     schedules_dir: LaxPath = Path("schedules")
     # One YAML file per remote poller (gatewayd.config.pollers); a missing folder: none.
     pollers_dir: LaxPath = Path("pollers")
+    # One YAML file per account, partner, API user, besides those of the main file
+    # (gatewayd.config.objects; the admin API writes there); a missing folder: none.
+    accounts_dir: LaxPath = Path("accounts")
+    partners_dir: LaxPath = Path("partners")
+    api_users_dir: LaxPath = Path("users")
     # An IANA zone name (Europe/Paris); default: the system's zone.
     timezone: str | None = None
     shutdown_timeout: Annotated[float, Field(gt=0)] = 10.0
@@ -343,6 +348,8 @@ Permission = Annotated[str, AfterValidator(_permission)]
 
 class AdminUserConfig(Strict):
     password: Secret = Field(repr=False)
+    # A disabled user logs in no more (nor do its tokens), and is kept.
+    enabled: bool = True
     # Per area (transfers, servers, partners, rules, users, administration): any of r, w, d.
     permissions: dict[
         Literal["transfers", "servers", "partners", "rules", "users", "administration"],
