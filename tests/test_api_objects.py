@@ -5,6 +5,7 @@ never shown back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import pytest
 from gatewayd.config import load_config
 from gatewayd.config.problems import ConfigError
 from tests.api_support import PASSWORD, ApiEnv, basic
+from tests.cluster_support import HEADERS, Cluster, call
 from tests.daemon_proc import DaemonProcess
 from tests.sftp_peers import listening_port, need, sftp
 from tests.test_api_daemon import api_port
@@ -249,3 +251,39 @@ def test_folder_objects_are_loaded_with_the_main_files(tmp_path: Path) -> None:
     assert loaded.object_files[("accounts", "carol")] == tmp_path / "accounts" / "carol.yaml"
     assert PASSWORD  # the main file's users are still there
     assert "admin" in loaded.config.api.users
+
+
+async def test_two_nodes_on_one_database_both_see_a_change_made_through_either(
+    pg_database: str, tmp_path: Path
+) -> None:
+    cluster = Cluster(tmp_path / "c", pg_database)
+    a, b = await cluster.start("node-a", "node-b")
+    ops = {"Authorization": basic("ops", OPS_PASSWORD)}
+
+    async def status_at(session: aiohttp.ClientSession, url: str, **kw: object) -> int:
+        async with session.get(url, **kw) as answer:  # type: ignore[arg-type]
+            return answer.status
+
+    async def until(session: aiohttp.ClientSession, url: str, wanted: int, **kw: object) -> None:
+        try:
+            async with asyncio.timeout(15):
+                while await status_at(session, url, **kw) != wanted:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"{url} never answered {wanted}:\n{cluster.output()}") from None
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = {"password": OPS_PASSWORD, "permissions": {"transfers": "r"}}
+            status, answer, _ = await call(s, "PUT", f"{a.api}/api/users/ops", body)
+            assert status == 201, answer
+            await until(s, f"{b.api}/api/users/ops", 200, headers=HEADERS)
+            await until(s, f"{b.api}/api/about", 200, headers=ops)
+            status, answer, _ = await call(s, "DELETE", f"{b.api}/api/users/ops")
+            assert status == 204, answer
+            await until(s, f"{a.api}/api/about", 401, headers=ops)
+            await until(s, f"{a.api}/api/users/ops", 404, headers=HEADERS)
+    finally:
+        codes = await cluster.stop()
+    assert set(codes.values()) == {0}, cluster.output()
+    assert OPS_PASSWORD not in cluster.output()

@@ -1,5 +1,5 @@
-"""`/api/servers`, `/api/partners`, `/api/accounts`, `/api/users`: what is configured,
-read-only (the configuration file is where they are changed).
+"""`/api/servers`, `/api/partners`, `/api/accounts`, `/api/users`: what is configured
+(accounts, partners and users are written by gatewayd.api.objects).
 
 No response ever carries a secret: fields marked `repr=False` in the configuration
 models (passwords, hashes) and any field whose name looks secret are left out; a

@@ -115,10 +115,22 @@ async def _body(call: Call) -> YamlSource:
                 *(Problem(_where(p, True) + p.message, "invalid_yaml") for p in source.problems)
             )
     else:
-        source = YamlSource(_BODY, parse_json(text))
+        source = YamlSource(_BODY, _whole_numbers(parse_json(text)))
     if not isinstance(source.data, dict):
         raise bad_request(Problem("the body must be an object", "bad_value"))
     return source
+
+
+def _whole_numbers(value: Any) -> Any:
+    """JSON's 5.0 as 5: JSON Schema counts it as an integer, the configuration's models
+    (strict, as for YAML files) would not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
 
 
 async def _hash_secret(call: Call, value: Any) -> Any:
@@ -263,8 +275,7 @@ _HASHED_PASSWORD = {
 SCHEMAS["AccountWrite"] = {
     "type": "object",
     "properties": {
-        "name": {"type": "string"},
-        "password": _HASHED_PASSWORD,
+        "password": {"anyOf": [_HASHED_PASSWORD, {"type": "null"}], "description": "null: none"},
         "public_keys": {"type": "array", "items": {"type": "string"}},
         "enabled": {"type": "boolean", "default": True},
         "max_uploads": _NULLABLE_COUNT,
@@ -276,12 +287,11 @@ SCHEMAS["PartnerWrite"] = {
     "type": "object",
     "description": "The fields of a partner in gatewayd.yaml (those of its protocol)",
     "properties": {
-        "name": {"type": "string"},
         "protocol": {"type": "string"},
         "address": {"type": "string"},
         "port": {"type": "integer", "minimum": 0, "maximum": 65535},
         "login": {"type": "string"},
-        "password": _PASSWORD,
+        "password": {"anyOf": [_PASSWORD, {"type": "null"}], "description": "null: none"},
         "max_transfers": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
     },
     "required": ["protocol"],
@@ -289,7 +299,6 @@ SCHEMAS["PartnerWrite"] = {
 SCHEMAS["UserWrite"] = {
     "type": "object",
     "properties": {
-        "name": {"type": "string"},
         "password": _HASHED_PASSWORD,
         "permissions": {
             "type": "object",
@@ -310,7 +319,8 @@ def _write_route(api: _Api, method: str, path: str, letter: str) -> Callable[[Ha
             path,
             summary=f"Create or replace {'an' if what[0] in 'aA' else 'a'} {what}",
             description=f"Written to its own file in `daemon.{api.kind.dir_field}` and "
-            "loaded on every node. `enabled: false` disables it. "
+            "loaded on every node; the URL names it (a `name` in the body must match). "
+            "`enabled: false` disables it (not partners). "
             + (
                 "The password is hashed (argon2id) before it is written; leaving it out "
                 "keeps the current one."
