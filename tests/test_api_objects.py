@@ -287,3 +287,22 @@ async def test_two_nodes_on_one_database_both_see_a_change_made_through_either(
         codes = await cluster.stop()
     assert set(codes.values()) == {0}, cluster.output()
     assert OPS_PASSWORD not in cluster.output()
+
+
+async def test_a_delete_the_configuration_cannot_load_without_is_rolled_back(
+    env: ApiEnv,
+) -> None:
+    await env.start()
+    answer = await env.api.call("PUT", "/api/accounts/carol", json_body={"enabled": True})
+    assert answer.status == 201, answer.text
+    rule = {"name": "carols", "direction": "receive", "path": "/carols"}
+    rule["allow"] = {"accounts": ["carol"]}
+    answer = await env.api.call("POST", "/api/rules", json_body=rule)
+    assert answer.status == 201, answer.text
+    file = env.root / "accounts" / "carol.yaml"
+    before = file.read_text()
+    answer = await env.api.call("DELETE", "/api/accounts/carol")
+    assert answer.status == 409, answer.text
+    assert "carol" in answer.text and answer.codes()[0] == "invalid_config", answer.errors
+    assert file.read_text() == before
+    assert "carol" in env.gw.loaded.config.accounts
