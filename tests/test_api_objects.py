@@ -211,6 +211,14 @@ async def test_partners_keep_their_password_as_given_and_never_show_it(env: ApiE
     )
     assert answer.status == 200 and answer.body["hasPassword"], answer.text
     assert env.gw.loaded.config.partners["far"].password == PARTNER_PASSWORD
+    # Disabled: kept, but no transfer with it is created.
+    body = {"protocol": "local", "root": str(share), "enabled": False}
+    answer = await env.api.call("PUT", "/api/partners/far", json_body=body)
+    assert answer.status == 200 and answer.body["enabled"] is False, answer.text
+    refused = await env.api.call(
+        "POST", "/api/transfers", json_body={"rule": "inbox", "partner": "far", "file": "a"}
+    )
+    assert (refused.status, refused.codes()) == (400, ["disabled"]), refused.text
     audit = await env.api.call("GET", "/api/audit")
     assert "partner.create" in audit.text and PARTNER_PASSWORD not in audit.text
     # The main file's partner is not the API's to change.

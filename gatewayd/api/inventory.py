@@ -53,7 +53,8 @@ def server_json(call: Call, name: str, server: ServerConfig) -> dict[str, Any]:
 
 def partner_json(name: str, partner: PartnerConfig) -> dict[str, Any]:
     fields = public_fields(
-        partner, ("protocol", "address", "port", "login", "password", "max_transfers")
+        partner,
+        ("protocol", "address", "port", "login", "password", "max_transfers", "enabled"),
     )
     return {
         "name": name,
@@ -63,6 +64,7 @@ def partner_json(name: str, partner: PartnerConfig) -> dict[str, Any]:
         "login": partner.login,
         "hasPassword": partner.password is not None,
         "maxTransfers": partner.max_transfers,
+        "enabled": partner.enabled,
         "options": fields,
     }
 

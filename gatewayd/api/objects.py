@@ -293,6 +293,7 @@ SCHEMAS["PartnerWrite"] = {
         "login": {"type": "string"},
         "password": {"anyOf": [_PASSWORD, {"type": "null"}], "description": "null: none"},
         "max_transfers": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
+        "enabled": {"type": "boolean", "default": True},
     },
     "required": ["protocol"],
 }
@@ -320,7 +321,7 @@ def _write_route(api: _Api, method: str, path: str, letter: str) -> Callable[[Ha
             summary=f"Create or replace {'an' if what[0] in 'aA' else 'a'} {what}",
             description=f"Written to its own file in `daemon.{api.kind.dir_field}` and "
             "loaded on every node; the URL names it (a `name` in the body must match). "
-            "`enabled: false` disables it (not partners). "
+            "`enabled: false` disables it. "
             + (
                 "The password is hashed (argon2id) before it is written; leaving it out "
                 "keeps the current one."

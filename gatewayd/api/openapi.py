@@ -225,6 +225,7 @@ def _schemas() -> dict[str, Any]:
                 "login": STRING,
                 "hasPassword": BOOL,
                 "maxTransfers": _nullable(INT),
+                "enabled": BOOL,
                 "options": {"type": "object"},
             }
         ),

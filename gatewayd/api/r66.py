@@ -67,6 +67,7 @@ _SERVICE_CODES = {
     "unknown_rule": 10,
     "unknown_partner": 11,
     "not_allowed": 12,
+    "disabled": 12,
 }
 _BODY_CODES = {"missing_body": 1, "malformed_body": 2, "malformed_json": 2, "duplicate_key": 3}
 

@@ -313,6 +313,8 @@ class PartnerConfig(Strict):
     login: str = ""
     password: Secret | None = Field(default=None, repr=False)
     max_transfers: Annotated[int, Field(ge=1)] | None = None
+    # A disabled partner is kept, but no transfer to or from it is created or started.
+    enabled: bool = True
 
 
 class AccountConfig(Strict):
