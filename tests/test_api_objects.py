@@ -9,6 +9,7 @@ import asyncio
 import json
 import stat
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,7 @@ import pytest
 
 from gatewayd.config import load_config
 from gatewayd.config.problems import ConfigError
+from gatewayd.model import ErrorCode, Status
 from tests.api_support import PASSWORD, ApiEnv, basic
 from tests.cluster_support import HEADERS, Cluster, call
 from tests.daemon_proc import DaemonProcess
@@ -314,3 +316,27 @@ async def test_a_delete_the_configuration_cannot_load_without_is_rolled_back(
     assert "carol" in answer.text and answer.codes()[0] == "invalid_config", answer.errors
     assert file.read_text() == before
     assert "carol" in env.gw.loaded.config.accounts
+
+
+async def test_a_transfer_planned_before_its_partner_was_disabled_fails_when_due(
+    env: ApiEnv,
+) -> None:
+    await env.start()
+    share = env.root / "far-away"
+    (share / "inbox").mkdir(parents=True)
+    (share / "inbox" / "a.txt").write_text("a")
+    body = {"protocol": "local", "root": str(share)}
+    assert (await env.api.call("PUT", "/api/partners/far", json_body=body)).status == 201
+    start = (env.clock.now() + timedelta(hours=1)).isoformat()
+    planned = await env.api.call(
+        "POST",
+        "/api/transfers",
+        json_body={"rule": "inbox", "partner": "far", "file": "a.txt", "start": start},
+    )
+    assert planned.status == 201 and planned.body["status"] == "PLANNED", planned.text
+    body["enabled"] = False
+    assert (await env.api.call("PUT", "/api/partners/far", json_body=body)).status == 200
+    env.clock.advance(3601)
+    row = await env.wait_end(planned.body["id"])
+    assert (row.status, row.error_code) == (Status.ERROR, ErrorCode.TeForbidden), row
+    assert "disabled" in row.error_msg
