@@ -156,10 +156,10 @@ def _checked(
         raise bad_request(*_problems(exc, as_yaml)) from None
 
 
-def _problems(error: ConfigError, with_lines: bool) -> list[Problem]:
+def _problems(error: ConfigError, with_lines: bool, code: str = "invalid_rule") -> list[Problem]:
     def one(p: ConfigProblem) -> Problem:
         where = f"line {p.line}: " if with_lines and p.line > 0 and str(p.file) == _SOURCE else ""
-        return Problem(where + p.message, "invalid_rule")
+        return Problem(where + p.message, code)
 
     return [one(p) for p in error.problems]
 
