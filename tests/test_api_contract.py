@@ -67,7 +67,9 @@ class Contract:
             "--seed", str(SEED),
             "--max-examples", str(MAX_EXAMPLES),
             "--no-shrink",
-            "--workers", "2",
+            # One worker: hypothesis builds ASTs (lambda descriptions) that are not
+            # thread-safe ("AST constructor recursion depth mismatch" with two).
+            "--workers", "1",
             "--request-timeout", "20",
             "--report", "junit", "--report-dir", str(reports),
             *auth,
