@@ -129,6 +129,7 @@ async def test_partners(env: ApiEnv) -> None:
         "login": "us",
         "hasPassword": True,
         "maxTransfers": None,
+        "enabled": True,
         "options": {"remote_dir": "/"},
     }
     share = await env.api.get("/api/partners/share")

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gatewayd import __version__
 from gatewayd.api.body import Query
-from gatewayd.api.routes import Call, Param, route
+from gatewayd.api.routes import Call, Param, int_param, route
 from gatewayd.api.shapes import rfc3339
 
 _ERRORS: dict[int, tuple[str, str | None]] = {
@@ -119,8 +119,8 @@ async def about(call: Call) -> web.StreamResponse:
     letter="r",
     tag="administration",
     query=(
-        Param("limit", "Page size (default 100, at most 1000)", {"type": "integer"}),
-        Param("offset", "Entries to skip", {"type": "integer"}),
+        Param("limit", "Page size (default 100, at most 1000)", int_param(1, 1000)),
+        Param("offset", "Entries to skip", int_param(0, 2**62)),
     ),
     responses={200: ("Audit entries", "AuditList"), **_ERRORS},
 )

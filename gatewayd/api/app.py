@@ -23,6 +23,7 @@ from gatewayd.api import (  # noqa: F401
     inventory,
     keys,
     metrics,
+    objects,
     openapi,
     pollers,
     r66,

@@ -28,7 +28,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from aiohttp import web
 
 from gatewayd.api.errors import ApiError, Problem
 from gatewayd.api.refusals import CALLER, ReportBound
-from gatewayd.config.schema import ApiConfig
+from gatewayd.config.schema import ApiConfig, LoginThrottleConfig
 from gatewayd.console.sessions import COOKIE, CSRF_HEADER, Session, SessionStore
 from gatewayd.fsutil import create_exclusive
 from gatewayd.passwords import CredentialCache, HashingBusy, PasswordHashing
@@ -71,6 +71,13 @@ THROTTLE = ThrottlePolicy(
     max_account_failures=None,
     ban=900.0,
 )
+
+
+def throttle_policy(config: LoginThrottleConfig) -> ThrottlePolicy:
+    """The policy `api.login_throttle` configures (its defaults are `THROTTLE`)."""
+    return replace(THROTTLE, **config.model_dump())
+
+
 # Longest login written to the log (an attacker's may be kilobytes long).
 MAX_LOGGED_LOGIN = 200
 # Requests that change nothing: a console session needs no CSRF token for them.
@@ -258,9 +265,9 @@ class Authenticator:
                 ],
             )
         user = self._config().users.get(session.user)
-        if user is None:
+        if user is None or not user.enabled:
             self.sessions.close(session_id)
-            raise self._unauthorized("the session's user no longer exists")
+            raise self._unauthorized("the session's user no longer exists or is disabled")
         request[SESSION] = session
         return Principal(
             session.user, {str(a): p for a, p in user.permissions.items()}, manages_tokens=True
@@ -316,6 +323,8 @@ class Authenticator:
 
     async def _basic(self, request: web.Request, login: str, password: str) -> Principal:
         user = self._config().users.get(login)
+        if user is not None and not user.enabled:
+            user = None  # answered like an unknown user (a hash is checked all the same)
         try:
             hashed = user.password if user is not None else await self._decoy_hash()
             if self.cache.hit(hashed, password):
@@ -374,6 +383,8 @@ class Authenticator:
         user = self._config().users.get(stored.user)
         if user is None:
             raise self._unauthorized("the token's user no longer exists", token_error=True)
+        if not user.enabled:
+            raise self._unauthorized("the token's user is disabled", token_error=True)
         own = {str(a): p for a, p in user.permissions.items()}
         return Principal(
             stored.user,
@@ -438,5 +449,7 @@ async def open_authenticator(
     """The API's authenticator; with `shared` (nodes share the database) its login
     throttle counts the failures of every node."""
     key = await asyncio.to_thread(load_signing_key, state_dir)
-    throttle = login_throttle(store, "api", shared=shared, policy=THROTTLE)
+    throttle = login_throttle(
+        store, "api", shared=shared, policy=throttle_policy(api_config().login_throttle)
+    )
     return Authenticator(api_config, store, key, now, hashing=hashing, throttle=throttle)

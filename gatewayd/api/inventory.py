@@ -1,5 +1,5 @@
-"""`/api/servers`, `/api/partners`, `/api/accounts`, `/api/users`: what is configured,
-read-only (the configuration file is where they are changed).
+"""`/api/servers`, `/api/partners`, `/api/accounts`, `/api/users`: what is configured
+(accounts, partners and users are written by gatewayd.api.objects).
 
 No response ever carries a secret: fields marked `repr=False` in the configuration
 models (passwords, hashes) and any field whose name looks secret are left out; a
@@ -53,7 +53,8 @@ def server_json(call: Call, name: str, server: ServerConfig) -> dict[str, Any]:
 
 def partner_json(name: str, partner: PartnerConfig) -> dict[str, Any]:
     fields = public_fields(
-        partner, ("protocol", "address", "port", "login", "password", "max_transfers")
+        partner,
+        ("protocol", "address", "port", "login", "password", "max_transfers", "enabled"),
     )
     return {
         "name": name,
@@ -63,6 +64,7 @@ def partner_json(name: str, partner: PartnerConfig) -> dict[str, Any]:
         "login": partner.login,
         "hasPassword": partner.password is not None,
         "maxTransfers": partner.max_transfers,
+        "enabled": partner.enabled,
         "options": fields,
     }
 
@@ -79,7 +81,7 @@ def account_json(call: Call, name: str, account: AccountConfig) -> dict[str, Any
 
 
 def user_json(name: str, user: AdminUserConfig) -> dict[str, Any]:
-    return {"name": name, "permissions": dict(user.permissions)}
+    return {"name": name, "enabled": user.enabled, "permissions": dict(user.permissions)}
 
 
 def _one(items: dict[str, Any], kind: str, name: str) -> Any:

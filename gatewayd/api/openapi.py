@@ -17,6 +17,7 @@ from gatewayd.api.auth import AREAS
 from gatewayd.api.routes import ROUTES, SCHEMAS, Call, Route, route
 from gatewayd.config.schema import RuleConfig
 from gatewayd.model import ErrorCode, Status, Step
+from gatewayd.requests import MAX_TOKEN_LIFETIME
 
 JSON = "application/json"
 _PATH_PARAM = re.compile(r"\{(\w+)(:[^}]*)?\}")
@@ -46,6 +47,18 @@ def _obj(
     return schema
 
 
+def _request(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A request body parsed by `gatewayd.requests.parse`: a JSON null there means the
+    field is not given, so optional fields may be null."""
+
+    def or_null(schema: dict[str, Any]) -> dict[str, Any]:
+        meta = {k: v for k, v in schema.items() if k in ("description", "default")}
+        rest = {k: v for k, v in schema.items() if k not in meta}
+        return {**_nullable(rest), **meta}
+
+    return _obj({k: v if k in required else or_null(v) for k, v in properties.items()}, required)
+
+
 def _list(key: str, item: str) -> dict[str, Any]:
     return _obj({key: {"type": "array", "items": _ref(item)}}, (key,))
 
@@ -60,6 +73,17 @@ PERMISSIONS = {
     "description": "Letters r (read), w (write), d (delete) per area",
     "propertyNames": {"enum": list(AREAS)},
     "additionalProperties": {"type": "string", "pattern": "^[rwd]*$"},
+}
+
+TOKEN = {
+    "id": STRING,
+    "user": STRING,
+    "permissions": PERMISSIONS,
+    "manageTokens": BOOL,
+    "comment": STRING,
+    "created": TIME,
+    "expires": TIME,
+    "revoked": _nullable(TIME),
 }
 
 
@@ -114,7 +138,9 @@ def _rule_schemas() -> dict[str, Any]:
     schema = RuleConfig.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
     schema["properties"].pop("source", None)
-    return {"Rule": schema, **defs}
+    # PUT /api/rules/{name}: the name may be left out (the path gives it).
+    replace = {**schema, "required": [f for f in schema.get("required", []) if f != "name"]}
+    return {"Rule": schema, "RuleReplace": replace, **defs}
 
 
 def _schemas() -> dict[str, Any]:
@@ -133,7 +159,7 @@ def _schemas() -> dict[str, Any]:
             },
             ("transfers", "total", "limit", "offset"),
         ),
-        "TransferRequest": _obj(
+        "TransferRequest": _request(
             {
                 "rule": STRING,
                 "partner": STRING,
@@ -157,7 +183,7 @@ def _schemas() -> dict[str, Any]:
             },
             ("rule", "partner", "file"),
         ),
-        "PreregisterRequest": _obj(
+        "PreregisterRequest": _request(
             {
                 "rule": STRING,
                 "account": STRING,
@@ -199,6 +225,7 @@ def _schemas() -> dict[str, Any]:
                 "login": STRING,
                 "hasPassword": BOOL,
                 "maxTransfers": _nullable(INT),
+                "enabled": BOOL,
                 "options": {"type": "object"},
             }
         ),
@@ -213,11 +240,16 @@ def _schemas() -> dict[str, Any]:
             }
         ),
         "AccountList": _list("accounts", "Account"),
-        "User": _obj({"name": STRING, "permissions": PERMISSIONS}),
+        "User": _obj({"name": STRING, "enabled": BOOL, "permissions": PERMISSIONS}),
         "UserList": _list("users", "User"),
-        "TokenRequest": _obj(
+        "TokenRequest": _request(
             {
-                "expiresIn": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds"},
+                "expiresIn": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": MAX_TOKEN_LIFETIME,
+                    "description": "Seconds",
+                },
                 "permissions": PERMISSIONS,
                 "comment": {"type": "string", "maxLength": 200},
                 "manageTokens": {
@@ -228,28 +260,11 @@ def _schemas() -> dict[str, Any]:
                 },
             }
         ),
-        "Token": _obj(
-            {
-                "id": STRING,
-                "user": STRING,
-                "permissions": PERMISSIONS,
-                "manageTokens": BOOL,
-                "comment": STRING,
-                "created": TIME,
-                "expires": TIME,
-                "revoked": _nullable(TIME),
-            }
+        "Token": _obj(TOKEN),
+        # Token's fields and the JWT (an allOf would not do: Token is closed).
+        "NewToken": _obj(
+            {"token": {"type": "string", "description": "The JWT"}, **TOKEN}, ("token",)
         ),
-        "NewToken": {
-            "allOf": [
-                _ref("Token"),
-                {
-                    "type": "object",
-                    "properties": {"token": {"type": "string", "description": "The JWT"}},
-                    "required": ["token"],
-                },
-            ]
-        },
         "TokenList": _list("tokens", "Token"),
         "About": _obj(
             {
@@ -347,12 +362,18 @@ def _operation(r: Route) -> dict[str, Any]:
         params.append(param)
     if params:
         op["parameters"] = params
+    responses: dict[str, Any] = {}
     if r.body:
         content = {JSON: {"schema": _ref(r.body)}}
         if r.body_yaml:
-            content["application/yaml"] = {"schema": {"type": "string"}}
+            # The same object, written in YAML.
+            content["application/yaml"] = {"schema": _ref(r.body)}
         op["requestBody"] = {"required": True, "content": content}
-    responses: dict[str, Any] = {}
+        if 415 not in r.responses:
+            responses["415"] = {
+                "description": "Unsupported Content-Type (or none)",
+                "content": {JSON: {"schema": _ref("Errors")}},
+            }
     for status, (description, answer_schema) in sorted(r.responses.items()):
         answer: dict[str, Any] = {"description": description}
         if answer_schema:

@@ -46,7 +46,7 @@ from multidict import MultiMapping
 
 from gatewayd.api.body import JSON_TYPES, parse_json, unsupported
 from gatewayd.api.errors import ApiError, Problem, not_found
-from gatewayd.api.routes import SCHEMAS, Call, Param, route
+from gatewayd.api.routes import SCHEMAS, TIME_PARAM, Call, Param, int_param, route
 from gatewayd.api.shapes import rfc3339
 from gatewayd.model import ErrorCode, Status, Step, Transfer
 from gatewayd.pipeline.service import NotFoundError, StateError
@@ -67,6 +67,7 @@ _SERVICE_CODES = {
     "unknown_rule": 10,
     "unknown_partner": 11,
     "not_allowed": 12,
+    "disabled": 12,
 }
 _BODY_CODES = {"missing_body": 1, "malformed_body": 2, "malformed_json": 2, "duplicate_key": 3}
 
@@ -81,6 +82,8 @@ STATUS = {
     Status.DONE: "DONE",
 }
 R66_STATUSES = ("UNKNOWN", "NOTUPDATED", "INTERRUPTED", "TOSUBMIT", "INERROR", "RUNNING", "DONE")
+# The R66 parsers refuse blank text (empty or only spaces).
+_NOT_BLANK = {"type": "string", "pattern": r"\S"}
 GLOBAL_STEP = {
     Step.NONE: "NOTASK",
     Step.SETUP: "NOTASK",
@@ -351,15 +354,15 @@ async def r66_create_transfer(call: Call) -> web.StreamResponse:
 # --------------------------------------------------------------------------- list
 
 LIST_PARAMS = (
-    Param("limit", "Page size (default 20, at most 1000)", {"type": "integer"}),
-    Param("offset", "Rows to skip", {"type": "integer"}),
-    Param("order", f"Sort order: {', '.join(ORDERS)} (default ascId)"),
-    Param("ruleName", "Only this rule"),
-    Param("partner", "Only this partner (`requested`)"),
+    Param("limit", "Page size (default 20, at most 1000)", int_param(1, MAX_LIMIT)),
+    Param("offset", "Rows to skip", int_param(0, MAX_ID)),
+    Param("order", "Sort order (default ascId)", {"type": "string", "enum": list(ORDERS)}),
+    Param("ruleName", "Only this rule", _NOT_BLANK),
+    Param("partner", "Only this partner (`requested`)", _NOT_BLANK),
     Param("status", "Only this R66 status", {"type": "string", "enum": list(R66_STATUSES)}),
-    Param("filename", "Only this file name (either side)"),
-    Param("startTrans", "Started at or after this time (RFC 3339)"),
-    Param("stopTrans", "Ended at or before this time (RFC 3339)"),
+    Param("filename", "Only this file name (either side)", _NOT_BLANK),
+    Param("startTrans", "Started at or after this time (RFC 3339)", TIME_PARAM),
+    Param("stopTrans", "Ended at or before this time (RFC 3339)", TIME_PARAM),
 )
 
 

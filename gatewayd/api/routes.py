@@ -103,13 +103,27 @@ class Call:
 Handler = Callable[[Call], Awaitable[web.StreamResponse]]
 
 
+# Schemas of query parameters, as the parsers (`body.Query`) check them: the document
+# must refuse what the handler refuses, and allow what it accepts.
+TEXT: Mapping[str, Any] = {"type": "string", "minLength": 1}
+TIME_PARAM: Mapping[str, Any] = {"type": "string", "format": "date-time"}
+
+
+def int_param(low: int, high: int | None = None) -> Mapping[str, Any]:
+    """An integer query parameter of `low` to `high` (no bound: None)."""
+    schema: dict[str, Any] = {"type": "integer", "minimum": low}
+    if high is not None:
+        schema["maximum"] = high
+    return schema
+
+
 @dataclass(frozen=True)
 class Param:
     """A query parameter, for the documentation."""
 
     name: str
     description: str
-    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
+    schema: Mapping[str, Any] = field(default_factory=lambda: dict(TEXT))
     repeated: bool = False
     required: bool = False
 

@@ -156,22 +156,22 @@ def _checked(
         raise bad_request(*_problems(exc, as_yaml)) from None
 
 
-def _problems(error: ConfigError, with_lines: bool) -> list[Problem]:
+def _problems(error: ConfigError, with_lines: bool, code: str = "invalid_rule") -> list[Problem]:
     def one(p: ConfigProblem) -> Problem:
         where = f"line {p.line}: " if with_lines and p.line > 0 and str(p.file) == _SOURCE else ""
-        return Problem(where + p.message, "invalid_rule")
+        return Problem(where + p.message, code)
 
     return [one(p) for p in error.problems]
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, mode: int = FILE_MODE) -> None:
     """`text` as `path`, all or nothing, durable when this returns (blocking)."""
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fchmod(f.fileno(), FILE_MODE)
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(temp, path)
     except BaseException:
@@ -188,13 +188,13 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
 
 
-def _restore(path: Path, previous: bytes | None) -> None:
+def _restore(path: Path, previous: bytes | None, mode: int = FILE_MODE) -> None:
     if previous is None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         fsync_dir(path.parent)
     else:
-        _write_atomically(path, previous.decode("utf-8"))
+        _write_atomically(path, previous.decode("utf-8"), mode)
 
 
 def _reload(config_file: Path) -> LoadedConfig:
@@ -203,18 +203,18 @@ def _reload(config_file: Path) -> LoadedConfig:
     return loaded
 
 
-async def _change(call: Call, path: Path, text: str | None) -> None:
+async def _change(call: Call, path: Path, text: str | None, mode: int = FILE_MODE) -> None:
     """Write (or, with None, delete) a rule file, reload, swap; rolled back when the
-    reload fails."""
+    reload fails. `mode`: the file's (0600 for files with secrets)."""
     previous = await asyncio.to_thread(_read_bytes, path)
     if text is None:
         await asyncio.to_thread(_restore, path, None)
     else:
-        await asyncio.to_thread(_write_atomically, path, text)
+        await asyncio.to_thread(_write_atomically, path, text, mode)
     try:
         loaded = await asyncio.to_thread(_reload, call.ctx.loaded.paths.config_file)
     except (ConfigError, OSError) as exc:
-        await asyncio.to_thread(_restore, path, previous)
+        await asyncio.to_thread(_restore, path, previous, mode)
         problems = (
             [Problem(str(p), "invalid_config") for p in exc.problems]
             if isinstance(exc, ConfigError)
@@ -311,7 +311,7 @@ async def create_rule(call: Call) -> web.StreamResponse:
     area="rules",
     letter="w",
     tag="rules",
-    body="Rule",
+    body="RuleReplace",
     body_yaml=True,
     responses={
         200: ("Replaced and loaded", "Rule"),

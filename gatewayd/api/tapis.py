@@ -46,7 +46,7 @@ from aiohttp import web
 from gatewayd import __version__
 from gatewayd.api.body import JSON_TYPES, parse_json, unsupported
 from gatewayd.api.errors import ApiError
-from gatewayd.api.routes import SCHEMAS, Call, Param, route
+from gatewayd.api.routes import SCHEMAS, Call, Param, int_param, route
 from gatewayd.api.shapes import rfc3339
 from gatewayd.model import Status, Transfer
 from gatewayd.pipeline.service import NotFoundError, StateError
@@ -484,7 +484,8 @@ _ERRORS: dict[int, tuple[str, str | None]] = {
     403: ("Not allowed", "Errors"),
 }
 _ONE = {404: ("No such task", "TapisStringResponse"), **_ERRORS}
-_UUID = "{id:[0-9a-fA-F-]+}"
+# Any segment: an id that is not one of ours is a 404 in the Tapis envelope.
+_UUID = "{id}"
 
 
 # --------------------------------------------------------------------------- routes
@@ -563,8 +564,8 @@ async def _create(call: Call) -> web.StreamResponse:
     letter="r",
     tag="tapis",
     query=(
-        Param("limit", "Page size (default 1000)", {"type": "integer"}),
-        Param("offset", "Tasks to skip (default 0)", {"type": "integer"}),
+        Param("limit", "Page size (default 1000)", int_param(1)),
+        Param("offset", "Tasks to skip (default 0)", int_param(0)),
     ),
     responses={200: ("The tasks", "TapisTaskListResponse"), **_ERRORS},
 )

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gatewayd.api.body import Query, read_object
 from gatewayd.api.errors import ApiError, Problem, bad_request, conflict, not_found
-from gatewayd.api.routes import Call, Param, route
+from gatewayd.api.routes import TIME_PARAM, Call, Param, int_param, route
 from gatewayd.api.shapes import transfer_json
 from gatewayd.model import Status, Transfer
 from gatewayd.pipeline.service import NotFoundError, OwnerUnavailable, StateError
@@ -54,8 +54,8 @@ LIST_QUERY = (
     Param("rule", "Only transfers of this rule"),
     Param("partner", "Only client transfers with this partner"),
     Param("account", "Only server transfers of this local account"),
-    Param("start", "Only transfers that started at or after this time (RFC 3339)"),
-    Param("stop", "Only transfers that ended at or before this time (RFC 3339)"),
+    Param("start", "Only transfers that started at or after this time (RFC 3339)", TIME_PARAM),
+    Param("stop", "Only transfers that ended at or before this time (RFC 3339)", TIME_PARAM),
     Param(
         "direction",
         "Only transfers that send or that receive (seen from this gateway)",
@@ -68,12 +68,13 @@ LIST_QUERY = (
         "characters, `?` one, case-insensitive",
     ),
     Param("followID", "Only transfers of this correlation id"),
-    Param("limit", "Page size (default 20, at most 1000)", {"type": "integer"}),
-    Param("offset", "Rows to skip", {"type": "integer"}),
+    Param("limit", "Page size (default 20, at most 1000)", int_param(1, MAX_LIMIT)),
+    Param("offset", "Rows to skip", int_param(0, MAX_ID)),
     Param(
         "sort",
         "Sort key and direction: `start+`, `id-`, ... (`+` ascending, the default; "
         f"`-` descending). Keys: {', '.join(SORTS)}",
+        {"type": "string", "enum": [k + d for k in SORTS for d in ("", "+", "-")]},
     ),
 )
 
@@ -362,6 +363,7 @@ async def retry_transfer(call: Call) -> web.StreamResponse:
         Param(
             "status",
             "Statuses to cancel (repeatable, or comma-separated; `all`)",
+            {"type": "string", "enum": [*(s.value for s in CANCELLABLE), "all"]},
             repeated=True,
             required=True,
         ),

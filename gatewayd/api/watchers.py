@@ -126,7 +126,7 @@ def _checked(
     try:
         return load_watcher_text(loaded, text, rule_api._SOURCE), text
     except ConfigError as exc:
-        raise bad_request(*rule_api._problems(exc, as_yaml)) from None
+        raise bad_request(*rule_api._problems(exc, as_yaml, "invalid_watcher")) from None
 
 
 async def _save(call: Call, url_name: str | None) -> tuple[WatcherConfig, bool]:

@@ -25,6 +25,7 @@ from gatewayd.cli import (
     daemon_commands,
     db,
     inventory,
+    objects,
     rules,
     status,
     tokens,
@@ -50,6 +51,8 @@ COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     automation.add,
     inventory.add_partner,
     inventory.add_server,
+    objects.add_account,
+    objects.add_user,
     tokens.add,
     status.add,
 )

@@ -10,6 +10,7 @@ from gatewayd.cli import output as out
 from gatewayd.cli.api_client import ApiClient
 from gatewayd.cli.api_command import command, group, name_in_path
 from gatewayd.cli.exits import Exit
+from gatewayd.cli.objects import add_writes
 
 if TYPE_CHECKING:
     from gatewayd.cli.api_command import Commands
@@ -50,10 +51,11 @@ def _partner_get(api: ApiClient, args: argparse.Namespace) -> int:
 
 def add_partner(commands: Commands) -> None:
     """The `partner` group."""
-    partners = group(commands, "partner", "show the partners we connect to")
+    partners = group(commands, "partner", "show, write and delete the partners we connect to")
     command(partners, "list", "list the partners", _partner_list)
     get = command(partners, "get", "show a partner (never its password)", _partner_get)
     get.add_argument("name")
+    add_writes(partners, "partner")
 
 
 def _server_list(api: ApiClient, args: argparse.Namespace) -> int:

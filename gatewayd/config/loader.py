@@ -29,6 +29,7 @@ from gatewayd.config.keys import (
     valid_entries,
 )
 from gatewayd.config.messages import describe_value, field_name, validate
+from gatewayd.config.objects import load_objects, protocol_problems
 from gatewayd.config.outbound_refs import RULE_CHAINS, declared_names, unknown_server_names
 from gatewayd.config.paths import Paths, absolute, create_folders, folder_problem
 from gatewayd.config.pollers import PollerConfig, load_pollers
@@ -82,6 +83,9 @@ class LoadedConfig:
     pollers: dict[str, PollerConfig] = field(default_factory=dict)
     # What the files of `config.keys` hold (gatewayd.config.keys), by key name.
     key_infos: dict[str, KeyInfo] = field(default_factory=dict)
+    # The file of each account, partner and API user kept in its folder, by (kind, name)
+    # (gatewayd.config.objects); those of the main file are not here.
+    object_files: dict[tuple[str, str], Path] = field(default_factory=dict)
 
     def rule_folder(self, rule: RuleConfig) -> Path:
         """The rule's local folder (its `folder`, or data_dir/<name>)."""
@@ -151,9 +155,18 @@ def load_config(path: Path | str) -> LoadedConfig:
             source.problem(("database", "path"), f"{paths.database} is a folder, not a file")
         )
     problems += _file_problems(source, config, servers, partners, paths)
+    objects = load_objects(
+        daemon, paths.home, source, data, lambda entry: _endpoint_model(entry, "partners")
+    )
+    problems += objects.problems
+    problems += protocol_problems(
+        objects, servers, protocol_registry.CheckContext(paths.home, paths.state_dir)
+    )
+    declared_accounts = _declared(data, "accounts") | objects.declared["accounts"]
+    declared_partners = _declared(data, "partners") | objects.declared["partners"]
 
     checked, errors = _load_rules(
-        paths, source, accounts=_declared(data, "accounts"), partners=_declared(data, "partners")
+        paths, source, accounts=declared_accounts, partners=declared_partners
     )
     problems += errors
     for item in checked:
@@ -165,16 +178,14 @@ def load_config(path: Path | str) -> LoadedConfig:
     valid_rules = {item.rule.name: item.rule for item in checked if item.rule is not None}
     folders.check(paths.watchers_dir, source, ("daemon", "watchers_dir"), writable=False)
     invalid = frozenset(i.keys.name for i in checked if i.rule is None and i.keys.name)
-    watchers, errors = _load_watchers(
-        paths, source, valid_rules, _declared(data, "partners"), invalid
-    )
+    watchers, errors = _load_watchers(paths, source, valid_rules, declared_partners, invalid)
     problems += errors
     for watcher in watchers:
         problems += watcher.problems
     rules = {item.rule.name: item.rule for item in checked if item.rule is not None}
-    schedules, errors = _load_schedules(paths, source, rules, _declared(data, "partners"))
+    schedules, errors = _load_schedules(paths, source, rules, declared_partners)
     problems += errors
-    pollers, errors = _load_pollers(paths, source, rules, _declared(data, "partners"))
+    pollers, errors = _load_pollers(paths, source, rules, declared_partners)
     problems += errors
     key_configs = config.keys if config is not None else valid_entries(data.get("keys"))
     key_infos, errors, key_warnings = check_keys(source, key_configs, paths.home)
@@ -192,7 +203,11 @@ def load_config(path: Path | str) -> LoadedConfig:
     config = config.model_copy(
         update={
             "servers": servers,
-            "partners": partners,
+            "partners": {**partners, **objects.objects["partners"]},
+            "accounts": {**config.accounts, **objects.objects["accounts"]},
+            "api": config.api.model_copy(
+                update={"users": {**config.api.users, **objects.objects["users"]}}
+            ),
             "rules": rules,
             "source": paths.config_file,
         }
@@ -210,6 +225,7 @@ def load_config(path: Path | str) -> LoadedConfig:
         schedules=schedules,
         pollers=pollers,
         key_infos=key_infos,
+        object_files=objects.files,
     )
 
 
@@ -412,6 +428,13 @@ def _endpoints(
         if endpoint is not None:
             found[name] = endpoint
     return found, problems
+
+
+def partner_model(
+    entry: dict[Any, Any],
+) -> tuple[type[ServerConfig] | type[PartnerConfig] | None, str | None]:
+    """The model of a partner entry, by its protocol (or why there is none)."""
+    return _endpoint_model(entry, "partners")
 
 
 def _endpoint_model(

@@ -202,6 +202,11 @@ class DaemonConfig(Strict):
     # Seconds the records of the automation (files watched or polled, firings) are kept
     # once they guard nothing any more (gatewayd.automation.retention): 7 days.
     automation_retention: Annotated[float, Field(gt=0)] = 7 * 86400.0
+    # One YAML file per account, partner, API user, besides those of the main file
+    # (gatewayd.config.objects; the admin API writes there); a missing folder: none.
+    accounts_dir: LaxPath = Path("accounts")
+    partners_dir: LaxPath = Path("partners")
+    api_users_dir: LaxPath = Path("users")
     # An IANA zone name (Europe/Paris); default: the system's zone.
     timezone: str | None = None
     shutdown_timeout: Annotated[float, Field(gt=0)] = 10.0
@@ -323,6 +328,8 @@ class PartnerConfig(Strict):
     login: str = ""
     password: Secret | None = Field(default=None, repr=False)
     max_transfers: Annotated[int, Field(ge=1)] | None = None
+    # A disabled partner is kept, but no transfer to or from it is created or started.
+    enabled: bool = True
 
 
 class AccountConfig(Strict):
@@ -358,6 +365,8 @@ Permission = Annotated[str, AfterValidator(_permission)]
 
 class AdminUserConfig(Strict):
     password: Secret = Field(repr=False)
+    # A disabled user logs in no more (nor do its tokens), and is kept.
+    enabled: bool = True
     # Per area (transfers, servers, partners, rules, users, administration): any of r, w, d.
     permissions: dict[
         Literal["transfers", "servers", "partners", "rules", "users", "administration"],
@@ -368,6 +377,20 @@ class AdminUserConfig(Strict):
     @classmethod
     def _must_be_a_hash(cls, value: str) -> str:
         return AccountConfig._must_be_a_hash(value) or value
+
+
+class LoginThrottleConfig(Strict):
+    """The admin API's login throttle (README, "Admin API"): failures per address over
+    `window` seconds; past `free_failures` each answer waits `base_delay` seconds,
+    doubling up to `max_delay`; the `max_address_failures`-th bans the address for
+    `ban` seconds."""
+
+    window: Annotated[float, Field(gt=0)] = 900.0
+    free_failures: Annotated[int, Field(ge=0)] = 2
+    base_delay: Annotated[float, Field(ge=0)] = 0.5
+    max_delay: Annotated[float, Field(ge=0)] = 8.0
+    max_address_failures: Annotated[int, Field(ge=1)] = 10
+    ban: Annotated[float, Field(gt=0)] = 900.0
 
 
 class ApiConfig(Strict):
@@ -386,6 +409,7 @@ class ApiConfig(Strict):
     # Files one element of a Tapis transfer task (/v3/files/transfers) may expand to; an
     # element naming a folder with more fails with a message saying so.
     tapis_max_files: Annotated[int, Field(gt=0)] = 10_000
+    login_throttle: LoginThrottleConfig = LoginThrottleConfig()
 
     @field_validator("tls_key")
     @classmethod

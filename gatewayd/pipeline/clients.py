@@ -64,6 +64,8 @@ class ClientPool:
         partner = self.loaded.config.partners.get(name)
         if partner is None:
             raise TransferError(ErrorCode.TeUnknownRemote, f"unknown partner {name!r}")
+        if not partner.enabled:
+            raise TransferError(ErrorCode.TeForbidden, f"partner {name!r} is disabled")
         spec = ports.get(partner.protocol)
         if spec is None or spec.client_factory is None:
             raise TransferError(

@@ -282,6 +282,8 @@ class TransferService:
             errors.append(
                 FieldError("partner", "unknown_partner", f"unknown partner '{req.partner}'")
             )
+        if partner is not None and not partner.enabled:
+            errors.append(FieldError("partner", "disabled", f"partner '{req.partner}' is disabled"))
         if rule is not None and partner is not None and not rule.allows_partner(req.partner):
             errors.append(
                 FieldError(
