@@ -30,6 +30,8 @@ SEED = 17
 # Examples per operation and phase: about 60 operations, two runs, under two minutes on
 # a loaded two-core machine.
 MAX_EXAMPLES = 4
+# Operations schemathesis cannot judge: the live stream of Server-Sent Events never ends.
+NOT_RUN = ("transfer_events",)
 RUN_TIMEOUT = 150.0
 
 pytestmark = [
@@ -71,6 +73,8 @@ class Contract:
             # thread-safe ("AST constructor recursion depth mismatch" with two).
             "--workers", "1",
             "--request-timeout", "20",
+            # The live stream never ends (test_console_api.py reads it).
+            *(arg for op in NOT_RUN for arg in ("--exclude-operation-id", op)),
             "--report", "junit", "--report-dir", str(reports),
             *auth,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -119,11 +123,12 @@ async def contract(tmp_path: Path) -> AsyncIterator[Contract]:
 
 
 def _tested(output: str) -> tuple[int, int]:
-    """(operations tested, operations in the document) of the run's summary."""
+    """(operations tested, operations in the document but those not run) of the run's
+    summary."""
     tested = re.search(r"^\s*Tested: (\d+)$", output, re.MULTILINE)
     total = re.search(r"^\s*Selected: \d+/(\d+)$", output, re.MULTILINE)
     assert tested and total, f"no summary in:\n{output}"
-    return int(tested.group(1)), int(total.group(1))
+    return int(tested.group(1)), int(total.group(1)) - len(NOT_RUN)
 
 
 async def test_the_api_keeps_its_documented_contract(contract: Contract) -> None:
