@@ -44,7 +44,10 @@ SCHEMAS["ConsoleFile"] = {"type": "string", "description": "A file of the web co
 SCHEMAS["Login"] = {
     "type": "object",
     "required": ["user", "password"],
-    "properties": {"user": {"type": ["string", "null"]}, "password": {"type": "string"}},
+    "properties": {
+        "user": {"type": "string", "minLength": 1},
+        "password": {"type": "string", "minLength": 1},
+    },
     "additionalProperties": False,
 }
 SCHEMAS["Session"] = {
@@ -213,25 +216,20 @@ async def get_session(call: Call) -> web.StreamResponse:
 @route(
     "DELETE",
     "/api/session",
-    summary="Log out: the session ends at once (its cookie is cleared)",
+    summary="Log out: the session ends at once (its cookie is cleared); without a "
+    "session, nothing to do",
     area=None,
     letter=None,
     tag="console",
-    responses={
-        204: ("Logged out", None),
-        400: ("The request did not use a console session", "Errors"),
-        **_ERRORS,
-    },
+    responses={204: ("Logged out", None), **_ERRORS},
 )
 async def logout(call: Call) -> web.StreamResponse:
     session = call.request.get(SESSION)
-    if session is None:
-        raise bad_request(
-            Problem("no console session to end (log out ends a cookie's)", "bad_value")
-        )
+    response = web.Response(status=204)
+    if session is None:  # nothing to end (credentials of another kind): done already
+        return response
     call.ctx.auth.sessions.close(session.id)
     await call.audit("session.logout", f"user/{session.user}")
-    response = web.Response(status=204)
     response.del_cookie(COOKIE, path="/", samesite="Strict", secure=call.request.secure)
     return response
 
@@ -298,7 +296,8 @@ def _read_source(path: Path) -> str | None:
     letter="r",
     tag="rules",
     responses={200: ("The YAML text", "RuleSource"), 404: ("No such rule", "Errors"), **_ERRORS},
-    answer_type="application/yaml",
+    # Text: the file as written, comments and all (a YAML reader would make it a mapping).
+    answer_type="text/plain",
 )
 async def rule_source(call: Call) -> web.StreamResponse:
     Query(call.request, ()).check()
@@ -310,4 +309,4 @@ async def rule_source(call: Call) -> web.StreamResponse:
     text = await asyncio.to_thread(_read_source, path)
     if text is None:
         raise not_found(f"rule '{name}' has no file (defined in the main configuration?)")
-    return web.Response(text=text, content_type="application/yaml", charset="utf-8")
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
