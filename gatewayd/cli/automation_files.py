@@ -7,7 +7,6 @@ read here first (a YAML mistake is reported here, with its line)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,7 @@ from gatewayd.cli import output as out
 from gatewayd.cli.api_client import ApiClient
 from gatewayd.cli.api_command import command, name_in_path
 from gatewayd.cli.exits import CliError, Exit
+from gatewayd.cli.yaml_files import read_file
 
 if TYPE_CHECKING:
     from gatewayd.cli.api_command import Commands
@@ -22,20 +22,11 @@ if TYPE_CHECKING:
 __all__ = ["add_files"]
 
 
-def _read(file: str) -> str:
-    try:
-        return sys.stdin.read() if file == "-" else Path(file).read_text("utf-8")
-    except OSError as exc:
-        raise CliError(Exit.USAGE, f"{file}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CliError(Exit.USAGE, f"{file}: not UTF-8 text") from None
-
-
 def _apply(kind: str) -> Any:
     def run(api: ApiClient, args: argparse.Namespace) -> int:
         import yaml
 
-        text = _read(args.file)
+        text = read_file(args.file)
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -5,14 +5,13 @@ them as `check-config` does, hashes passwords and loads them without a restart).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gatewayd.cli import output as out
 from gatewayd.cli.api_client import ApiClient
 from gatewayd.cli.api_command import command, group, name_in_path
-from gatewayd.cli.exits import CliError, Exit
+from gatewayd.cli.exits import Exit
+from gatewayd.cli.yaml_files import put_named_yaml
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,36 +24,9 @@ __all__ = ["add_account", "add_user", "add_writes"]
 _KINDS = {"account": "accounts", "partner": "partners", "user": "users"}
 
 
-def _read(file: str) -> str:
-    try:
-        return sys.stdin.read() if file == "-" else Path(file).read_text("utf-8")
-    except OSError as exc:
-        raise CliError(Exit.USAGE, f"{file}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CliError(Exit.USAGE, f"{file}: not UTF-8 text") from None
-
-
 def _apply(kind: str) -> Callable[[ApiClient, argparse.Namespace], int]:
     def run(api: ApiClient, args: argparse.Namespace) -> int:
-        import yaml
-
-        text = _read(args.file)
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
-            data = None  # the API reports the mistake with its line
-        name = data.get("name") if isinstance(data, dict) else None
-        if not isinstance(name, str) or not name:
-            raise CliError(Exit.USAGE, f"{args.file}: no {kind} name (a `name:` key) found")
-        status, shown, _ = api.request(
-            "PUT",
-            f"/api/{_KINDS[kind]}/{name_in_path(name)}",
-            raw=text.encode(),
-            content_type="application/yaml",
-        )
-        verb = "created" if status == 201 else "replaced"
-        out.emit(shown, args.format, lambda o: f"{kind} {o['name']} {verb}")
-        return Exit.OK
+        return put_named_yaml(api, args, kind, _KINDS[kind])
 
     return run
 

@@ -4,14 +4,13 @@ API (which checks a rule as `check-config` does and loads it without a restart).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gatewayd.cli import output as out
 from gatewayd.cli.api_client import ApiClient
 from gatewayd.cli.api_command import command, group, name_in_path
-from gatewayd.cli.exits import CliError, Exit
+from gatewayd.cli.exits import Exit
+from gatewayd.cli.yaml_files import put_named_yaml
 
 if TYPE_CHECKING:
     from gatewayd.cli.api_command import Commands
@@ -34,31 +33,8 @@ def _rule_get(api: ApiClient, args: argparse.Namespace) -> int:
 
 
 def _rule_apply(api: ApiClient, args: argparse.Namespace) -> int:
-    import yaml
-
-    try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
-    except OSError as exc:
-        raise CliError(Exit.USAGE, f"{args.file}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise CliError(Exit.USAGE, f"{args.file}: not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        data = None  # the API reports the mistake with its line
-    name = data.get("name") if isinstance(data, dict) else None
-    if not isinstance(name, str) or not name:
-        raise CliError(Exit.USAGE, f"{args.file}: no rule name (a `name:` key) found")
-    # The file is sent as it is, comments included: it becomes rules/<name>.yaml.
-    status, rule, _ = api.request(
-        "PUT",
-        f"/api/rules/{name_in_path(name)}",
-        raw=text.encode(),
-        content_type="application/yaml",
-    )
-    verb = "created" if status == 201 else "replaced"
-    out.emit(rule, args.format, lambda r: f"rule {r['name']} {verb}")
-    return Exit.OK
+    # The file becomes rules/<name>.yaml, comments included.
+    return put_named_yaml(api, args, "rule", "rules")
 
 
 def _rule_delete(api: ApiClient, args: argparse.Namespace) -> int:
