@@ -164,7 +164,12 @@ async def test_api_users_are_made_disabled_and_deleted_and_grant_no_more_than_th
         json_body={"password": OPS_PASSWORD, "permissions": {"transfers": "r"}},
     )
     assert answer.status == 201, answer.text
-    assert answer.body == {"name": "ops", "enabled": True, "permissions": {"transfers": "r"}}
+    assert answer.body == {
+        "name": "ops",
+        "enabled": True,
+        "permissions": {"transfers": "r"},
+        "inMainFile": False,
+    }
     file = env.root / "users" / "ops.yaml"
     assert "$argon2id$" in file.read_text() and OPS_PASSWORD not in file.read_text()
     about = await env.api.call("GET", "/api/about", user="ops", password=OPS_PASSWORD)

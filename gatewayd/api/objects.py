@@ -87,8 +87,8 @@ def _shown(call: Call, api: _Api, name: str) -> dict[str, Any]:
     if api is _ACCOUNT:
         return account_json(call, name, obj)
     if api is _PARTNER:
-        return partner_json(name, obj)
-    return user_json(name, obj)
+        return partner_json(call, name, obj)
+    return user_json(call, name, obj)
 
 
 def _file_of(call: Call, api: _Api, name: str) -> Path | None:
