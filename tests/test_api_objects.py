@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import stat
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -249,6 +250,10 @@ async def test_an_edit_made_from_what_get_shows_keeps_the_fields_never_shown(
     # What the console does: GET the partner, PUT its fields back with one changed.
     await env.start()
     key = env.root / "id_partner"
+    need("ssh-keygen")
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", PARTNER_PASSWORD, "-f", str(key)], check=True
+    )
     body = {
         "protocol": "sftp",
         "address": "127.0.0.1",
