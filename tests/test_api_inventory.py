@@ -131,6 +131,7 @@ async def test_partners(env: ApiEnv) -> None:
         "maxTransfers": None,
         "enabled": True,
         "options": {"remote_dir": "/"},
+        "inMainFile": True,
     }
     share = await env.api.get("/api/partners/share")
     assert share["hasPassword"] is False and share["options"]["root"] == str(env.share)
@@ -148,7 +149,10 @@ async def test_accounts_and_users(env: ApiEnv) -> None:
                 "enabled": True,
                 "hasPassword": True,
                 "publicKeys": ["ssh-ed25519 AAAA x"],
+                "maxUploads": None,
+                "maxDownloads": None,
                 "rules": ["inbox", "other"],
+                "inMainFile": True,
             }
         ]
     }

@@ -6,8 +6,10 @@ never shown back."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import stat
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -164,7 +166,12 @@ async def test_api_users_are_made_disabled_and_deleted_and_grant_no_more_than_th
         json_body={"password": OPS_PASSWORD, "permissions": {"transfers": "r"}},
     )
     assert answer.status == 201, answer.text
-    assert answer.body == {"name": "ops", "enabled": True, "permissions": {"transfers": "r"}}
+    assert answer.body == {
+        "name": "ops",
+        "enabled": True,
+        "permissions": {"transfers": "r"},
+        "inMainFile": False,
+    }
     file = env.root / "users" / "ops.yaml"
     assert "$argon2id$" in file.read_text() and OPS_PASSWORD not in file.read_text()
     about = await env.api.call("GET", "/api/about", user="ops", password=OPS_PASSWORD)
@@ -228,6 +235,60 @@ async def test_partners_keep_their_password_as_given_and_never_show_it(env: ApiE
     assert answer.status == 409, answer.text
     answer = await env.api.call("DELETE", "/api/partners/far")
     assert answer.status == 204, answer.text
+
+
+def host_key_line() -> str:
+    """A well-formed OpenSSH ed25519 public key line (never connected to)."""
+    kind = b"ssh-ed25519"
+    blob = len(kind).to_bytes(4, "big") + kind + (32).to_bytes(4, "big") + bytes(range(32))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()}"
+
+
+async def test_an_edit_made_from_what_get_shows_keeps_the_fields_never_shown(
+    env: ApiEnv,
+) -> None:
+    # What the console does: GET the partner, PUT its fields back with one changed.
+    await env.start()
+    key = env.root / "id_partner"
+    need("ssh-keygen")
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", PARTNER_PASSWORD, "-f", str(key)], check=True
+    )
+    body = {
+        "protocol": "sftp",
+        "address": "127.0.0.1",
+        "port": 2222,
+        "login": "us",
+        "host_keys": [host_key_line()],
+        "private_key": str(key),
+        "private_key_passphrase": PARTNER_PASSWORD,
+    }
+    answer = await env.api.call("PUT", "/api/partners/keyed", json_body=body)
+    assert answer.status == 201, answer.text
+    shown = await env.api.get("/api/partners/keyed")
+    assert PARTNER_PASSWORD not in json.dumps(shown) and "private_key" not in shown["options"]
+    assert shown["inMainFile"] is False
+    edit = {
+        "protocol": shown["protocol"],
+        "address": shown["address"],
+        "port": 2223,
+        "login": shown["login"],
+        **shown["options"],
+    }
+    answer = await env.api.call("PUT", "/api/partners/keyed", json_body=edit)
+    assert answer.status == 200, answer.text
+    partner = env.gw.loaded.config.partners["keyed"]
+    assert partner.port == 2223, partner
+    assert getattr(partner, "private_key", None) == key, partner
+    assert getattr(partner, "private_key_passphrase", None) == PARTNER_PASSWORD
+    # Another protocol has no such fields: they are not carried over.
+    other = env.root / "other"
+    other.mkdir()
+    answer = await env.api.call(
+        "PUT", "/api/partners/keyed", json_body={"protocol": "local", "root": str(other)}
+    )
+    assert answer.status == 200, answer.text
+    assert "private_key" not in (env.root / "partners" / "keyed.yaml").read_text()
     assert "far" not in env.gw.loaded.config.partners
 
 

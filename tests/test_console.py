@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.api_support import ALL, PASSWORD, ApiEnv, basic
+from tests.api_support import ALL, PASSWORD, ApiEnv, basic, password_hash
 from tests.daemon_proc import DaemonProcess
 from tests.gateway_env import make_file
 
@@ -82,6 +82,7 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
     root = tmp_path_factory.mktemp("console")
     env = ApiEnv(root)
     env.users["reader"] = dict(READER)
+    env.accounts["fixed"] = {"password": password_hash()}  # of the main file: read-only
     env.partners["share"]["max_rate"] = RATE
     env.daemon["progress_interval"] = 0.2
     env.rule("in", "receive")
@@ -374,3 +375,75 @@ async def test_every_page_shows_and_a_token_is_shown_once(gateway: Gateway, page
     )
     assert status == 401
     page.check()
+
+
+async def test_an_admin_creates_edits_disables_and_deletes_an_account_and_a_reader_cannot(
+    gateway: Gateway, page: Watched
+) -> None:
+    file = gateway.env.root / "accounts" / "newcomer.yaml"
+    secret = "newcomer-pass-7c1e"
+    row = ".actions[data-object=newcomer]"
+    await page.login("admin")
+    await page.go("#/accounts")
+    await page.page.wait_for_selector("main td:text-is('fixed')", timeout=WAIT)
+    # The main file's account offers no change.
+    assert await page.page.locator(".actions[data-object=fixed]").count() == 0
+    await page.page.click("#object-new")
+    await page.page.wait_for_selector("#object-yaml", timeout=WAIT)
+    assert "never shown" in (await page.page.text_content("#object-help") or "")
+    await page.page.fill("#object-name", "newcomer")
+    await page.page.fill("#object-yaml", f'password: "{secret}"\nmax_uploads: -1\nenabled: true\n')
+    await page.page.click("#object-save")
+    problem = await page.page.wait_for_selector("#object-problems li", timeout=WAIT)
+    message = await problem.text_content()
+    assert message and message.startswith("line 2: ") and "max_uploads" in message, message
+    assert await page.page.locator(".gutter span.bad[data-line='2']").count() == 1
+    assert not file.exists(), "a refused account was written"
+    assert (await gateway.call("GET", "/api/accounts/newcomer"))[0] == 404
+    page.check(allowed_errors=1, what="the refused account")  # the browser logs the 400
+    # Fixed, it is saved, hashed, in force, and listed.
+    await page.page.fill("#object-yaml", f'password: "{secret}"\nmax_uploads: 2\nenabled: true\n')
+    await page.page.click("#object-save")
+    await page.page.wait_for_selector(f"{row} button[data-action=disable]", timeout=WAIT)
+    await page.page.wait_for_selector("#notice .info:has-text('saved')", timeout=WAIT)
+    text = file.read_text()
+    assert "$argon2id$" in text and secret not in text, text
+    status, shown = await gateway.call("GET", "/api/accounts/newcomer")
+    assert status == 200 and shown["hasPassword"] and shown["maxUploads"] == 2, shown
+    assert shown["enabled"] and shown["inMainFile"] is False, shown
+    # Edited: the editor holds its fields and no password; saved as it is, the hash stays.
+    await page.page.click(f"{row} button[data-action=edit]")
+    await page.page.wait_for_selector("#object-yaml", timeout=WAIT)
+    yaml_text = await page.page.input_value("#object-yaml")
+    assert "max_uploads: 2" in yaml_text and "password" not in yaml_text, yaml_text
+    assert "$argon2" not in await page.page.content()
+    await page.page.click("#object-save")
+    await page.page.wait_for_selector(f"{row} button[data-action=disable]", timeout=WAIT)
+    hashed = [line for line in text.splitlines() if line.startswith("password: ")]
+    assert len(hashed) == 1 and hashed[0] in file.read_text().splitlines(), "the hash changed"
+    # Disabled, then deleted once confirmed.
+    await page.page.click(f"{row} button[data-action=disable]")
+    await page.page.wait_for_selector(f"{row} button[data-action=enable]", timeout=WAIT)
+    status, shown = await gateway.call("GET", "/api/accounts/newcomer")
+    assert status == 200 and shown["enabled"] is False and shown["hasPassword"], shown
+    assert "enabled: false" in file.read_text()
+    await shoot(page.page, gateway, "console-accounts")
+    await page.page.click(f"{row} button[data-action=delete]")
+    await page.page.click(f"{row} button[data-action=keep]")
+    assert file.exists(), "kept when not confirmed"
+    await page.page.click(f"{row} button[data-action=delete]")
+    await page.page.click(f"{row} button[data-action=confirm-delete]")
+    await page.page.wait_for_selector(row, state="detached", timeout=WAIT)
+    assert not file.exists()
+    assert (await gateway.call("GET", "/api/accounts/newcomer"))[0] == 404
+    page.check(allowed_errors=1, what="the account's changes")
+    # A reader sees the lists without a button.
+    await page.page.click("#logout")
+    await page.page.wait_for_selector("form#login", timeout=WAIT)
+    await page.login("reader")
+    for where, name in (("#/accounts", "fixed"), ("#/partners", "share"), ("#/users", "admin")):
+        await page.go(where)
+        await page.page.wait_for_selector(f"main td:text-is('{name}')", timeout=WAIT)
+        assert await page.page.locator("#object-new").count() == 0, where
+        assert await page.page.locator("main button").count() == 0, where
+    page.check(allowed_errors=1, what="the reader's pages")

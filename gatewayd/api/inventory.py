@@ -51,7 +51,13 @@ def server_json(call: Call, name: str, server: ServerConfig) -> dict[str, Any]:
     }
 
 
-def partner_json(name: str, partner: PartnerConfig) -> dict[str, Any]:
+def in_main_file(call: Call, kind: str, name: str) -> bool:
+    """Whether `name` of `kind` (accounts, partners, users) is defined in the main file:
+    the API may not change it (409), the console offers no change."""
+    return (kind, name) not in call.ctx.loaded.object_files
+
+
+def partner_json(call: Call, name: str, partner: PartnerConfig) -> dict[str, Any]:
     fields = public_fields(
         partner,
         ("protocol", "address", "port", "login", "password", "max_transfers", "enabled"),
@@ -66,6 +72,7 @@ def partner_json(name: str, partner: PartnerConfig) -> dict[str, Any]:
         "maxTransfers": partner.max_transfers,
         "enabled": partner.enabled,
         "options": fields,
+        "inMainFile": in_main_file(call, "partners", name),
     }
 
 
@@ -76,12 +83,20 @@ def account_json(call: Call, name: str, account: AccountConfig) -> dict[str, Any
         "enabled": account.enabled,
         "hasPassword": account.password is not None,
         "publicKeys": list(account.public_keys),
+        "maxUploads": account.max_uploads,
+        "maxDownloads": account.max_downloads,
         "rules": rules,
+        "inMainFile": in_main_file(call, "accounts", name),
     }
 
 
-def user_json(name: str, user: AdminUserConfig) -> dict[str, Any]:
-    return {"name": name, "enabled": user.enabled, "permissions": dict(user.permissions)}
+def user_json(call: Call, name: str, user: AdminUserConfig) -> dict[str, Any]:
+    return {
+        "name": name,
+        "enabled": user.enabled,
+        "permissions": dict(user.permissions),
+        "inMainFile": in_main_file(call, "users", name),
+    }
 
 
 def _one(items: dict[str, Any], kind: str, name: str) -> Any:
@@ -134,7 +149,7 @@ async def get_server(call: Call) -> web.StreamResponse:
 async def list_partners(call: Call) -> web.StreamResponse:
     partners = call.ctx.loaded.config.partners
     return web.json_response(
-        {"partners": [partner_json(n, p) for n, p in sorted(partners.items())]}
+        {"partners": [partner_json(call, n, p) for n, p in sorted(partners.items())]}
     )
 
 
@@ -150,7 +165,7 @@ async def list_partners(call: Call) -> web.StreamResponse:
 async def get_partner(call: Call) -> web.StreamResponse:
     name = call.request.match_info["name"]
     partner = _one(call.ctx.loaded.config.partners, "partner", name)
-    return web.json_response(partner_json(name, partner))
+    return web.json_response(partner_json(call, name, partner))
 
 
 @route(
@@ -195,7 +210,7 @@ async def get_account(call: Call) -> web.StreamResponse:
 )
 async def list_users(call: Call) -> web.StreamResponse:
     users = call.ctx.loaded.config.api.users
-    return web.json_response({"users": [user_json(n, u) for n, u in sorted(users.items())]})
+    return web.json_response({"users": [user_json(call, n, u) for n, u in sorted(users.items())]})
 
 
 @route(
@@ -210,4 +225,4 @@ async def list_users(call: Call) -> web.StreamResponse:
 async def get_user(call: Call) -> web.StreamResponse:
     name = call.request.match_info["name"]
     user = _one(call.ctx.loaded.config.api.users, "user", name)
-    return web.json_response(user_json(name, user))
+    return web.json_response(user_json(call, name, user))

@@ -21,11 +21,12 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+from pydantic import BaseModel
 
 from gatewayd.api.auth import AREAS, intersect
 from gatewayd.api.body import is_yaml, parse_json, read_text
 from gatewayd.api.errors import ApiError, Problem, bad_request, conflict, not_found
-from gatewayd.api.inventory import account_json, partner_json, user_json
+from gatewayd.api.inventory import account_json, partner_json, public_fields, user_json
 from gatewayd.api.routes import SCHEMAS, Call, Handler, route
 from gatewayd.api.rules import change_file
 from gatewayd.config.loader import partner_model
@@ -87,8 +88,8 @@ def _shown(call: Call, api: _Api, name: str) -> dict[str, Any]:
     if api is _ACCOUNT:
         return account_json(call, name, obj)
     if api is _PARTNER:
-        return partner_json(name, obj)
-    return user_json(name, obj)
+        return partner_json(call, name, obj)
+    return user_json(call, name, obj)
 
 
 def _file_of(call: Call, api: _Api, name: str) -> Path | None:
@@ -131,6 +132,20 @@ def _whole_numbers(value: Any) -> Any:
     if isinstance(value, list):
         return [_whole_numbers(v) for v in value]
     return value
+
+
+def _unshown(previous: BaseModel | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `previous` that GET never shows (passwords, a partner's private key
+    and its passphrase) and `given` leaves out: an edit made from what GET shows keeps
+    them. Not across a change of protocol (the new one may not have them)."""
+    if previous is None:
+        return {}
+    protocol = getattr(previous, "protocol", None)
+    if protocol is not None and given.get("protocol", protocol) != protocol:
+        return {}
+    hidden = set(type(previous).model_fields) - set(public_fields(previous)) - set(given)
+    values = previous.model_dump(mode="json", include=hidden)
+    return {k: v for k, v in values.items() if v is not None}
 
 
 async def _hash_secret(call: Call, value: Any) -> Any:
@@ -195,9 +210,7 @@ async def _put(call: Call, api: _Api) -> web.StreamResponse:
     plain = shown.get("password")
     if api.hashed and isinstance(plain, str) and plain and not plain.startswith(_HASH_PREFIXES):
         shown["password"] = _HASH_PREFIXES[0]
-    kept = _current(call, api).get(name)
-    if "password" not in shown and kept is not None and kept.password:
-        shown["password"] = kept.password  # an edit keeps it (below)
+    shown.update(_unshown(_current(call, api).get(name), shown))  # an edit keeps them
     if as_yaml:
         checked = replace(body, data={"name": name, **shown})
     else:
@@ -214,10 +227,9 @@ async def _put(call: Call, api: _Api) -> web.StreamResponse:
         folder = kind_folder(api.kind, loaded.config.daemon, loaded.paths.home)
         path = path or folder / f"{name}.yaml"
         previous = _current(call, api).get(name)
-        if "password" not in fields and previous is not None and previous.password:
-            fields["password"] = previous.password  # an edit keeps the password
-        elif api.hashed and "password" in fields:
+        if api.hashed and "password" in fields:
             fields["password"] = await _hash_secret(call, fields["password"])
+        fields.update(_unshown(previous, fields))
         text = f"# Written through the admin API by {call.principal.user}.\n" + yaml.safe_dump(
             {"name": name, **fields}, sort_keys=False, allow_unicode=True
         )
@@ -327,7 +339,9 @@ def _write_route(api: _Api, method: str, path: str, letter: str) -> Callable[[Ha
                 "keeps the current one."
                 if api.hashed
                 else "The password is stored as given (it is sent to the partner), never "
-                "shown; leaving it out keeps the current one."
+                "shown; leaving it out keeps the current one (so do fields never shown, "
+                "such as an SFTP partner's `private_key` and `private_key_passphrase`, "
+                "while the protocol stays the same)."
             ),
             area=api.area,
             letter=letter,

@@ -67,6 +67,8 @@ STRING = {"type": "string"}
 INT = {"type": "integer"}
 NUMBER = {"type": "number"}
 BOOL = {"type": "boolean"}
+# Accounts, partners and users of the main file are changed there, not through the API.
+IN_MAIN_FILE = {**BOOL, "description": "Defined in the main file: read-only through the API (409)"}
 TIME = {"type": "string", "format": "date-time"}
 PERMISSIONS = {
     "type": "object",
@@ -227,6 +229,7 @@ def _schemas() -> dict[str, Any]:
                 "maxTransfers": _nullable(INT),
                 "enabled": BOOL,
                 "options": {"type": "object"},
+                "inMainFile": IN_MAIN_FILE,
             }
         ),
         "PartnerList": _list("partners", "Partner"),
@@ -236,11 +239,21 @@ def _schemas() -> dict[str, Any]:
                 "enabled": BOOL,
                 "hasPassword": BOOL,
                 "publicKeys": {"type": "array", "items": STRING},
+                "maxUploads": _nullable(INT),
+                "maxDownloads": _nullable(INT),
                 "rules": {"type": "array", "items": STRING},
+                "inMainFile": IN_MAIN_FILE,
             }
         ),
         "AccountList": _list("accounts", "Account"),
-        "User": _obj({"name": STRING, "enabled": BOOL, "permissions": PERMISSIONS}),
+        "User": _obj(
+            {
+                "name": STRING,
+                "enabled": BOOL,
+                "permissions": PERMISSIONS,
+                "inMainFile": IN_MAIN_FILE,
+            }
+        ),
         "UserList": _list("users", "User"),
         "TokenRequest": _request(
             {

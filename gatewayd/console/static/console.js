@@ -8,7 +8,7 @@ const FILTERS = ["status", "rule", "partner", "account", "direction", "protocol"
 const SVG = "http://www.w3.org/2000/svg";
 const CHART_SLOTS = 300;
 
-const state = { session: null, cleanup: null };
+const state = { session: null, cleanup: null, flash: null };
 
 // ------------------------------------------------------------------ DOM helpers
 
@@ -644,38 +644,57 @@ async function pageRules() {
   return null;
 }
 
+// A YAML text area with its line numbers: the API's problems ("line N: ...") are listed
+// under it and their lines marked. The rules' editor and the accounts', partners' and
+// users' share it.
+function yamlEditor({ id, label, text, readonly, problemsId }) {
+  const gutter = h("div", { class: "gutter", "aria-hidden": "true" });
+  const area = h("textarea", { id, spellcheck: "false", rows: 18, "aria-label": label, readonly });
+  area.value = text;
+  const problems = h("ul", { id: problemsId, class: "error", role: "alert" });
+  const lines = (bad) => {
+    const count = area.value.split("\n").length;
+    gutter.replaceChildren(...Array.from({ length: count }, (_, i) => h("span", { class: bad.has(i + 1) ? "bad" : null, "data-line": i + 1 }, String(i + 1))));
+  };
+  lines(new Set());
+  area.addEventListener("input", () => lines(new Set()));
+  area.addEventListener("scroll", () => (gutter.scrollTop = area.scrollTop));
+  return {
+    area,
+    problems,
+    box: h("div", { class: "editor" }, gutter, area),
+    clear() {
+      problems.replaceChildren();
+      lines(new Set());
+    },
+    show(error) {
+      const bad = new Set();
+      problems.replaceChildren();
+      for (const m of error.problems.length ? error.problems : [error.message]) {
+        const found = /^line (\d+): /.exec(m);
+        if (found) bad.add(Number(found[1]));
+        problems.append(h("li", { "data-line": found ? found[1] : null }, m));
+      }
+      lines(bad);
+    },
+  };
+}
+
 async function pageRule(name) {
   const rule = await api("GET", `/api/rules/${encodeURIComponent(name)}`);
   const source = await api("GET", `/api/rules/${encodeURIComponent(name)}/source`).catch(() => null);
   const parts = [h("h1", {}, `Rule ${rule.name}`), h("p", {}, `${rule.direction} · ${rule.path}`), chains(rule)];
   if (typeof source === "string") {
-    const gutter = h("div", { class: "gutter", "aria-hidden": "true" });
-    const editor = h("textarea", { id: "rule-yaml", spellcheck: "false", rows: 18, "aria-label": "The rule's YAML", readonly: !can("rules", "w") });
-    editor.value = source;
-    const problems = h("ul", { id: "rule-problems", class: "error", role: "alert" });
-    const lines = (bad) => {
-      const count = editor.value.split("\n").length;
-      gutter.replaceChildren(...Array.from({ length: count }, (_, i) => h("span", { class: bad.has(i + 1) ? "bad" : null, "data-line": i + 1 }, String(i + 1))));
-    };
-    lines(new Set());
-    editor.addEventListener("input", () => lines(new Set()));
-    editor.addEventListener("scroll", () => (gutter.scrollTop = editor.scrollTop));
-    parts.push(h("h2", {}, "YAML"), h("div", { class: "editor" }, gutter, editor), problems);
+    const editor = yamlEditor({ id: "rule-yaml", label: "The rule's YAML", text: source, readonly: !can("rules", "w"), problemsId: "rule-problems" });
+    parts.push(h("h2", {}, "YAML"), editor.box, editor.problems);
     if (can("rules", "w")) {
       const save = button("Save", async () => {
-        problems.replaceChildren();
+        editor.clear();
         try {
-          await api("PUT", `/api/rules/${encodeURIComponent(name)}`, editor.value, "application/yaml");
+          await api("PUT", `/api/rules/${encodeURIComponent(name)}`, editor.area.value, "application/yaml");
           notice(`Rule ${name} saved and in force.`);
-          lines(new Set());
         } catch (e) {
-          const bad = new Set();
-          for (const m of e.problems.length ? e.problems : [e.message]) {
-            const found = /^line (\d+): /.exec(m);
-            if (found) bad.add(Number(found[1]));
-            problems.append(h("li", { "data-line": found ? found[1] : null }, m));
-          }
-          lines(bad);
+          editor.show(e);
           notice(`Rule ${name} not saved: nothing was changed.`, "error");
         }
       }, { id: "rule-save" });
@@ -696,9 +715,182 @@ const pageServers = () =>
     { label: "State", cell: (s) => h("span", { class: `badge st-${s.state}` }, s.state) },
     { label: "Options", cell: (s) => h("code", {}, value(s.options)) },
   ]);
-const pagePartners = () => listPage("Partners", "/api/partners", "partners");
-const pageAccounts = () => listPage("Accounts", "/api/accounts", "accounts");
-const pageUsers = () => listPage("Users", "/api/users", "users");
+
+// ------------------------------------------------------------------ accounts, partners, users
+
+// How each kind is written back: its fields as `PUT /api/KIND/NAME` takes them, built
+// from what GET shows (which never has a secret: the API keeps those left out).
+const OBJECTS = {
+  accounts: {
+    title: "Accounts",
+    one: "account",
+    area: "servers",
+    fields: (a) => ({ public_keys: a.publicKeys, enabled: a.enabled, max_uploads: a.maxUploads, max_downloads: a.maxDownloads }),
+    template: 'password: ""\npublic_keys: []\nenabled: true\n',
+    help:
+      "The fields of an account under accounts: in gatewayd.yaml. A password given here is hashed (argon2id) before it is written; it is never shown back, " +
+      "so the editor leaves it out: without a password line the current one is kept. public_keys: OpenSSH public key lines. enabled: false disables the account.",
+  },
+  partners: {
+    title: "Partners",
+    one: "partner",
+    area: "partners",
+    fields: (p) => ({ protocol: p.protocol, address: p.address, port: p.port, login: p.login, max_transfers: p.maxTransfers, enabled: p.enabled, ...p.options }),
+    template: 'protocol: sftp\naddress: ""\nport: 22\nlogin: ""\npassword: ""\nhost_keys: []\nenabled: true\n',
+    help:
+      "The fields of a partner under partners: in gatewayd.yaml (those of its protocol). Its password (and an SFTP partner's private_key and private_key_passphrase) " +
+      "are never shown, so the editor leaves them out: without those lines the current ones are kept. enabled: false disables the partner.",
+  },
+  users: {
+    title: "Users",
+    one: "API user",
+    area: "users",
+    fields: (u) => ({ permissions: u.permissions, enabled: u.enabled }),
+    template: 'password: ""\npermissions:\n  transfers: r\nenabled: true\n',
+    help:
+      "The fields of an API user under api.users: in gatewayd.yaml. permissions: per area (transfers, servers, partners, rules, users, administration) " +
+      "the letters r, w and d; you may grant only what you have. The password is hashed before it is written and never shown, so the editor leaves it out: " +
+      "without a password line the current one is kept. enabled: false disables the user (its sessions and tokens stop working).",
+  },
+};
+
+// YAML for the editor: one field a line (so that the API's "line N" points at it),
+// plain scalars where they read back as the same string, JSON's quoted form (which
+// YAML reads too) otherwise.
+const YAML_WORDS = /^(y|n|yes|no|on|off|true|false|null|~)$/i;
+
+function scalar(v) {
+  if (v === null || v === undefined) return "null";
+  if (typeof v === "string") return /^[A-Za-z_/][A-Za-z0-9_./@+-]*$/.test(v) && !YAML_WORDS.test(v) ? v : JSON.stringify(v);
+  return JSON.stringify(v);
+}
+
+function toYaml(obj, indent = "") {
+  const out = [];
+  for (const [k, v] of Object.entries(obj)) {
+    if (v === null || v === undefined) continue; // left out: its default
+    const key = `${indent}${scalar(k)}:`;
+    if (Array.isArray(v)) {
+      out.push(v.length ? key : `${key} []`);
+      for (const item of v) out.push(`${indent}  - ${item !== null && typeof item === "object" ? JSON.stringify(item) : scalar(item)}`);
+    } else if (typeof v === "object") {
+      out.push(Object.keys(v).length ? `${key}\n${toYaml(v, `${indent}  `)}` : `${key} {}`);
+    } else out.push(`${key} ${scalar(v)}`);
+  }
+  return out.join("\n");
+}
+
+const objectPath = (kind, name) => `/api/${kind}/${encodeURIComponent(name)}`;
+
+function objectActions(kind, row) {
+  const o = OBJECTS[kind];
+  const box = h("div", { class: "actions", "data-object": row.name });
+  const failed = (what) => (e) => notice(`${o.one} ${row.name}: ${what} refused: ${e.message}`, "error");
+  const buttons = [];
+  if (can(o.area, "w")) {
+    buttons.push(button("Edit", () => (location.hash = `#/${kind}/edit/${encodeURIComponent(row.name)}`), { "data-action": "edit" }));
+    const verb = row.enabled ? "disable" : "enable";
+    buttons.push(
+      button(row.enabled ? "Disable" : "Enable", async () => {
+        try {
+          await api("PUT", objectPath(kind, row.name), { ...o.fields(row), enabled: !row.enabled });
+          state.flash = [`${o.one} ${row.name}: ${verb}d.`, "info"];
+          await render();
+        } catch (e) {
+          failed(verb)(e);
+        }
+      }, { "data-action": verb }),
+    );
+  }
+  if (can(o.area, "d")) {
+    // Asked in the page (no window.confirm): the question names what goes.
+    const ask = () =>
+      box.replaceChildren(
+        h("span", {}, `Delete ${o.one} ${row.name}?`),
+        button("Yes, delete", async () => {
+          try {
+            await api("DELETE", objectPath(kind, row.name));
+            state.flash = [`${o.one} ${row.name} deleted.`, "info"];
+            await render();
+          } catch (e) {
+            box.replaceChildren(...buttons);
+            failed("delete")(e);
+          }
+        }, { "data-action": "confirm-delete" }),
+        button("Keep it", () => box.replaceChildren(...buttons), { "data-action": "keep" }),
+      );
+    buttons.push(button("Delete", ask, { "data-action": "delete" }));
+  }
+  box.append(...buttons);
+  return box;
+}
+
+async function pageObjects(kind) {
+  const o = OBJECTS[kind];
+  const rows = (await api("GET", `/api/${kind}`))[kind] || [];
+  const columns = autoColumns(rows).filter((c) => c.key !== "inMainFile");
+  columns.push({ label: "Defined in", cell: (r) => (r.inMainFile ? "gatewayd.yaml" : "its own file") });
+  const writes = can(o.area, "w") || can(o.area, "d");
+  if (writes) {
+    // The main file's objects are the admin's to edit there (the API refuses: 409).
+    columns.push({ label: "", cell: (r) => (r.inMainFile ? h("span", { class: "muted" }, "edit it in gatewayd.yaml") : objectActions(kind, r)) });
+  }
+  main().replaceChildren(
+    h("h1", {}, o.title),
+    can(o.area, "w") ? h("div", { class: "actions" }, button(`New ${o.one}`, () => (location.hash = `#/${kind}/new`), { id: "object-new" })) : null,
+    rows.length ? table(rows, columns) : h("p", {}, `No ${o.title.toLowerCase()}.`),
+  );
+  return null;
+}
+
+async function pageObjectEdit(kind, name) {
+  const o = OBJECTS[kind];
+  const creating = name === undefined;
+  let text = o.template;
+  let known = [];
+  let inMain = false;
+  if (creating) known = ((await api("GET", `/api/${kind}`))[kind] || []).map((r) => r.name);
+  else {
+    const current = await api("GET", objectPath(kind, name));
+    inMain = current.inMainFile;
+    text = `${toYaml(o.fields(current))}\n`;
+  }
+  const writable = can(o.area, "w") && !inMain;
+  const nameInput = h("input", { id: "object-name", name: "name", required: true, autocomplete: "off", spellcheck: "false" });
+  const editor = yamlEditor({ id: "object-yaml", label: `The ${o.one}'s YAML`, text, readonly: !writable, problemsId: "object-problems" });
+  const parts = [
+    h("h1", {}, creating ? `New ${o.one}` : `${o.one[0].toUpperCase()}${o.one.slice(1)} ${name}`),
+    inMain ? h("p", { class: "error" }, `This ${o.one} is defined in gatewayd.yaml: edit it there.`) : null,
+    h("p", { class: "muted", id: "object-help" }, o.help),
+    creating ? h("label", { class: "name" }, "Name", nameInput) : null,
+    editor.box,
+    editor.problems,
+  ];
+  if (writable) {
+    const save = button("Save", async () => {
+      editor.clear();
+      const target = creating ? nameInput.value.trim() : name;
+      const refuse = (message) => {
+        editor.show({ problems: [], message });
+        notice(`${o.one} not saved: nothing was changed.`, "error");
+      };
+      if (!target) return refuse("give the new object a name");
+      if (creating && known.includes(target)) return refuse(`${o.one} ${target} exists already: edit it from the list`);
+      try {
+        await api("PUT", objectPath(kind, target), editor.area.value, "application/yaml");
+        state.flash = [`${o.one} ${target} saved and in force.`, "info"];
+        location.hash = `#/${kind}`;
+      } catch (e) {
+        editor.show(e);
+        notice(`${o.one} ${target} not saved: nothing was changed.`, "error");
+      }
+      return null;
+    }, { id: "object-save" });
+    parts.push(h("div", { class: "actions" }, save, h("a", { href: `#/${kind}` }, "Cancel")));
+  }
+  main().replaceChildren(...parts);
+  return null;
+}
 
 async function pageTokens() {
   const data = await api("GET", "/api/tokens");
@@ -827,9 +1019,9 @@ const ROUTES = [
   [/^\/rules$/, pageRules],
   [/^\/rules\/([^/]+)$/, pageRule],
   [/^\/servers$/, pageServers],
-  [/^\/partners$/, pagePartners],
-  [/^\/accounts$/, pageAccounts],
-  [/^\/users$/, pageUsers],
+  [/^\/(accounts|partners|users)$/, pageObjects],
+  [/^\/(accounts|partners|users)\/new$/, pageObjectEdit],
+  [/^\/(accounts|partners|users)\/edit\/([^/]+)$/, pageObjectEdit],
   [/^\/tokens$/, pageTokens],
   [/^\/automation$/, pageAutomation],
   [/^\/nodes$/, pageNodes],
@@ -851,7 +1043,9 @@ async function renderNow() {
   if (!state.session) return;
   if (state.cleanup) state.cleanup();
   state.cleanup = null;
-  notice("");
+  // A change that moved to another page says how it went there.
+  notice(...(state.flash || [""]));
+  state.flash = null;
   const [path, search] = (location.hash.slice(1) || "/live").split("?");
   const params = new URLSearchParams(search || "");
   for (const a of document.querySelectorAll("#nav a")) {
