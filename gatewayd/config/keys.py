@@ -21,12 +21,11 @@ from pydantic import ValidationError
 from gatewayd.config.paths import absolute
 from gatewayd.config.problems import Problem
 from gatewayd.config.schema import KeyConfig
+from gatewayd.config.task_lists import RULE_CHAINS, listed_tasks
 from gatewayd.config.yamlsource import DataPath, YamlSource
 from gatewayd.crypto.keys import EXPIRY_WARNING_DAYS, KeyFileError, KeyInfo, inspect_key_file
 from gatewayd.tasks.base import task_class
 from gatewayd.tasks.pgp import NEED_ENCRYPT, NEED_SIGN, PgpTask
-
-_CHAINS: tuple[DataPath, ...] = (("pre",), ("post",), ("error",))
 
 
 def _day(moment: datetime) -> str:
@@ -127,30 +126,21 @@ def check_key_references(
     infos: Mapping[str, KeyInfo],
     now: datetime | None = None,
     declared: Iterable[str] = (),
-    chains: Iterable[DataPath] = _CHAINS,
+    chains: Iterable[DataPath] = RULE_CHAINS,
 ) -> list[Problem]:
     """Problems of the OpenPGP tasks listed at each of `chains` of `source` (a rule's
     chains by default; `("daemon", "error_tasks")` in gatewayd.yaml) with the keys they
     name."""
     now = now or datetime.now(UTC)
     problems: list[Problem] = []
-    for at in chains:
-        tasks: Any = source.data
-        for key in at:
-            tasks = tasks.get(key) if isinstance(tasks, dict) else None
-        if not isinstance(tasks, list):
+    for where, task in listed_tasks(source, chains):
+        cls = task_class(task["type"])
+        if cls is None or not issubclass(cls, PgpTask):
             continue
-        for index, task in enumerate(tasks):
-            if not isinstance(task, dict) or not isinstance(task.get("type"), str):
-                continue
-            cls = task_class(task["type"])
-            if cls is None or not issubclass(cls, PgpTask):
-                continue
-            args = task.get("args", {})
-            if not isinstance(args, dict):
-                continue
-            where = (*at, index)
-            problems += _task_problems(source, where, cls, args, keys, infos, now, set(declared))
+        args = task.get("args", {})
+        if not isinstance(args, dict):
+            continue
+        problems += _task_problems(source, where, cls, args, keys, infos, now, set(declared))
     return problems
 
 

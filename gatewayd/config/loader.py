@@ -30,7 +30,7 @@ from gatewayd.config.keys import (
 )
 from gatewayd.config.messages import describe_value, field_name, validate
 from gatewayd.config.objects import load_objects, protocol_problems
-from gatewayd.config.outbound_refs import RULE_CHAINS, declared_names, unknown_server_names
+from gatewayd.config.outbound_refs import declared_names, unknown_server_names
 from gatewayd.config.paths import Paths, absolute, create_folders, folder_problem
 from gatewayd.config.pollers import PollerConfig, load_pollers
 from gatewayd.config.problems import ConfigError, Problem, sort_problems
@@ -53,6 +53,7 @@ from gatewayd.config.schema import (
     ServerConfig,
     name_problem,
 )
+from gatewayd.config.task_lists import RULE_CHAINS
 from gatewayd.config.timezones import gateway_timezone
 from gatewayd.config.watchers import WatcherConfig, check_watcher
 from gatewayd.config.yamlfolder import Checked, by_name, yaml_files

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gatewayd.config.problems import Problem
+from gatewayd.config.task_lists import listed_tasks
 from gatewayd.config.yamlsource import DataPath, YamlSource
 from gatewayd.tasks.markers import has_markers
 
@@ -22,7 +23,6 @@ TASK_SETTINGS = {
 }
 
 # Where a rule file lists its tasks.
-RULE_CHAINS: tuple[DataPath, ...] = (("pre",), ("post",), ("error",))
 
 
 def declared_names(data: Any) -> dict[str, set[str]]:
@@ -42,32 +42,22 @@ def unknown_server_names(
     """Problems of the tasks listed at each of `chains` of `source` whose server is not
     declared (or, left out, is not the only one)."""
     problems = []
-    for at in chains:
-        tasks: Any = source.data
-        for key in at:
-            tasks = tasks.get(key) if isinstance(tasks, dict) else None
-        if not isinstance(tasks, list):
+    for task_at, task in listed_tasks(source, chains):
+        type_name = task["type"].upper()
+        if type_name not in TASK_SETTINGS:
             continue
-        for index, task in enumerate(tasks):
-            if not isinstance(task, dict) or not isinstance(task.get("type"), str):
-                continue
-            type_name = task["type"].upper()
-            if type_name not in TASK_SETTINGS:
-                continue
-            arg, section = TASK_SETTINGS[type_name]
-            names = declared.get(section, set())
-            raw_args = task.get("args")
-            args: dict[Any, Any] = raw_args if isinstance(raw_args, dict) else {}
-            name = args.get(arg)
-            where = (*at, index, "args", arg) if arg in args else (*at, index)
-            known = ", ".join(sorted(names)) or "none"
-            if name is None and len(names) != 1:
-                message = (
-                    f"argument '{arg}' is needed: {len(names)} `{section}:` entries are declared"
-                )
-            elif isinstance(name, str) and not has_markers(name) and name not in names:
-                message = f"unknown `{section}:` entry '{name}' (declared: {known})"
-            else:
-                continue
-            problems.append(source.problem(where, f"{task['type']}: {message}"))
+        arg, section = TASK_SETTINGS[type_name]
+        names = declared.get(section, set())
+        raw_args = task.get("args")
+        args: dict[Any, Any] = raw_args if isinstance(raw_args, dict) else {}
+        name = args.get(arg)
+        where = (*task_at, "args", arg) if arg in args else task_at
+        known = ", ".join(sorted(names)) or "none"
+        if name is None and len(names) != 1:
+            message = f"argument '{arg}' is needed: {len(names)} `{section}:` entries are declared"
+        elif isinstance(name, str) and not has_markers(name) and name not in names:
+            message = f"unknown `{section}:` entry '{name}' (declared: {known})"
+        else:
+            continue
+        problems.append(source.problem(where, f"{task['type']}: {message}"))
     return problems
