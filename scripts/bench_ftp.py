@@ -43,6 +43,9 @@ from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
+sys.path.insert(0, str(CHECKOUT / "scripts"))
+
+from bench_http import summary  # noqa: E402
 
 from gatewayd.passwords import hash_password  # noqa: E402
 
@@ -319,22 +322,7 @@ def report(
             rate = amount / statistics.median(times[(case, peer.name)])
             line += f"{rate:>22.0f}{rate / reference:>7.2f}"
         print(line)
-    print(summary(cases, peers, times))
-
-
-def summary(cases: list[str], peers: list[Peer], times: dict[tuple[str, str], list[float]]) -> str:
-    """The machine-readable last line: the ratio gatewayd/vsftpd per case (the same work
-    each side, so the ratio of the median times inverted); with several event loops,
-    each figure's name ends in its loop: `ftp: upload-ftp-uvloop 0.91 ...`."""
-    figures = []
-    for case in cases:
-        reference = statistics.median(times[(case, peers[0].name)])
-        for peer in peers[1:]:
-            key = case.replace(" ", "-")
-            if len(peers) > 2:
-                key += "-" + peer.name.removeprefix("gatewayd (").removesuffix(")")
-            figures.append(f"{key} {reference / statistics.median(times[(case, peer.name)]):.2f}")
-    return "ftp: " + " ".join(figures)
+    print(summary(cases, peers, times, bench="ftp"))
 
 
 if __name__ == "__main__":

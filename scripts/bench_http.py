@@ -34,8 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
@@ -310,10 +312,16 @@ def report(
     print(summary(cases, peers, times))
 
 
-def summary(cases: list[str], peers: list[Peer], times: dict[tuple[str, str], list[float]]) -> str:
-    """The machine-readable last line: the ratio gatewayd/nginx per case (the same work
-    each side, so the ratio of the median times inverted); with several event loops,
-    each figure's name ends in its loop: `http: download-http-uvloop 1.11 ...`."""
+def summary(
+    cases: list[str],
+    peers: Sequence[Any],
+    times: dict[tuple[str, str], list[float]],
+    bench: str = "http",
+) -> str:
+    """The machine-readable last line: the ratio gatewayd/reference (`peers[0]`) per case
+    (the same work each side, so the ratio of the median times inverted); with several
+    event loops, each figure's name ends in its loop: `http: download-http-uvloop 1.11 ...`.
+    bench_ftp's too (`bench="ftp"`)."""
     figures = []
     for case in cases:
         reference = statistics.median(times[(case, peers[0].name)])
@@ -322,7 +330,7 @@ def summary(cases: list[str], peers: list[Peer], times: dict[tuple[str, str], li
             if len(peers) > 2:
                 key += "-" + peer.name.removeprefix("gatewayd (").removesuffix(")")
             figures.append(f"{key} {reference / statistics.median(times[(case, peer.name)]):.2f}")
-    return "http: " + " ".join(figures)
+    return f"{bench}: " + " ".join(figures)
 
 
 if __name__ == "__main__":
