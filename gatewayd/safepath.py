@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
 from collections.abc import Collection, Iterator
@@ -56,13 +57,16 @@ class Beneath:
         """`path` as seen from `root` when it lies lexically below it; otherwise (a path
         the admin wrote elsewhere, e.g. after a MOVE task) from its own folder, so that
         at least its last component is never a link."""
-        path = Path(os.path.abspath(path))
-        root = Path(os.path.abspath(root))
-        try:
-            relative = path.relative_to(root)
-        except ValueError:
-            return cls(path.parent, (path.name,))
-        return cls(root, relative.parts)
+        # String operations, not pathlib's: this runs several times for every file
+        # a partner sends, and pathlib's parsing was a visible share of that.
+        full, top = os.path.abspath(path), os.path.abspath(root)
+        if full == top:
+            return cls(_path(top))
+        prefix = top if top.endswith(os.sep) else top + os.sep
+        if full.startswith(prefix):
+            return cls(_path(top), tuple(full[len(prefix) :].split(os.sep)))
+        folder, name = os.path.split(full)
+        return cls(Path(folder), (name,))
 
     @property
     def path(self) -> Path:
@@ -82,6 +86,12 @@ class Beneath:
         """The path for a message: the components below the root."""
         parts = self.parts if upto is None else self.parts[:upto]
         return "/".join(parts) or "."
+
+
+@functools.lru_cache(maxsize=256)
+def _path(folder: str) -> Path:
+    """The Path of a root folder: few of them, met again and again."""
+    return Path(folder)
 
 
 def _refusal(where: Beneath, index: int, dir_fd: int, exc: OSError) -> Exception:
