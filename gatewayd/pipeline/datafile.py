@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -50,6 +51,22 @@ def _pwritev_all(fd: int, parts: list[bytes], offset: int) -> None:
             views[0] = views[0][written:]
 
 
+def _open_temp(path: Beneath, keep: int) -> int:
+    """Open (creating) a temp file cut to its first `keep` bytes."""
+    fd = safepath.open_file(path, os.O_RDWR | os.O_CREAT, create_parents=True)
+    try:
+        if os.fstat(fd).st_size < keep:
+            raise TransferError(
+                ErrorCode.TeDataTransfer,
+                f"temp file holds fewer bytes than the recorded progress {keep}",
+            )
+        os.ftruncate(fd, keep)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _retrieved(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
@@ -67,6 +84,7 @@ class _ThreadFile:
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
         self._calls: set[asyncio.Future[Any]] = set()
+        self._closed = False
 
     async def _thread(self, fn: Callable[[], T]) -> T:
         call = asyncio.ensure_future(asyncio.to_thread(fn))
@@ -75,6 +93,7 @@ class _ThreadFile:
         return await asyncio.shield(call)
 
     async def _close_fd(self) -> None:
+        self._closed = True
         if self._calls:
             await asyncio.gather(*self._calls, return_exceptions=True)
         if self._fd is not None:
@@ -89,12 +108,16 @@ class ReceiveFile(_ThreadFile):
     pipeline may record as progress. About every `interval` seconds a checkpoint flushes,
     fsyncs in a worker thread while writes go on, then reports the new durable length
     through `on_durable`.
+
+    A file received from its start is created by the first worker-thread call that
+    needs it (a write, a checkpoint, the completion): a small file then costs one
+    thread hop at its end, not one more at its open.
     """
 
     def __init__(
         self,
         path: Beneath,
-        fd: int,
+        fd: int | None,
         offset: int,
         hasher: hashlib._Hash,
         on_durable: ProgressCallback,
@@ -103,6 +126,7 @@ class ReceiveFile(_ThreadFile):
         super().__init__()
         self.path = path
         self._fd = fd
+        self._creating = threading.Lock()  # a checkpoint's call may run beside a write's
         self._hasher = hasher
         self._hashed = offset
         self._hash_stale = False
@@ -132,17 +156,14 @@ class ReceiveFile(_ThreadFile):
         cls, path: Beneath, offset: int, on_durable: ProgressCallback, interval: float = 1.0
     ) -> ReceiveFile:
         """Open (creating) the temp file, keep its first `offset` bytes (the durable
-        progress of an earlier attempt) and hash them again."""
+        progress of an earlier attempt) and hash them again. From offset 0, the file is
+        created (or an earlier attempt's cut) by the first call that needs it."""
+        if offset == 0:
+            return cls(path, None, 0, hashlib.sha256(), on_durable, interval)
 
         def _open() -> tuple[int, hashlib._Hash]:
-            fd = safepath.open_file(path, os.O_RDWR | os.O_CREAT, create_parents=True)
+            fd = _open_temp(path, offset)
             try:
-                if os.fstat(fd).st_size < offset:
-                    raise TransferError(
-                        ErrorCode.TeDataTransfer,
-                        f"temp file holds fewer bytes than the recorded progress {offset}",
-                    )
-                os.ftruncate(fd, offset)
                 hasher = hashlib.sha256()
                 _hash_range(fd, hasher, 0, offset)
             except BaseException:
@@ -156,11 +177,19 @@ class ReceiveFile(_ThreadFile):
             raise os_error(exc, f"cannot open temp file {path.name}") from exc
         return cls(path, fd, offset, hasher, on_durable, interval)
 
-    @property
-    def fd(self) -> int:
-        if self._fd is None:
+    def _check_open(self) -> None:
+        if self._closed:
             raise TransferError(ErrorCode.TeInternal, "temp file already closed")
-        return self._fd
+
+    def _fd_now(self) -> int:
+        """The descriptor, the file created if it is not yet (in a worker thread)."""
+        with self._creating:
+            if self._fd is None:
+                try:
+                    self._fd = _open_temp(self.path, 0)
+                except OSError as exc:
+                    raise os_error(exc, f"cannot open temp file {self.path.name}") from exc
+            return self._fd
 
     async def write(self, offset: int, data: bytes) -> None:
         """Write `data` at `offset`. Sequential writes are buffered up to 1 MiB."""
@@ -197,14 +226,14 @@ class ReceiveFile(_ThreadFile):
         return: the partner's next bytes arrive while the worker thread writes and
         hashes these (one write in flight at most, so the hash sees them in order)."""
         await self._settle()
-        fd = self.fd
+        self._check_open()
         length = sum(len(p) for p in parts)
         hash_now = offset == self._hashed
         if offset < self._hashed:
             self._hash_stale = True  # a rewrite of bytes already hashed: redo at the end
 
         def _write() -> None:
-            _pwritev_all(fd, parts, offset)
+            _pwritev_all(self._fd_now(), parts, offset)
             if hash_now:
                 for part in parts:
                     self._hasher.update(part)
@@ -215,6 +244,9 @@ class ReceiveFile(_ThreadFile):
             except OSError as exc:
                 self._failure = os_error(exc, f"cannot write {self.path.name}")
                 raise self._failure from exc
+            except TransferError as exc:  # the file could not be created
+                self._failure = exc
+                raise
             if hash_now:
                 self._hashed = offset + length
             self._dirty = True
@@ -236,7 +268,7 @@ class ReceiveFile(_ThreadFile):
     def _checkpoint_later(self) -> None:
         """Bytes written are made durable within an interval even when no write
         follows (a stalled partner): the checkpoint a next write would have made."""
-        if self._due is not None or self._fd is None:
+        if self._due is not None or self._closed:
             return
         wait = max(0.0, self._interval - (time.monotonic() - self._last_checkpoint))
         self._due = asyncio.get_running_loop().call_later(wait, self._checkpoint_due)
@@ -254,7 +286,7 @@ class ReceiveFile(_ThreadFile):
 
     async def _timed_checkpoint(self) -> None:
         async with self._lock:
-            if self._fd is None or self._failure is not None or not self._dirty:
+            if self._closed or self._failure is not None or not self._dirty:
                 return
             with contextlib.suppress(TransferError):  # kept in `_failure` for the writer
                 await self.checkpoint()
@@ -292,11 +324,14 @@ class ReceiveFile(_ThreadFile):
             raise self._failure
 
     async def _sync(self, length: int) -> None:
-        fd = self.fd
+        self._check_open()
         try:
-            await self._thread(lambda: os.fdatasync(fd))
+            await self._thread(lambda: os.fdatasync(self._fd_now()))
         except OSError as exc:
             self._failure = os_error(exc, f"cannot sync {self.path.name}")
+            return
+        except TransferError as exc:
+            self._failure = exc
             return
         if length > self.durable:
             self.durable = length
@@ -326,11 +361,13 @@ class ReceiveFile(_ThreadFile):
                 raise TransferError(
                     ErrorCode.TeDataTransfer, f"data has holes after byte {self.contiguous}"
                 )
-            fd, end = self.fd, self.contiguous
+            self._check_open()
+            end = self.contiguous
             hash_now = bool(parts) and start == self._hashed and not self._hash_stale
             sync = self._dirty or bool(parts)
 
             def _complete() -> tuple[str, int, T]:
+                fd = self._fd_now()
                 if parts:
                     _pwritev_all(fd, parts, start)
                     if hash_now:
@@ -348,6 +385,7 @@ class ReceiveFile(_ThreadFile):
                 # Closed here, in the thread, so that no later close can hit a reused
                 # descriptor number, even if the waiting caller was cancelled.
                 self._fd = None
+                self._closed = True
                 os.close(fd)
                 return digest, end, land(end, digest)
 
@@ -361,7 +399,10 @@ class ReceiveFile(_ThreadFile):
         Never raises: used on aborts, where the first error is already known."""
         async with self._lock:
             self._no_checkpoint_due()
-            if self._fd is None:
+            if self._closed:
+                return
+            if self._fd is None and not self._buf and not self._writing:
+                self._closed = True  # never created: nothing was written
                 return
             with contextlib.suppress(TransferError, OSError):
                 await self.checkpoint(wait=True)
