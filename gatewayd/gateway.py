@@ -300,7 +300,9 @@ class Gateway:
         # Before any partner connects, and on a shared database only names older than
         # a lease: another node may be placing a file right now.
         lease = self.config.daemon.lease if self.store.shared else 0.0
-        await sweep_placed_temps(self.loaded, self.store, grace=3 * lease)
+        await sweep_placed_temps(
+            self.loaded, self.store, grace=3 * lease, unrecorded=not self.store.shared
+        )
         await self.scheduler.start()
         await self.bus.start()
         await self.schedules.start()

@@ -126,11 +126,16 @@ async def test_crash_after_done_leaves_no_temp_name_after_restart(
     tmp_path: Path, protocol: str
 ) -> None:
     """Without post tasks, DONE is committed with the placing: a crash before the temp
-    name goes leaves a second name of the placed file, which the next start removes."""
+    name goes leaves a second name of the placed file, which the next start removes, as
+    it removes a temp file of ours that no row names."""
     r = Receiver(tmp_path, protocol, post=[])
     data = make_file(tmp_path / "local" / "order.bin", MiB + 5)
     (r.tmp / "unrelated.part").parent.mkdir(parents=True, exist_ok=True)
     (r.tmp / "unrelated.part").write_bytes(b"only name of its bytes")
+    # What a crash leaves of an upload whose row was not yet committed (a partner's
+    # open is answered before that commit): our temp name, one name, no row.
+    unrecorded = r.tmp / f"{'ab12' * 8}.part"
+    unrecorded.write_bytes(b"bytes never recorded as durable")
 
     first = await start_daemon(r.env.config_file, crash_at=crashpoints.AFTER_DONE)
     await first.wait_for("gatewayd ready")
@@ -148,9 +153,9 @@ async def test_crash_after_done_leaves_no_temp_name_after_restart(
         await second.wait_for("gatewayd ready")
     finally:
         assert await second.stop() == 0, second.output
-    assert "temp names of finished transfers removed" in second.output
-    assert not tmp.exists()
-    assert sorted(p.name for p in r.tmp.iterdir()) == ["unrelated.part"], "one name kept"
+    assert "temp names of finished or unrecorded transfers removed" in second.output
+    assert not tmp.exists() and not unrecorded.exists()
+    assert sorted(p.name for p in r.tmp.iterdir()) == ["unrelated.part"], "not our name: kept"
     placed = r.inbox / "order.bin"
     assert placed.read_bytes() == data and placed.stat().st_nlink == 1
     assert read_row(r.db, 1)["status"] == "DONE"

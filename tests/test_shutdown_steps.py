@@ -111,15 +111,21 @@ async def test_an_open_cut_short_never_leaves_its_row_running(env: GatewayEnv) -
     """A stop cuts the requests still opening their transfer (HTTP cancels them): at
     whatever point the cut lands, the row is not left RUNNING without a run."""
     await env.start()
-    for yields in range(12):
+    cut_while_opening = 0
+    for yields in range(40):
         opening = asyncio.ensure_future(
             env.server().open_transfer("alice", f"/inbox/cut-{yields}.bin", Direction.RECEIVE)
         )
         for _ in range(yields):
             await asyncio.sleep(0)
+        if opening.done():  # opened before the cut: every earlier point was cut
+            await (await opening).abort(TransferError(ErrorCode.TeConnectionReset, "cut"))
+            break
         opening.cancel()
         with pytest.raises((asyncio.CancelledError, TransferError)):
             await opening
+        cut_while_opening += 1
+    assert cut_while_opening >= 2, "the open took no steps at all to cut"
     async with asyncio.timeout(10):
         while env.gw.engine.active:
             await asyncio.sleep(0.01)

@@ -123,6 +123,10 @@ class Run:
         # DATA was committed by the row's insertion (a new server transfer without pre
         # tasks): entering it needs no commit of its own.
         self.inserted_at_data = False
+        # The commit of the row's insertion when the open did not wait for it: awaited
+        # before the first save and before a received file is placed, so that no file
+        # lands that no row records.
+        self.recorded: Awaitable[None] | None = None
         # The run started past DATA (a restart): leftovers of the last run may remain.
         self.resumed_after_data = False
         # DONE was committed with the placing (no post task to run): the steps left
@@ -195,7 +199,14 @@ class Run:
 
     # ------------------------------------------------------------------ persistence
 
+    async def is_recorded(self) -> None:
+        """Wait for the row's insertion (raising its failure)."""
+        if self.recorded is not None:
+            recorded, self.recorded = self.recorded, None
+            await recorded
+
     async def save(self) -> None:
+        await self.is_recorded()
         self.transfer.updated = self.rt.clock.now()
         self._last_save = time.monotonic()
         self._saved_progress = self.transfer.progress
@@ -233,6 +244,7 @@ class Run:
 
     async def _save_quietly(self) -> None:
         try:
+            await self.is_recorded()
             await self.rt.store.save_transfer(self.transfer)
         except Exception:  # the next step change will try again and report it
             self.log.exception("progress save failed")
@@ -522,6 +534,7 @@ class Run:
             return landed
 
         async def land_and_record() -> None:
+            await self.is_recorded()
             sha, size, landed = await receiving.complete(land)
             await self.close_files()
             await self._record_placed(landed, size, sha, tmp)

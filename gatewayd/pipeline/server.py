@@ -16,7 +16,8 @@ import fnmatch
 import os
 import posixpath
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from gatewayd import lifecycle, safepath
@@ -31,6 +32,18 @@ from gatewayd.pipeline.limits import Slot, TransferLimits
 from gatewayd.pipeline.logins import Logins
 from gatewayd.pipeline.tree import Target, VirtualTree
 from gatewayd.ports import Entry, TransferHandle
+
+
+@dataclass
+class _Row:
+    """The row a partner's open starts or continues."""
+
+    transfer: Transfer
+    # DATA was committed (or queued) with the row's insertion: entering it needs no
+    # commit of its own.
+    inserted_at_data: bool
+    # The commit of a new row, not awaited by the open (see Store.insert_soon).
+    recorded: Awaitable[None] | None = None
 
 
 class CoreServerContext:
@@ -179,14 +192,14 @@ class CoreServerContext:
             if remote:
                 info.setdefault("remoteAddress", remote)
             if direction == Direction.RECEIVE:
-                t, inserted_at_data = await self._upload_row(account, target, offset, size, info)
+                row = await self._upload_row(account, target, offset, size, info)
             else:
-                t, inserted_at_data = await self._download_row(account, target, offset, info)
+                row = await self._download_row(account, target, offset, info)
         except BaseException:
             for slot in slots:
                 slot.release()
             raise
-        return await self._start(t, slots, inserted_at_data, offset)
+        return await self._start(row, slots, offset)
 
     def _limit(self, account: str, direction: Direction) -> int:
         """The account's own limit, else this server's (0: none)."""
@@ -230,9 +243,9 @@ class CoreServerContext:
 
     async def _upload_row(
         self, account: str, target: Target, offset: int, size: int, info: dict[str, object]
-    ) -> tuple[Transfer, bool]:
-        """The row an upload continues or starts, committed RUNNING; and whether it was
-        inserted at DATA (then entering DATA needs no commit of its own)."""
+    ) -> _Row:
+        """The row an upload continues or starts, RUNNING (a new one maybe not yet
+        committed)."""
         name = target.name or ""
         existing = await self.tree.unfinished(account, target.rule, name)
         if existing is not None and existing.status == Status.AVAILABLE:
@@ -274,14 +287,13 @@ class CoreServerContext:
         t.error_code, t.error_msg, t.error_step = ErrorCode.TeOk, "", Step.NONE
         t.stop = None
         if existing is None:
-            await self.rt.store.insert_transfer(t)
-        else:
-            await self.rt.store.save_transfer(t)
-        return t, inserted_at_data
+            return _Row(t, inserted_at_data, await self.rt.store.insert_soon(t))
+        await self.rt.store.save_transfer(t)
+        return _Row(t, inserted_at_data)
 
     async def _download_row(
         self, account: str, target: Target, offset: int, info: dict[str, object]
-    ) -> tuple[Transfer, bool]:
+    ) -> _Row:
         t = await preregister.find_download(
             self.rt, account, target.rule.name, target.name or "", self.server_name, self.protocol
         ) or self._new_row(account, target, is_send=True)
@@ -298,16 +310,14 @@ class CoreServerContext:
         if inserted_at_data:
             t.step = Step.DATA
         if new:
-            await self.rt.store.insert_transfer(t)
-        else:
-            await self.rt.store.save_transfer(t)
-        return t, inserted_at_data and new
+            return _Row(t, inserted_at_data, await self.rt.store.insert_soon(t))
+        await self.rt.store.save_transfer(t)
+        return _Row(t, False)
 
-    async def _start(
-        self, t: Transfer, slots: list[Slot], inserted_at_data: bool, offset: int
-    ) -> ServerHandle:
+    async def _start(self, row: _Row, slots: list[Slot], offset: int) -> ServerHandle:
         """Start the run; return the handle once its DATA step is open (or raise what
         ended the run before, e.g. a pre task's failure)."""
+        t = row.transfer
         data = ServerData(
             offset,
             self.is_temp_name,
@@ -322,7 +332,8 @@ class CoreServerContext:
                 await self._interrupted(t)
             raise
         run.slots += slots
-        run.inserted_at_data = inserted_at_data
+        run.inserted_at_data = row.inserted_at_data
+        run.recorded = row.recorded
         await data.ready
         if run.done.is_set() or run.stop_reason is not None:
             await run.done.wait()

@@ -7,7 +7,7 @@ backend (PostgreSQL) can implement this interface without touching its callers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -15,7 +15,17 @@ from typing import Any, NamedTuple
 from gatewayd.model import Status, Transfer
 from gatewayd.store.login_failures import LoginFailures
 
+
 # Columns a listing may be sorted on (API names); anything else is refused by the API.
+class _Done:
+    """An awaitable that is already over (a commit that came before the return)."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+_COMMITTED = _Done()
+
 SORT_FIELDS = ("id", "start", "stop", "status", "rule", "requester", "requested", "filesize")
 
 
@@ -169,6 +179,15 @@ class Store(ABC):
     async def insert_transfer(self, transfer: Transfer) -> Transfer:
         """Persist a new row; sets `id`, `created`, `updated` (and `remote_id`/`follow_id`
         when empty) on the object; returns it once committed."""
+
+    async def insert_soon(self, transfer: Transfer) -> Awaitable[None]:
+        """Start inserting a new row: `transfer` has its id (and what `insert_transfer`
+        sets) on return, and the returned awaitable ends once the row is committed
+        (raising if it failed). A partner's open is answered without waiting for its
+        commit, which is awaited before anything depends on the row (the placing of the
+        file, the next save). Here: committed before the return."""
+        await self.insert_transfer(transfer)
+        return _COMMITTED
 
     @abstractmethod
     async def insert_transfers(self, transfers: list[Transfer]) -> None:

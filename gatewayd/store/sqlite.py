@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +94,8 @@ _A = AutomationStatements(SQLITE)
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 
 _SYNCHRONOUS = ("NORMAL", "FULL")
+
+
 # Rounds of one claim, at most: each leaves out the partners found full in the last.
 _CLAIM_ROUNDS = 16
 # Ids per statement of a bulk change (SQLite's parameters are limited).
@@ -102,6 +104,17 @@ _ID_CHUNK = 500
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class _Queued:
+    """The commit of a queued write. Awaited through a shield (the future is its whole
+    batch's); never awaited, it warns of nothing (the writer retrieves failures)."""
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return asyncio.shield(self._future).__await__()
 
 
 class SqliteStore(Store):
@@ -274,6 +287,14 @@ class SqliteStore(Store):
             raise
         self._last_id += len(rows)
         return rows
+
+    async def insert_soon(self, transfer: Transfer) -> Awaitable[None]:
+        """The id now (ids are this process's to give), the insert queued for the next
+        commit (see Store.insert_soon)."""
+        writer = self._live_writer()
+        (row,) = self._new_rows([transfer])
+        future = writer.submit(_Q.insert, row, key=transfer.id)
+        return _Queued(future)
 
     async def insert_transfers(self, transfers: list[Transfer]) -> None:
         """Persist new rows in one commit: all of them, or (the batch failing) none,
