@@ -4,6 +4,7 @@ Real files, real SQLite, real task programs."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -285,6 +286,41 @@ async def test_send_resumed_from_what_the_partner_holds(env: GatewayEnv) -> None
     assert row.status == Status.DONE, row.error_msg
     assert (env.share / "big.bin").read_bytes() == data
     assert row.sha256 == hashlib.sha256(data).hexdigest()
+
+
+async def test_sends_to_one_partner_path_go_one_after_the_other(env: GatewayEnv) -> None:
+    """Two sends of one file to one path of a partner at once (a schedule's firings
+    overlapping, a retry beside a new request): both write the partner's temporary name
+    of that path, so the second waits for the first; both end DONE, the file whole."""
+    env.rule("out", "send")
+    ids: list[int] = []
+    entered = asyncio.Event()
+
+    async def during_data(t: Transfer, offset: int) -> None:
+        # The first send, midway, waits until the second has entered DATA.
+        if t.id == ids[0] and offset < t.filesize and not entered.is_set():
+            second = env.gw.engine.active.get(ids[1])
+            async with asyncio.timeout(10):
+                while second is None or second.transfer.step != Step.DATA:
+                    await asyncio.sleep(0.005)
+                    second = env.gw.engine.active.get(ids[1])
+            entered.set()
+
+    env.hooks.during_data = during_data
+    await env.start()
+    data = make_file(env.folder("out") / "report.bin", 8 * MiB + 3)
+    first = await env.create(rule="out", partner="share", file="report.bin", output="in/r.bin")
+    ids.append(first.id or 0)
+    second = await env.create(rule="out", partner="share", file="report.bin", output="in/r.bin")
+    ids.append(second.id or 0)
+    rows = [await env.wait_end(i) for i in ids]
+    assert entered.is_set(), "the second send never reached DATA while the first ran"
+    assert [r.status for r in rows] == [Status.DONE, Status.DONE], [r.error_msg for r in rows]
+    assert rows[0].stop is not None and rows[1].stop is not None
+    assert rows[0].stop <= rows[1].stop, "the second ended after the first"
+    assert (env.share / "in" / "r.bin").read_bytes() == data
+    assert not (env.share / "in" / "r.bin.part").exists()
+    assert env.gw.clients._destinations == {}, "no lock kept once the sends ended"
 
 
 async def test_chain_resumed_at_task_number(env: GatewayEnv) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import structlog
@@ -54,6 +55,29 @@ class ClientPool:
         self._clients: dict[str, _Held] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        # (partner, path) -> its lock and how many sends hold or wait for it.
+        self._destinations: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def destination(self, partner: str, path: str) -> AsyncIterator[None]:
+        """Hold the partner's `path` for one send: sends to one path of one partner go
+        one after the other on this node (in the order they got here). Each send
+        writes the partner's temporary name of that path and renames it: two at once
+        would write one temporary name, and the second rename would find it gone."""
+        key = (partner, path)
+        lock, users = self._destinations.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._destinations[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._destinations[key]
+            if users == 1:
+                del self._destinations[key]
+            else:
+                self._destinations[key] = (lock, users - 1)
 
     async def acquire(self, transfer: Transfer) -> Lease:
         """A connected client for the transfer's partner, or TransferError."""

@@ -46,14 +46,15 @@ class ClientData:
         client = self.lease.client
         t = run.transfer
         if t.is_send:
-            offset = 0
-            if t.progress > 0:
-                offset = await client.sent_offset(t.remote_filepath, t.progress)
-            sending = await run.open_send(offset)
-            t.progress = offset
-            run.log.info("data starts", offset=offset, size=sending.size)
-            delivered = await client.send(_Source(run, sending), t.remote_filepath, offset)
-            await _check_delivered(run, sending, delivered.size, delivered.sha256)
+            async with self.pool.destination(t.partner or "", t.remote_filepath):
+                offset = 0
+                if t.progress > 0:
+                    offset = await client.sent_offset(t.remote_filepath, t.progress)
+                sending = await run.open_send(offset)
+                t.progress = offset
+                run.log.info("data starts", offset=offset, size=sending.size)
+                delivered = await client.send(_Source(run, sending), t.remote_filepath, offset)
+                await _check_delivered(run, sending, delivered.size, delivered.sha256)
             await run.complete_send()
             return
         if await run.was_placed():
