@@ -20,6 +20,7 @@ the start of a log line.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -64,12 +65,18 @@ _SECRET_VALUE = re.compile(
 )
 
 _MAX_DEPTH = 8
+# Values with no text inside, passed as they are (most of a line's values).
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 def is_secret_key(key: object) -> bool:
     """Whether a value stored under `key` must never be logged."""
-    if not isinstance(key, str):
-        return False
+    return isinstance(key, str) and _is_secret_name(key)
+
+
+# Keys are the code's own few names, met on every line: asked of the pattern once each.
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(key: str) -> bool:
     lowered = key.lower()
     return lowered in _SECRET_EXACT or _SECRET_KEY.search(lowered) is not None
 
@@ -79,6 +86,9 @@ def redact(value: Any, _depth: int = 0) -> Any:
 
     Walks dicts, lists, tuples and sets; leaves other objects alone except strings.
     """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
     if _depth > _MAX_DEPTH:
         return value
     if isinstance(value, str):
@@ -95,8 +105,19 @@ def redact(value: Any, _depth: int = 0) -> Any:
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: `redact` applied to the whole event."""
-    redacted: EventDict = redact(event_dict)
-    return redacted
+    # `redact` of the event's mapping, its first level unrolled: most values are plain
+    # numbers or texts, and every line passes here.
+    out: EventDict = {}
+    for key, value in event_dict.items():
+        if is_secret_key(key):
+            out[key] = REDACTED
+        elif type(value) is str:
+            out[key] = (
+                _SECRET_VALUE.sub(REDACTED, value) if "$" in value or "-----" in value else value
+            )
+        else:
+            out[key] = redact(value, 1)
+    return out
 
 
 # Fields holding multi-line text made by Python itself (tracebacks, stacks): their line
@@ -112,6 +133,8 @@ def escape_text(value: Any, _depth: int = 0) -> Any:
     """A copy of `value` in which every string (and string key), at any depth, is
     `escaped`; other objects are left to the renderer (which shows them by `repr`,
     itself free of raw controls)."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, str):
         # Fast path: nothing to escape in most texts (a non-printable character is a
         # superset of what `escaped` rewrites).
@@ -138,6 +161,8 @@ def escape_values(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
             out[key] = value
         elif key in _MULTILINE and isinstance(value, str):
             out[key] = _escape_lines(value)
+        elif type(value) is str and value.isprintable() and "\\" not in value:
+            out[escape_text(key)] = value  # the common case, without a call
         else:
             out[escape_text(key)] = escape_text(value)
     return out
