@@ -3,6 +3,7 @@ check that every folder it needs exists or can be created."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,18 @@ FOLDER_MODE = 0o750
 def absolute(path: Path, base: Path) -> Path:
     """`path` (with `~` expanded) made absolute against `base`, without following links."""
     return Path(os.path.abspath(base / Path(path).expanduser()))
+
+
+# Asked several times for every file a partner sends: computed once per rule (pathlib's
+# parsing is not free), the same answer for the same settings.
+@functools.lru_cache(maxsize=1024)
+def _rule_folder(home: Path, data_dir: Path, folder: Path | None, name: str) -> Path:
+    return absolute(folder, home) if folder is not None else data_dir / name
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule_tmp_folder(home: Path, data_dir: Path, folder: Path | None, name: str) -> Path:
+    return _rule_folder(home, data_dir, folder, name) / ".tmp"
 
 
 @dataclass(frozen=True)
@@ -64,14 +77,12 @@ class Paths:
 
     def rule_folder(self, rule: RuleConfig) -> Path:
         """The rule's local folder: its `folder` (relative to home) or data_dir/<name>."""
-        if rule.folder is not None:
-            return absolute(rule.folder, self.home)
-        return self.data_dir / rule.name
+        return _rule_folder(self.home, self.data_dir, rule.folder, rule.name)
 
     def rule_tmp_folder(self, rule: RuleConfig) -> Path:
         """Where incoming files are written before their final rename. Inside the rule
         folder, so that the rename stays on one filesystem and is atomic."""
-        return self.rule_folder(rule) / ".tmp"
+        return _rule_tmp_folder(self.home, self.data_dir, rule.folder, rule.name)
 
     def daemon_folders(self) -> list[Path]:
         """Folders the daemon writes to, besides the rule folders."""
