@@ -87,7 +87,9 @@ class _ThreadFile:
         self._closed = False
 
     async def _thread(self, fn: Callable[[], T]) -> T:
-        call = asyncio.ensure_future(asyncio.to_thread(fn))
+        # The executor's future itself, not a task around `to_thread`: one task fewer
+        # per call (no context is needed in the thread).
+        call = asyncio.get_running_loop().run_in_executor(None, fn)
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
         return await asyncio.shield(call)

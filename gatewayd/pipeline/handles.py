@@ -100,6 +100,9 @@ class UploadHandle(ServerHandle):
         self._check_open()
         self.closed = True
         self.data.resolve(Outcome(sha256=expected_sha256, times=self.times))
+        if not self.data.is_temp_name(self.run.transfer.dest_filename):
+            await self._ended()  # a final name is never parked: the run's end is the answer
+            return
         parked = asyncio.ensure_future(self.data.parked.wait())
         ended = asyncio.ensure_future(self.run.done.wait())
         try:

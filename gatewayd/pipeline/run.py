@@ -139,6 +139,8 @@ class Run:
         self._saved_progress = transfer.progress
         self._saving: asyncio.Task[None] | None = None
         self._progress_timer: asyncio.TimerHandle | None = None
+        # Inside the placing's task (uncancellable as a whole).
+        self._landing = False
         self.log = log.bind(transfer_id=transfer.id, rule=transfer.rule)
 
     # ------------------------------------------------------------------ the driver
@@ -456,8 +458,9 @@ class Run:
         t.task_number = 0
         t.stop = self.rt.clock.now()
         # To its end: a stop arriving meanwhile would find DONE in the row's object
-        # with its commit still in flight.
-        await uncancellable(self.save())
+        # with its commit still in flight. (The placing's own task is out of reach of
+        # a stop already.)
+        await (self.save() if self._landing else uncancellable(self.save()))
         self.finished = True
         self.log.info(
             "transfer done",
@@ -534,10 +537,14 @@ class Run:
             return landed
 
         async def land_and_record() -> None:
-            await self.is_recorded()
-            sha, size, landed = await receiving.complete(land)
-            await self.close_files()
-            await self._record_placed(landed, size, sha, tmp)
+            self._landing = True
+            try:
+                await self.is_recorded()
+                sha, size, landed = await receiving.complete(land)
+                await self.close_files()
+                await self._record_placed(landed, size, sha, tmp)
+            finally:
+                self._landing = False
 
         await uncancellable(land_and_record())
 
@@ -560,7 +567,7 @@ class Run:
             await self._finish()
             crashpoints.reached(crashpoints.AFTER_DONE)
             try:
-                await asyncio.to_thread(drop_temp, tmp)
+                await asyncio.get_running_loop().run_in_executor(None, drop_temp, tmp)
             except OSError as exc:  # DONE stands; the next start removes the name
                 self.log.warning("temp name of a placed file kept", error=str(exc))
             return
