@@ -62,8 +62,9 @@ class FtpServerConfig(ServerConfig):
     idle_timeout: Seconds = 900.0
     data_timeout: Seconds = 120.0
     # Plain FTP has no end-of-file mark: an upload's data connection ending counts as
-    # its clean end only if the control connection is still open this many seconds
-    # later (a killed client drops both at once). FTPS uses TLS close_notify instead.
+    # its clean end only if the control connection is still open a grace time later
+    # (a killed client drops both at once): four round trips of the control connection,
+    # at least 10 ms, at most this many seconds. FTPS uses TLS close_notify instead.
     # 0: no wait (a killed client whose control connection is not seen closed yet may
     # then complete a truncated file).
     eof_grace: Annotated[float, Field(ge=0, le=10)] = 0.1
