@@ -268,3 +268,33 @@ async def test_a_stop_lets_a_completing_upload_answer_and_refuses_new_commands(
     assert not isinstance(refused.value, ftplib.error_perm)
     assert stopped.clean, stopped
     assert [(r.status, r.progress) for r in rows] == [(Status.DONE, 200_000)]
+
+
+async def test_plain_upload_grace_follows_the_control_connections_round_trip(
+    tmp_path: Path,
+) -> None:
+    """Plain FTP's end-of-upload grace (see FtpSession._grace): on a loopback control
+    connection, four of its shortest round trips are far under `eof_grace`, so the
+    10 ms floor applies; with no kernel figure the whole `eof_grace` does."""
+    from types import SimpleNamespace
+
+    from protocols.ftp.server import FtpSession
+
+    env = ftp_gateway(tmp_path)
+    await env.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ftp_port(env))
+        await reader.readline()  # the greeting: a round trip measured
+        config = SimpleNamespace(eof_grace=0.1)
+        near = SimpleNamespace(config=config, control=SimpleNamespace(writer=writer))
+        assert FtpSession._grace(near) == pytest.approx(0.01)  # type: ignore[arg-type]
+        config.eof_grace = 0.005
+        assert FtpSession._grace(near) == 0.005, "never more than eof_grace"  # type: ignore[arg-type]
+        blind = SimpleNamespace(
+            config=SimpleNamespace(eof_grace=0.1),
+            control=SimpleNamespace(writer=SimpleNamespace(get_extra_info=lambda _: None)),
+        )
+        assert FtpSession._grace(blind) == 0.1  # type: ignore[arg-type]
+        writer.close()
+    finally:
+        await env.stop()

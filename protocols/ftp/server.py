@@ -57,10 +57,12 @@ log = structlog.get_logger("gatewayd.ftp")
 
 CHUNK = 256 * 1024  # bytes read from a download's file at a time
 _TCP_ESTABLISHED = 1  # tcpi_state of Linux's TCP_INFO (CLOSE_WAIT once a FIN came)
-# Offsets in Linux's struct tcp_info: tcpi_rtt and tcpi_rttvar, in microseconds, after
-# 8 one-byte fields and 15 four-byte ones.
-_TCP_INFO_RTT = 8 + 15 * 4
-_TCP_INFO_RTT_END = _TCP_INFO_RTT + 8
+# Where Linux's struct tcp_info holds tcpi_min_rtt (microseconds, since Linux 4.6): the
+# shortest round trip seen. Not tcpi_rtt: on a control connection, where the client
+# answers each reply only with its next command, delayed ACKs make that one tens of
+# milliseconds however near the client is.
+_TCP_INFO_MIN_RTT = 148
+_TCP_INFO_MIN_RTT_END = _TCP_INFO_MIN_RTT + 4
 # The shortest wait for a killed client's control connection to be seen closed: the
 # two closes of a dying process may be a scheduler's time slice apart on a busy host.
 _MIN_GRACE = 0.01
@@ -1038,23 +1040,24 @@ class FtpSession:
     def _grace(self) -> float:
         """How long the control connection must outlive the data connection: a killed
         client's two FINs leave its host together and arrive within a few round trips
-        of each other, so `eof_grace` is cut to a few of the control connection's round
-        trips where the kernel tells them (never under _MIN_GRACE): on a near link a
-        small upload's 226 then waits milliseconds, not a tenth of a second."""
+        of each other, so `eof_grace` is cut to four of the control connection's
+        shortest round trips where the kernel tells it (never under _MIN_GRACE): on a
+        near link a small upload's 226 then waits milliseconds, not a tenth of a
+        second."""
         grace = self.config.eof_grace
         sock = self.control.writer.get_extra_info("socket")
         if grace <= _MIN_GRACE or sock is None or not hasattr(socket, "TCP_INFO"):
             return grace
         try:
-            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_RTT_END)
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_MIN_RTT_END)
         except OSError:
             return grace
-        if len(info) < _TCP_INFO_RTT_END:
+        if len(info) < _TCP_INFO_MIN_RTT_END:
             return grace
-        rtt, rttvar = struct.unpack_from("<II", info, _TCP_INFO_RTT)  # microseconds
-        if rtt == 0:
+        (min_rtt,) = struct.unpack_from("<I", info, _TCP_INFO_MIN_RTT)  # microseconds
+        if min_rtt == 0:
             return grace
-        return min(grace, max(_MIN_GRACE, 4 * (int(rtt) + 4 * int(rttvar)) / 1e6))
+        return min(grace, max(_MIN_GRACE, 4 * int(min_rtt) / 1e6))
 
     def _control_open(self) -> bool:
         """Whether the control connection is still open both ways: no end of it read,
