@@ -233,6 +233,13 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
         )
     )
+    # What no line of ours shows, and what the logging HOWTO ("Optimization") says to
+    # turn off then: each record would ask for its thread, process and caller (two
+    # records a line: the formatter copies it).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _GatewaydHandler)]:
         root.removeHandler(old)

@@ -47,6 +47,8 @@ def encode_json(value: Any) -> str:
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name}: expected str, got {type(value).__name__}")
+    if value.isascii():  # most values: valid UTF-8 without encoding them to see
+        return value
     # SQLite only stores valid UTF-8; a lone surrogate would fail the whole batch later.
     try:
         value.encode("utf-8")
@@ -201,22 +203,21 @@ UPDATE_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in INSERT_ON
 _ENCODERS = tuple(_FIELDS[c][0] for c in COLUMNS)
 _DECODERS = tuple(_FIELDS[c][1] for c in COLUMNS)
 _UPDATE_ENCODERS = tuple((c, _FIELDS[c][0]) for c in UPDATE_COLUMNS)
+_ROW_ENCODERS = tuple(zip(COLUMNS, _ENCODERS, strict=True))
 
 
 def encode_row(transfer: Transfer) -> tuple[Any, ...]:
     """All columns of `transfer`, in `COLUMNS` order."""
-    return tuple(
-        encode(name, getattr(transfer, name))
-        for name, encode in zip(COLUMNS, _ENCODERS, strict=True)
-    )
+    return tuple([encode(name, getattr(transfer, name)) for name, encode in _ROW_ENCODERS])
 
 
 def encode_update(transfer: Transfer) -> tuple[Any, ...]:
     """The `UPDATE_COLUMNS` values of `transfer` followed by its id."""
     if transfer.id is None:
         raise ValueError("cannot save a transfer that was never inserted (id is None)")
-    values = tuple(encode(name, getattr(transfer, name)) for name, encode in _UPDATE_ENCODERS)
-    return (*values, transfer.id)
+    values = [encode(name, getattr(transfer, name)) for name, encode in _UPDATE_ENCODERS]
+    values.append(transfer.id)
+    return tuple(values)
 
 
 def decode_row(row: Iterable[Any]) -> Transfer:
