@@ -299,6 +299,56 @@ async def test_ids_are_not_reused_after_reopen(backend: Backend) -> None:
         assert (await store.insert_transfer(make())).id == 4
 
 
+# A process that gives a transfer its id through insert_soon and dies (kill -9's
+# effect) before the row's commit: only its output knew the id.
+_DIES_BEFORE_THE_COMMIT = """
+import asyncio, os, sys
+from datetime import UTC, datetime
+from gatewayd.model import Transfer
+from gatewayd.store.sqlite import SqliteStore
+
+async def main() -> None:
+    store = SqliteStore(sys.argv[1])
+    await store.open()
+    t = Transfer(rule="r1", is_server=True, is_send=False, requester="alice",
+                 requested="sftp", protocol="sftp", account="alice",
+                 start=datetime.now(UTC))
+    await store.insert_soon(t)
+    print(t.id, flush=True)
+    os._exit(0)
+
+asyncio.run(main())
+"""
+
+
+async def test_an_id_given_before_its_commit_is_never_given_again(tmp_path: Path) -> None:
+    """insert_soon gives ids ahead of their rows' commits (a partner's open is answered
+    before it): a crash before the commit leaves no row, and the next start must not
+    give the same id to another transfer. A clean close leaves no gap."""
+    path = tmp_path / "gatewayd.db"
+    async with SqliteStore(path) as store:
+        first = make()
+        await (await store.insert_soon(first))
+    assert first.id == 1
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _DIES_BEFORE_THE_COMMIT, str(path),
+        stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    out, _ = await child.communicate()
+    lost = int(out)
+    assert lost == 2, "the id the dead process gave"
+    assert [r[0] for r in await raw(path, "SELECT id FROM transfers")] == [1], "no row of it"
+    async with SqliteStore(path) as store:
+        after_crash = make()
+        await (await store.insert_soon(after_crash))
+        assert after_crash.id is not None and after_crash.id > lost, "never the lost id again"
+        next_one = make()
+        await (await store.insert_soon(next_one))
+    async with SqliteStore(path) as store:
+        after_clean_stop = await store.insert_transfer(make())
+    assert after_clean_stop.id == next_one.id + 1, "a clean close gives the block back"
+
+
 async def test_save_writes_a_snapshot(store: Store) -> None:
     t = await store.insert_transfer(make())
     t.progress = 100

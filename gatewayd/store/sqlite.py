@@ -12,6 +12,7 @@ join a batch like any save, and the caller knows its id before the commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import replace
@@ -100,6 +101,17 @@ _SYNCHRONOUS = ("NORMAL", "FULL")
 _CLAIM_ROUNDS = 16
 # Ids per statement of a bulk change (SQLite's parameters are limited).
 _ID_CHUNK = 500
+# Ids `insert_soon` may give ahead of their rows' commits, covered by a committed
+# sqlite_sequence: a crash never lets an id that left this process be given again.
+_ID_BLOCK = 1000
+# The statements that keep sqlite_sequence's value for transfers (its row exists once a
+# row was ever inserted; `max` never takes it back below what SQLite itself recorded).
+_SET_SEQUENCE = (
+    "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'transfers'",
+    "INSERT INTO sqlite_sequence (name, seq) SELECT 'transfers', ? "
+    "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'transfers')",
+)
+_RESET_SEQUENCE = "UPDATE sqlite_sequence SET seq = ? WHERE name = 'transfers'"
 
 
 def _now() -> datetime:
@@ -147,6 +159,9 @@ class SqliteStore(Store):
         self._read_conn: aiosqlite.Connection | None = None
         self._writer: BatchWriter | None = None
         self._last_id = 0
+        # Ids up to this one are covered by the committed sqlite_sequence (insert_soon).
+        self._covered = 0
+        self._covering = asyncio.Lock()
         self._closed = False
         self._uploads = UploadIndex()
         self._on_commit: Callable[[float], None] | None = None
@@ -170,7 +185,7 @@ class SqliteStore(Store):
             if str(rows[0][0]).lower() != "wal":
                 raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {rows[0][0]})")
             await apply_migrations(self._write_conn, migrations, where=str(self.path))
-            self._last_id = await self._max_transfer_id(self._write_conn)
+            self._last_id = self._covered = await self._max_transfer_id(self._write_conn)
             uploads = await self._write_conn.execute_fetchall(_Q.unfinished_uploads)
             self._uploads.load((int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in uploads)
             self._read_conn = await self._connect()
@@ -184,6 +199,11 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         """Write everything pending, stop the writer, close the connections. Idempotent."""
+        if not self._closed and self._writer is not None and self._covered > self._last_id:
+            # A clean stop gives back the ids covered but not given: no gap after it.
+            with contextlib.suppress(Exception):
+                async with self._writer.transaction() as conn:
+                    await conn.execute(_RESET_SEQUENCE, (self._last_id,))
         self._closed = True
         try:
             if self._writer is not None:
@@ -292,9 +312,22 @@ class SqliteStore(Store):
         """The id now (ids are this process's to give), the insert queued for the next
         commit (see Store.insert_soon)."""
         writer = self._live_writer()
+        while self._last_id >= self._covered:
+            await self._cover()
         (row,) = self._new_rows([transfer])
         future = writer.submit(_Q.insert, row, key=transfer.id)
         return _Queued(future)
+
+    async def _cover(self) -> None:
+        """Commit a sqlite_sequence value _ID_BLOCK ids ahead (once per block)."""
+        async with self._covering:
+            if self._last_id < self._covered:
+                return  # covered while this call waited
+            ahead = self._last_id + _ID_BLOCK
+            async with self._live_writer().transaction() as conn:
+                for sql in _SET_SEQUENCE:
+                    await conn.execute(sql, (ahead,))
+            self._covered = ahead
 
     async def insert_transfers(self, transfers: list[Transfer]) -> None:
         """Persist new rows in one commit: all of them, or (the batch failing) none,
