@@ -86,8 +86,7 @@ def redact(value: Any, _depth: int = 0) -> Any:
 
     Walks dicts, lists, tuples and sets; leaves other objects alone except strings.
     """
-    kind = type(value)
-    if kind in _SCALARS:
+    if type(value) in _SCALARS:
         return value
     if _depth > _MAX_DEPTH:
         return value
@@ -105,19 +104,8 @@ def redact(value: Any, _depth: int = 0) -> Any:
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: `redact` applied to the whole event."""
-    # `redact` of the event's mapping, its first level unrolled: most values are plain
-    # numbers or texts, and every line passes here.
-    out: EventDict = {}
-    for key, value in event_dict.items():
-        if is_secret_key(key):
-            out[key] = REDACTED
-        elif type(value) is str:
-            out[key] = (
-                _SECRET_VALUE.sub(REDACTED, value) if "$" in value or "-----" in value else value
-            )
-        else:
-            out[key] = redact(value, 1)
-    return out
+    redacted: EventDict = redact(event_dict)
+    return redacted
 
 
 # Fields holding multi-line text made by Python itself (tracebacks, stacks): their line
@@ -161,8 +149,6 @@ def escape_values(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
             out[key] = value
         elif key in _MULTILINE and isinstance(value, str):
             out[key] = _escape_lines(value)
-        elif type(value) is str and value.isprintable() and "\\" not in value:
-            out[escape_text(key)] = value  # the common case, without a call
         else:
             out[escape_text(key)] = escape_text(value)
     return out

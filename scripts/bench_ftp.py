@@ -23,8 +23,7 @@ created for the run and removed after).
 
 The last line is machine-readable, the ratios gatewayd/vsftpd (a figure's name ends in
 its event loop when `--loops` names several):
-    ftp: upload-ftp 0.91 download-ftp 1.02 upload-ftps 0.80 download-ftps 0.95 small-ftp 0.21
-    small-ftps 0.30
+    ftp: upload-ftp 0.91 download-ftp 1.02 ... small-ftp 0.21 small-ftps 0.30
 """
 
 from __future__ import annotations

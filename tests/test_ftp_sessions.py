@@ -10,11 +10,13 @@ import io
 import socket
 import ssl
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from gatewayd.model import Status
 from gatewayd.store.base import TransferFilter
+from protocols.ftp.server import FtpSession
 from tests.ftp_support import ftp_gateway, ftp_port, ftplib_client, make_cert
 from tests.gateway_env import GatewayEnv, exec_task
 
@@ -276,10 +278,6 @@ async def test_plain_upload_grace_follows_the_control_connections_round_trip(
     """Plain FTP's end-of-upload grace (see FtpSession._grace): on a loopback control
     connection, four of its shortest round trips are far under `eof_grace`, so the
     10 ms floor applies; with no kernel figure the whole `eof_grace` does."""
-    from types import SimpleNamespace
-
-    from protocols.ftp.server import FtpSession
-
     env = ftp_gateway(tmp_path)
     await env.start()
     try:

@@ -294,18 +294,19 @@ async def test_sends_to_one_partner_path_go_one_after_the_other(env: GatewayEnv)
     of that path, so the second waits for the first; both end DONE, the file whole."""
     env.rule("out", "send")
     ids: list[int] = []
-    entered = asyncio.Event()
+    entered = asyncio.Event()  # the second send entered DATA
+
+    async def before_step(t: Transfer, step: Step) -> None:
+        if step == Step.DATA and len(ids) == 2 and t.id == ids[1]:
+            entered.set()
 
     async def during_data(t: Transfer, offset: int) -> None:
         # The first send, midway, waits until the second has entered DATA.
-        if t.id == ids[0] and offset < t.filesize and not entered.is_set():
-            second = env.gw.engine.active.get(ids[1])
+        if t.id == ids[0] and offset < t.filesize:
             async with asyncio.timeout(10):
-                while second is None or second.transfer.step != Step.DATA:
-                    await asyncio.sleep(0.005)
-                    second = env.gw.engine.active.get(ids[1])
-            entered.set()
+                await entered.wait()
 
+    env.hooks.before_step = before_step
     env.hooks.during_data = during_data
     await env.start()
     data = make_file(env.folder("out") / "report.bin", 8 * MiB + 3)

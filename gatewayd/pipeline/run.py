@@ -139,8 +139,6 @@ class Run:
         self._saved_progress = transfer.progress
         self._saving: asyncio.Task[None] | None = None
         self._progress_timer: asyncio.TimerHandle | None = None
-        # Inside the placing's task (uncancellable as a whole).
-        self._landing = False
         self.log = log.bind(transfer_id=transfer.id, rule=transfer.rule)
 
     # ------------------------------------------------------------------ the driver
@@ -201,14 +199,14 @@ class Run:
 
     # ------------------------------------------------------------------ persistence
 
-    async def is_recorded(self) -> None:
+    async def wait_recorded(self) -> None:
         """Wait for the row's insertion (raising its failure)."""
         if self.recorded is not None:
             recorded, self.recorded = self.recorded, None
             await recorded
 
     async def save(self) -> None:
-        await self.is_recorded()
+        await self.wait_recorded()
         self.transfer.updated = self.rt.clock.now()
         self._last_save = time.monotonic()
         self._saved_progress = self.transfer.progress
@@ -246,7 +244,7 @@ class Run:
 
     async def _save_quietly(self) -> None:
         try:
-            await self.is_recorded()
+            await self.wait_recorded()
             await self.rt.store.save_transfer(self.transfer)
         except Exception:  # the next step change will try again and report it
             self.log.exception("progress save failed")
@@ -458,9 +456,8 @@ class Run:
         t.task_number = 0
         t.stop = self.rt.clock.now()
         # To its end: a stop arriving meanwhile would find DONE in the row's object
-        # with its commit still in flight. (The placing's own task is out of reach of
-        # a stop already.)
-        await (self.save() if self._landing else uncancellable(self.save()))
+        # with its commit still in flight.
+        await uncancellable(self.save())
         self.finished = True
         self.log.info(
             "transfer done",
@@ -537,14 +534,10 @@ class Run:
             return landed
 
         async def land_and_record() -> None:
-            self._landing = True
-            try:
-                await self.is_recorded()
-                sha, size, landed = await receiving.complete(land)
-                await self.close_files()
-                await self._record_placed(landed, size, sha, tmp)
-            finally:
-                self._landing = False
+            await self.wait_recorded()
+            sha, size, landed = await receiving.complete(land)
+            await self.close_files()
+            await self._record_placed(landed, size, sha, tmp)
 
         await uncancellable(land_and_record())
 
@@ -567,7 +560,7 @@ class Run:
             await self._finish()
             crashpoints.reached(crashpoints.AFTER_DONE)
             try:
-                await asyncio.get_running_loop().run_in_executor(None, drop_temp, tmp)
+                await asyncio.to_thread(drop_temp, tmp)
             except OSError as exc:  # DONE stands; the next start removes the name
                 self.log.warning("temp name of a placed file kept", error=str(exc))
             return

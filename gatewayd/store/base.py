@@ -6,8 +6,9 @@ backend (PostgreSQL) can implement this interface without touching its callers.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -15,17 +16,7 @@ from typing import Any, NamedTuple
 from gatewayd.model import Status, Transfer
 from gatewayd.store.login_failures import LoginFailures
 
-
 # Columns a listing may be sorted on (API names); anything else is refused by the API.
-class _Done:
-    """An awaitable that is already over (a commit that came before the return)."""
-
-    def __await__(self) -> Generator[Any, None, None]:
-        yield from ()
-
-
-_COMMITTED = _Done()
-
 SORT_FIELDS = ("id", "start", "stop", "status", "rule", "requester", "requested", "filesize")
 
 
@@ -187,7 +178,9 @@ class Store(ABC):
         commit, which is awaited before anything depends on the row (the placing of the
         file, the next save). Here: committed before the return."""
         await self.insert_transfer(transfer)
-        return _COMMITTED
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        committed.set_result(None)
+        return committed
 
     @abstractmethod
     async def insert_transfers(self, transfers: list[Transfer]) -> None:

@@ -95,8 +95,6 @@ _A = AutomationStatements(SQLITE)
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
 
 _SYNCHRONOUS = ("NORMAL", "FULL")
-
-
 # Rounds of one claim, at most: each leaves out the partners found full in the last.
 _CLAIM_ROUNDS = 16
 # Ids per statement of a bulk change (SQLite's parameters are limited).
