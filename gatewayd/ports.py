@@ -19,11 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from gatewayd.config.schema import AccountConfig, PartnerConfig, ServerConfig
 from gatewayd.errors import TransferError
 from gatewayd.model import Direction, ErrorCode
+
+# Bytes handed to a write: `bytes`, or a read-only view of bytes that the caller never
+# changes (kept without a copy until they are written: a protocol may hand over the
+# buffer the kernel received them into).
+Chunk: TypeAlias = bytes | memoryview
 
 # ---------------------------------------------------------------------------- server side
 
@@ -63,7 +68,7 @@ class TransferHandle(ABC):
     sha256: str = ""
 
     @abstractmethod
-    async def write(self, offset: int, data: bytes) -> None: ...
+    async def write(self, offset: int, data: Chunk) -> None: ...
 
     @abstractmethod
     async def read(self, offset: int, size: int) -> bytes: ...
@@ -278,7 +283,7 @@ class DataSink(Protocol):
 
     transfer_info: Mapping[str, object]
 
-    async def write(self, offset: int, data: bytes) -> None: ...
+    async def write(self, offset: int, data: Chunk) -> None: ...
 
     def set_size(self, size: int) -> None:
         """The total size the peer announced, for the end-of-data check."""

@@ -25,6 +25,7 @@ from gatewayd.pipeline.clients import ClientPool, Lease
 from gatewayd.pipeline.datafile import ReceiveFile, SendFile
 from gatewayd.pipeline.files import set_times
 from gatewayd.pipeline.run import Run
+from gatewayd.ports import Chunk
 
 log = structlog.get_logger("gatewayd.pipeline")
 
@@ -92,7 +93,7 @@ class _Sink:
         self.run, self.receiving = run, receiving
         self.transfer_info: Mapping[str, object] = run.transfer.transfer_info
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: Chunk) -> None:
         await self.receiving.write(offset, data)
         await self.run.data_hook(offset + len(data))
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from gatewayd import safepath
 from gatewayd.errors import TransferError, os_error
 from gatewayd.model import ErrorCode
+from gatewayd.ports import Chunk
 from gatewayd.safepath import Beneath
 
 CHUNK = 1 << 20  # bytes buffered before a write, and read per call when re-reading
@@ -38,7 +39,7 @@ def _hash_range(fd: int, hasher: hashlib._Hash, start: int, end: int) -> None:
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 
 
-def _pwritev_all(fd: int, parts: list[bytes], offset: int) -> None:
+def _pwritev_all(fd: int, parts: list[Chunk], offset: int) -> None:
     """Write `parts` back to back from `offset`, whatever the kernel takes per call."""
     views = [memoryview(p) for p in parts if p]
     while views:
@@ -136,7 +137,7 @@ class ReceiveFile(_ThreadFile):
         self.durable = offset
         self._extents: dict[int, int] = {}  # written ranges beyond `contiguous`
         # Sequential writes wait here (no copy) and go to disk in one pwritev.
-        self._buf: list[bytes] = []
+        self._buf: list[Chunk] = []
         self._buf_len = 0
         self._buf_start = offset
         self._on_durable = on_durable
@@ -193,15 +194,17 @@ class ReceiveFile(_ThreadFile):
                     raise os_error(exc, f"cannot open temp file {self.path.name}") from exc
             return self._fd
 
-    async def write(self, offset: int, data: bytes) -> None:
-        """Write `data` at `offset`. Sequential writes are buffered up to 1 MiB."""
+    async def write(self, offset: int, data: Chunk) -> None:
+        """Write `data` at `offset`. Sequential writes are buffered up to 1 MiB (kept
+        as they are, without a copy: see `Chunk`)."""
         async with self._lock:
             await self._write(offset, data)
 
-    async def _write(self, offset: int, data: bytes) -> None:
+    async def _write(self, offset: int, data: Chunk) -> None:
         if self._failure:
             raise self._failure
-        data = data if type(data) is bytes else bytes(data)  # ours to keep, unchanging
+        if not isinstance(data, bytes | memoryview):  # a library's buffer it may reuse
+            data = bytes(data)
         if offset == self._buf_start + self._buf_len:
             self._buf.append(data)
             self._buf_len += len(data)
@@ -223,7 +226,7 @@ class ReceiveFile(_ThreadFile):
             self._buf_start = start + length
             await self._pwrite(start, parts)
 
-    async def _pwrite(self, offset: int, parts: list[bytes]) -> None:
+    async def _pwrite(self, offset: int, parts: list[Chunk]) -> None:
         """Start writing `parts` at `offset` once the write before it is done, and
         return: the partner's next bytes arrive while the worker thread writes and
         hashes these (one write in flight at most, so the hash sees them in order)."""

@@ -16,7 +16,7 @@ from gatewayd.errors import TransferError
 from gatewayd.model import Direction, ErrorCode
 from gatewayd.pipeline.data import Outcome, ServerData
 from gatewayd.pipeline.run import Run, StopReason
-from gatewayd.ports import TransferHandle
+from gatewayd.ports import Chunk, TransferHandle
 from gatewayd.safepath import Beneath
 
 
@@ -75,7 +75,7 @@ class UploadHandle(ServerHandle):
     def awaiting_rename(self) -> bool:
         return self.data.parked.is_set() and not self.run.done.is_set()
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: Chunk) -> None:
         self._check_open()
         receiving = self.run.receiving
         if receiving is None:
@@ -137,7 +137,7 @@ class DownloadHandle(ServerHandle):
         super().__init__(run, data, Direction.SEND)
         self._read_to = self.offset
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: Chunk) -> None:
         raise TransferError(ErrorCode.TeForbidden, "this file is open for reading")
 
     async def read(self, offset: int, size: int) -> bytes:

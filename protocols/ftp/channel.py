@@ -1,4 +1,5 @@
-"""An FTP connection (control or data), plain or TLS, over asyncio streams.
+"""An FTP connection (control or data), plain or TLS, over a `protocols.ftp.stream`
+connection (incoming bytes handed over in the buffers the kernel filled).
 
 TLS runs through `ssl.MemoryBIO` rather than the event loop's TLS transport, because
 FTPS needs what the transports do not give, on the standard loop and uvloop alike:
@@ -14,11 +15,9 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from typing import cast
 
-READ_SIZE = 1024 * 1024
-# A data connection's stream buffer: asyncio's default (64 KiB) hands a bulk transfer
-# over in small pieces, each a write to the file off the event loop.
-DATA_LIMIT = 2 * READ_SIZE
+from protocols.ftp.stream import Stream
 
 
 class ChannelClosed(Exception):
@@ -34,16 +33,16 @@ class DataChannel:
     TLS close_notify); a broken end raises ChannelClosed. `readline()` for control
     connections."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
         self._tls: ssl.SSLObject | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.ended = False  # read() saw the end of the data
         self._lines = bytearray()  # read, not yet taken by readline()
-        peer = writer.get_extra_info("peername")
+        peer = stream.get_extra_info("peername")
         self.peer_address = str(peer[0]) if peer else ""
-        sock = writer.get_extra_info("socket")
+        sock = stream.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -104,7 +103,7 @@ class DataChannel:
 
     async def _fill(self) -> bool:
         """More bytes from the socket into the TLS layer; False at the end of stream."""
-        data = await self.reader.read(READ_SIZE)
+        data = await self.stream.read()
         if not data:
             self._incoming.write_eof()
             return False
@@ -114,8 +113,8 @@ class DataChannel:
     async def _flush(self) -> None:
         pending = self._outgoing.read()
         if pending:
-            self.writer.write(pending)
-            await self.writer.drain()
+            self.stream.write(pending)
+            await self.stream.drain()
 
     async def readline(self, limit: int) -> bytes:
         """The next line (with its LF); what is left at the end; b"" at the end."""
@@ -134,20 +133,21 @@ class DataChannel:
                 return line
             self._lines += data
 
-    async def read(self) -> bytes:
-        """The next bytes; b"" at a clean end; ChannelClosed when it broke."""
+    async def read(self) -> bytes | memoryview:
+        """The next bytes; b"" at a clean end; ChannelClosed when it broke. A view
+        (plain connections) is of bytes that never change: it may be kept."""
         if self._lines:
             data = bytes(self._lines)
             self._lines.clear()
             return data
         return await self._read()
 
-    async def _read(self) -> bytes:
+    async def _read(self) -> bytes | memoryview:
         if self.ended:
             return b""
         try:
             if self._tls is None:
-                data = await self.reader.read(READ_SIZE)
+                data = await self.stream.read()
                 if not data:
                     self.ended = True
                 return data
@@ -155,45 +155,43 @@ class DataChannel:
         except (ConnectionError, OSError) as exc:
             raise ChannelClosed(f"data connection lost: {exc.strerror or exc}") from None
 
-    async def _read_tls(self, tls: ssl.SSLObject) -> bytes:
-        pieces: list[bytes] = []
+    async def _read_tls(self, tls: ssl.SSLObject) -> bytes | memoryview:
+        # Decrypted straight into a buffer of this read's own, handed over whole.
+        view = memoryview(bytearray(self.stream.chunk_size))
         size = 0
         while True:
             try:
-                piece = tls.read(READ_SIZE - size)
+                got = _read_into(tls, view[size:])
             except ssl.SSLWantReadError:
-                if pieces:
-                    return b"".join(pieces)
+                if size:
+                    return view[:size].toreadonly()
                 await self._flush()  # e.g. a TLS 1.3 key update answer
                 await self._fill()
                 continue
             except ssl.SSLZeroReturnError:  # close_notify: the peer's clean end
                 self.ended = True
-                if pieces:
-                    return b"".join(pieces)
-                return b""
+                return view[:size].toreadonly() if size else b""
             except ssl.SSLEOFError:
                 raise ChannelClosed("the data connection ended without TLS close_notify") from None
             except ssl.SSLError as exc:
                 raise ChannelClosed(
                     f"TLS error on the data connection: {exc.reason or exc}"
                 ) from None
-            if not piece:  # what SSLObject.read gives for the peer's close_notify
+            if not got:  # what SSLObject.read gives for the peer's close_notify
                 self.ended = True
-                return b"".join(pieces)
-            pieces.append(piece)
-            size += len(piece)
-            if size >= READ_SIZE // 2:
-                return b"".join(pieces)
+                return view[:size].toreadonly() if size else b""
+            size += got
+            if size >= len(view) // 2:
+                return view[:size].toreadonly()
 
     async def write(self, data: bytes) -> None:
         try:
             if self._tls is None:
-                self.writer.write(data)
+                self.stream.write(data)
             else:
                 self._tls.write(data)
-                self.writer.write(self._outgoing.read())
-            await self.writer.drain()
+                self.stream.write(self._outgoing.read())
+            await self.stream.drain()
         except ssl.SSLError as exc:
             raise ChannelClosed(f"TLS error on the data connection: {exc.reason or exc}") from None
         except (ConnectionError, OSError) as exc:
@@ -208,9 +206,9 @@ class DataChannel:
                     with contextlib.suppress(ssl.SSLWantReadError):
                         self._tls.unwrap()  # sends our close_notify; theirs may follow
                     await self._flush()
-                if self.writer.can_write_eof():
-                    self.writer.write_eof()
-                await self.writer.drain()
+                if self.stream.can_write_eof():
+                    self.stream.write_eof()
+                await self.stream.drain()
         except TimeoutError:
             raise ChannelClosed(f"the peer took no data for {timeout:g} s") from None
         except ssl.SSLError as exc:
@@ -231,20 +229,24 @@ class DataChannel:
         """Wait (bounded) for the peer to close its side, reading what remains."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout):
-                while await self.reader.read(READ_SIZE):
+                while await self.stream.read():
                     pass
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.writer.close()
+            self.stream.close()
 
     def reset(self) -> None:
         """Drop the connection at once (ABOR, a refused connection)."""
-        transport = self.writer.transport
         with contextlib.suppress(Exception):
-            transport.abort()
+            self.stream.abort()
 
     async def closed(self) -> None:
         self.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
+            await asyncio.wait_for(self.stream.wait_closed(), 5)
+
+
+def _read_into(tls: ssl.SSLObject, view: memoryview) -> int:
+    """Decrypt into `view`; the count of bytes (typeshed types only the copying form)."""
+    return cast(int, tls.read(len(view), view))  # type: ignore[call-overload,arg-type,unused-ignore]

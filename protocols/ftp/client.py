@@ -30,7 +30,7 @@ import structlog
 from gatewayd.config.schema import PartnerConfig
 from gatewayd.errors import TransferError
 from gatewayd.model import ErrorCode
-from gatewayd.ports import DataSink, DataSource, Delivered, ProtocolClient, RemoteStat
+from gatewayd.ports import Chunk, DataSink, DataSource, Delivered, ProtocolClient, RemoteStat
 from protocols.ftp import listing
 from protocols.ftp import tls as ftp_tls
 from protocols.ftp.channel import ChannelClosed, DataChannel
@@ -214,7 +214,7 @@ class FtpClient(ProtocolClient):
             await conn.command(f"RNTO {self._path(new_path)}", (2,))
 
     async def _read_all(self, channel: DataChannel, what: str) -> bytes:
-        parts: list[bytes] = []
+        parts: list[Chunk] = []
         try:
             async with asyncio.timeout(self.config.read_timeout):
                 while data := await channel.read():
@@ -364,7 +364,7 @@ class FtpClient(ProtocolClient):
     ) -> int:
         pacer = Pacer(self.config.max_rate)
         position = offset
-        batch: list[bytes] = []
+        batch: list[Chunk] = []
         batched = 0
         try:
             while True:
@@ -399,6 +399,6 @@ class FtpClient(ProtocolClient):
         return position
 
 
-def _update(digest: hashlib._Hash, pieces: list[bytes]) -> None:
+def _update(digest: hashlib._Hash, pieces: list[Chunk]) -> None:
     for piece in pieces:
         digest.update(piece)

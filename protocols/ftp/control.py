@@ -21,8 +21,8 @@ import structlog
 
 from gatewayd.errors import TransferError
 from gatewayd.model import ErrorCode
-from protocols.ftp import tls
-from protocols.ftp.channel import DATA_LIMIT, ChannelClosed, DataChannel
+from protocols.ftp import stream, tls
+from protocols.ftp.channel import ChannelClosed, DataChannel
 from protocols.ftp.config import FtpPartnerConfig
 from protocols.ftp.errors import code_for
 from protocols.ftp.wire import MAX_LINE, Reply, ReplyParser
@@ -139,8 +139,9 @@ class ControlConnection:
         """Connect, TLS (implicit or AUTH TLS), log in, learn the features."""
         cfg = self.config
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(cfg.address, cfg.ftp_port), cfg.connect_timeout
+            connection = await asyncio.wait_for(
+                stream.connect(cfg.address, cfg.ftp_port, chunk=stream.CONTROL_CHUNK),
+                cfg.connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
@@ -148,7 +149,7 @@ class ControlConnection:
                 ErrorCode.TeConnection,
                 f"cannot connect to partner {self.partner} ({self.where}): {reason}",
             ) from None
-        self.channel = DataChannel(reader, writer)
+        self.channel = DataChannel(connection)
         try:
             if cfg.tls == "implicit":
                 await self._tls()
@@ -282,8 +283,8 @@ class ControlConnection:
             # third host): the data goes where the control connection goes.
             host, port = self.config.address, int(pasv.group(5)) * 256 + int(pasv.group(6))
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=DATA_LIMIT), self.config.connect_timeout
+            connection = await asyncio.wait_for(
+                stream.connect(host, port), self.config.connect_timeout
             )
         except (OSError, TimeoutError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
@@ -292,24 +293,24 @@ class ControlConnection:
                 f"cannot open a data connection to partner {self.partner} ({host}:{port}): "
                 f"{reason}",
             ) from None
-        return _Pending(channel=DataChannel(reader, writer))
+        return _Pending(channel=DataChannel(connection))
 
     async def _active(self) -> _Pending:
         assert self.channel is not None
-        local = self.channel.writer.get_extra_info("sockname")
-        peer = self.channel.writer.get_extra_info("peername")
+        local = self.channel.stream.get_extra_info("sockname")
+        peer = self.channel.stream.get_extra_info("peername")
         address, peer_address = str(local[0]), str(peer[0])
         pending = _Pending()
         accepted = pending.accepted = asyncio.get_running_loop().create_future()
 
-        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            channel = DataChannel(reader, writer)
+        async def connected(connection: stream.Stream) -> None:
+            channel = DataChannel(connection)
             if channel.peer_address != peer_address or accepted.done():
                 channel.reset()
                 return
             accepted.set_result(channel)
 
-        pending.server = await asyncio.start_server(connected, address, 0, limit=DATA_LIMIT)
+        pending.server = await stream.serve(connected, address, 0)
         port = pending.server.sockets[0].getsockname()[1]
         family = 2 if ":" in address else 1
         try:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from protocols.ftp.channel import DATA_LIMIT, ChannelClosed, DataChannel
+from protocols.ftp import stream
+from protocols.ftp.channel import ChannelClosed, DataChannel
 
 log = structlog.get_logger("gatewayd.ftp")
 
@@ -92,12 +93,12 @@ class Passive:
     async def open(self, address: str, ports: tuple[int, int] | None) -> int:
         sock = _bind(address, ports)
         self._ready = asyncio.get_running_loop().create_future()
-        self._server = await asyncio.start_server(self._connected, sock=sock, limit=DATA_LIMIT)
+        self._server = await stream.serve(self._connected, sock=sock)
         self.port = sock.getsockname()[1]
         return self.port
 
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        channel = DataChannel(reader, writer)
+    async def _connected(self, connection: stream.Stream) -> None:
+        channel = DataChannel(connection)
         ready = self._ready
         if _plain_address(channel.peer_address) != _plain_address(self.peer_address):
             log.warning(
@@ -172,17 +173,14 @@ class Active:
     async def _connect(self, timeout: float) -> DataChannel:
         where = f"{self.host}:{self.port}"
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    self.host, self.port, local_addr=(self.local_address, 0), limit=DATA_LIMIT
-                ),
-                timeout,
+            connection = await asyncio.wait_for(
+                stream.connect(self.host, self.port, local_addr=(self.local_address, 0)), timeout
             )
         except TimeoutError:
             raise ChannelClosed(f"cannot connect to {where} within {timeout:g} s") from None
         except OSError as exc:
             raise ChannelClosed(f"cannot connect to {where}: {exc.strerror or exc}") from None
-        return await _secure(DataChannel(reader, writer), self._protection())
+        return await _secure(DataChannel(connection), self._protection())
 
     def close(self) -> None:
         if self._task is not None and not self._task.done():

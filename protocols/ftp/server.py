@@ -37,7 +37,7 @@ import structlog
 from gatewayd.errors import TransferError
 from gatewayd.model import Direction, ErrorCode
 from gatewayd.ports import Entry, ProtocolServer, ServerContext, TransferHandle
-from protocols.ftp import listing, tls
+from protocols.ftp import listing, stream, tls
 from protocols.ftp.channel import ChannelClosed, DataChannel, LineTooLong
 from protocols.ftp.config import FtpServerConfig
 from protocols.ftp.dataconn import (
@@ -104,13 +104,14 @@ class FtpServer(ProtocolServer):
 
     async def start(self) -> None:
         await self.prepare()
-        self._listener = await asyncio.start_server(
+        self._listener = await stream.serve(
             self._accept,
             self.config.address,
             self.config.port,
+            chunk=stream.CONTROL_CHUNK,
+            limit=MAX_LINE,
             reuse_address=True,
             reuse_port=self.config.reuse_port or None,
-            limit=MAX_LINE,
         )
 
     async def stop_accepting(self) -> None:
@@ -135,8 +136,8 @@ class FtpServer(ProtocolServer):
         for session in sessions:
             await session.ended.wait()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = FtpSession(self, reader, writer)
+    async def _accept(self, connection: stream.Stream) -> None:
+        session = FtpSession(self, connection)
         self.sessions.add(session)
         try:
             await session.run()
@@ -153,21 +154,19 @@ Handler = Callable[[str], Awaitable[None]]
 class FtpSession:
     """One control connection and what it has set up."""
 
-    def __init__(
-        self, server: FtpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, server: FtpServer, connection: stream.Stream) -> None:
         self.server, self.ctx, self.config = server, server.ctx, server.config
-        peer = writer.get_extra_info("peername")
-        local = writer.get_extra_info("sockname")
+        peer = connection.get_extra_info("peername")
+        local = connection.get_extra_info("sockname")
         self.remote = str(peer[0]) if peer else ""
         self.local = str(local[0]) if local else "127.0.0.1"
-        sock = writer.get_extra_info("socket")
+        sock = connection.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 # ABOR comes with urgent data (Telnet IP, DM): read it in line.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self.control = DataChannel(reader, writer)
+        self.control = DataChannel(connection)
         self.log = server.log.bind(remote=self.remote)
         self.account: str | None = None
         self.user: str | None = None
@@ -1045,7 +1044,7 @@ class FtpSession:
         near link a small upload's 226 then waits milliseconds, not a tenth of a
         second."""
         grace = self.config.eof_grace
-        sock = self.control.writer.get_extra_info("socket")
+        sock = self.control.stream.get_extra_info("socket")
         if grace <= _MIN_GRACE or sock is None or not hasattr(socket, "TCP_INFO"):
             return grace
         try:
@@ -1064,7 +1063,7 @@ class FtpSession:
         and (where the kernel tells) no FIN or reset from the client received yet."""
         if self.control_gone.is_set() or self.abort_requested:
             return False
-        sock = self.control.writer.get_extra_info("socket")
+        sock = self.control.stream.get_extra_info("socket")
         if sock is None or not hasattr(socket, "TCP_INFO"):
             return True
         try:
