@@ -13,7 +13,9 @@ gatewayd does more per file than vsftpd: it fsyncs every upload, hashes it, reco
 in its database and places it before answering 226. Over plain FTP it also waits a
 grace time before completing an upload (a killed client must not pass for a finished
 one: four round trips of the control connection, at least 10 ms): "small ftp" shows
-that cost.
+that cost. Each round also times `dd` copying the big file to a new file with an fsync
+(bench_http's `durable_copy`): on a disk slower than the page cache, the bound of any durable
+upload; printed under the table.
 
 gatewayd runs as a `gatewayd serve` subprocess per event loop asked for (`--loops`).
 Needs Debian's vsftpd, curl and lftp, and root (vsftpd logs in a system user of its own,
@@ -46,7 +48,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 sys.path.insert(0, str(CHECKOUT / "scripts"))
 
-from bench_http import summary  # noqa: E402
+from bench_http import durable_copy, floor_line, summary  # noqa: E402
 
 from gatewayd.passwords import hash_password  # noqa: E402
 
@@ -292,6 +294,8 @@ def main() -> int:
             for case in cases:
                 for peer in peers if round_number % 2 else reversed(peers):
                     times.setdefault((case, peer.name), []).append(bench.run(peer, case))
+            if any(case.startswith("upload") for case in cases):
+                times.setdefault(("fsync", "dd"), []).append(durable_copy(bench.source, work))
             print(f"round {round_number}/{args.rounds} done", file=sys.stderr)
         report(bench, args.rounds, cases, peers, times)
     finally:
@@ -325,6 +329,8 @@ def report(
             rate = amount / statistics.median(times[(case, peer.name)])
             line += f"{rate:>22.0f}{rate / reference:>7.2f}"
         print(line)
+    if ("fsync", "dd") in times:
+        print(floor_line(bench.size, cases, peers, times))
     print(summary(cases, peers, times, bench="ftp"))
 
 

@@ -276,6 +276,10 @@ def main() -> int:
             for case in cases:
                 for peer in peers if round_number % 2 else reversed(peers):
                     times.setdefault((case, peer.name), []).append(bench.run(peer, case))
+            if any(case.startswith("upload") for case in cases):
+                times.setdefault(("fsync", "dd"), []).append(
+                    durable_copy(bench.source, bench.upload_dir or work)
+                )
             print(f"round {round_number}/{args.rounds} done", file=sys.stderr)
         report(bench.size, args.rounds, cases, peers, times, args.downloads_to_null)
     finally:
@@ -309,7 +313,44 @@ def report(
             rate = size / statistics.median(times[(case, peer.name)]) / 1e6
             line += f"{rate:>26.0f}{rate / reference:>7.2f}"
         print(line + f"{TARGETS.get(case, 0):>8.1f}")
+    if ("fsync", "dd") in times:
+        print(floor_line(size, cases, peers, times))
     print(summary(cases, peers, times))
+
+
+def durable_copy(source: Path, folder: Path) -> float:
+    """Seconds of `dd` copying `source` (from the page cache) to a new file in `folder`
+    and fsyncing it: the least a durable upload of that file costs on this disk, the
+    network aside. nginx and vsftpd do not fsync uploads, so their upload rows do not
+    pay it; benches print it under their tables."""
+    target = folder / "durable-copy.bin"
+    start = time.perf_counter()
+    subprocess.run(
+        ["dd", f"if={source}", f"of={target}", "bs=1M", "conv=fsync"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    target.unlink()
+    return elapsed
+
+
+def floor_line(
+    size: int, cases: list[str], peers: Sequence[Any], times: dict[tuple[str, str], list[float]]
+) -> str:
+    """The durable floor (`durable_copy`'s median) and what share of it each upload
+    row of gatewayd reaches."""
+    floor = size / 1e6 / statistics.median(times[("fsync", "dd")])
+    reached = [
+        f"{case}{'' if len(peers) == 2 else ' ' + peer.name} "
+        f"{size / 1e6 / statistics.median(times[(case, peer.name)]) / floor:.2f}"
+        for case in cases
+        if case.startswith("upload")
+        for peer in peers[1:]
+    ]
+    return (
+        f"durable floor: dd copy + fsync of the file {floor:.0f} MB/s (median); "
+        f"gatewayd's uploads reach {', '.join(reached)} of it"
+    )
 
 
 def summary(

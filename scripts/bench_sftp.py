@@ -64,6 +64,10 @@ from pathlib import Path
 from typing import Any
 
 CHECKOUT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(CHECKOUT / "scripts"))
+
+from bench_http import durable_copy  # noqa: E402
+
 MiB = 1 << 20
 DEFAULT = "up,down,small,small-fsync,many"
 ALL = DEFAULT + ",rss"
@@ -267,6 +271,7 @@ class Bench:
         self.many_dir = self.root / "many"
         self.active_file = self.root / "active.bin"
         self.targets: list[Target] = []
+        self.floor: list[float] = []  # durable_copy of the big file, once a round
         self.pg: Any = None
 
     # ------------------------------------------------------------------ setup
@@ -575,6 +580,8 @@ class Bench:
                         for m, v in figures.items()
                     )
                     print(f"round {n + 1} {name:11} {target.name:14} {shown}", flush=True)
+                if name == "up":
+                    self.floor.append(durable_copy(self.big, self.root))
         for target in self.targets:
             self.clean(target)
 
@@ -641,6 +648,17 @@ class Bench:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, tuple("-" * w for w in widths), *rows]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        if self.floor:
+            floor = a.size_mib / statistics.median(self.floor)
+            reached = ", ".join(
+                f"{t.name} {a.size_mib / statistics.median(t.results['up']) / floor:.2f}"
+                for t in ours
+                if "up" in t.results
+            )
+            print(
+                f"durable floor: dd copy + fsync of the big file {floor:.1f} MiB/s (median; "
+                f"OpenSSH's sftp-server does not fsync an upload); uploads reach {reached} of it"
+            )
         print("sftp: " + " ".join(ratios))
 
     def stop(self) -> None:
