@@ -283,13 +283,15 @@ async def test_plain_upload_grace_follows_the_control_connections_round_trip(
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", ftp_port(env))
         await reader.readline()  # the greeting: a round trip measured
-        config = SimpleNamespace(eof_grace=0.1)
+        config = SimpleNamespace(eof_grace=0.1, eof_grace_min=0.01)
         near = SimpleNamespace(config=config, control=SimpleNamespace(stream=writer))
         assert FtpSession._grace(near) == pytest.approx(0.01)  # type: ignore[arg-type]
         config.eof_grace = 0.005
         assert FtpSession._grace(near) == 0.005, "never more than eof_grace"  # type: ignore[arg-type]
+        config.eof_grace, config.eof_grace_min = 0.1, 0.1
+        assert FtpSession._grace(near) == 0.1, "the floor raised to the whole grace"  # type: ignore[arg-type]
         blind = SimpleNamespace(
-            config=SimpleNamespace(eof_grace=0.1),
+            config=SimpleNamespace(eof_grace=0.1, eof_grace_min=0.01),
             control=SimpleNamespace(stream=SimpleNamespace(get_extra_info=lambda _: None)),
         )
         assert FtpSession._grace(blind) == 0.1  # type: ignore[arg-type]

@@ -64,10 +64,14 @@ class FtpServerConfig(ServerConfig):
     # Plain FTP has no end-of-file mark: an upload's data connection ending counts as
     # its clean end only if the control connection is still open a grace time later
     # (a killed client drops both at once): four round trips of the control connection,
-    # at least 10 ms, at most this many seconds. FTPS uses TLS close_notify instead.
-    # 0: no wait (a killed client whose control connection is not seen closed yet may
-    # then complete a truncated file).
+    # at least `eof_grace_min`, at most `eof_grace` seconds. FTPS uses TLS close_notify
+    # instead. 0: no wait (a killed client whose control connection is not seen closed
+    # yet may then complete a truncated file).
     eof_grace: Annotated[float, Field(ge=0, le=10)] = 0.1
+    # The floor: a killed client's second close may come a CPU time slice after its
+    # first when its host is busy (see the README's measurements); eof_grace_min =
+    # eof_grace makes every plain upload wait the whole grace.
+    eof_grace_min: Annotated[float, Field(ge=0, le=10)] = 0.01
     # Wrong passwords on one connection before it is closed (the shared throttle slows
     # and bans across connections).
     max_login_failures: Annotated[int, Field(ge=1)] = 3

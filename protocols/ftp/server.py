@@ -63,9 +63,6 @@ _TCP_ESTABLISHED = 1  # tcpi_state of Linux's TCP_INFO (CLOSE_WAIT once a FIN ca
 # milliseconds however near the client is.
 _TCP_INFO_MIN_RTT = 148
 _TCP_INFO_MIN_RTT_END = _TCP_INFO_MIN_RTT + 4
-# The shortest wait for a killed client's control connection to be seen closed: the
-# two closes of a dying process may be a scheduler's time slice apart on a busy host.
-_MIN_GRACE = 0.01
 _ANONYMOUS = ("anonymous", "ftp")
 
 
@@ -1040,12 +1037,13 @@ class FtpSession:
         """How long the control connection must outlive the data connection: a killed
         client's two FINs leave its host together and arrive within a few round trips
         of each other, so `eof_grace` is cut to four of the control connection's
-        shortest round trips where the kernel tells it (never under _MIN_GRACE): on a
+        shortest round trips where the kernel tells it (never under `eof_grace_min`): on a
         near link a small upload's 226 then waits milliseconds, not a tenth of a
         second."""
         grace = self.config.eof_grace
         sock = self.control.stream.get_extra_info("socket")
-        if grace <= _MIN_GRACE or sock is None or not hasattr(socket, "TCP_INFO"):
+        floor = self.config.eof_grace_min
+        if grace <= floor or sock is None or not hasattr(socket, "TCP_INFO"):
             return grace
         try:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_MIN_RTT_END)
@@ -1056,7 +1054,7 @@ class FtpSession:
         (min_rtt,) = struct.unpack_from("<I", info, _TCP_INFO_MIN_RTT)  # microseconds
         if min_rtt == 0:
             return grace
-        return min(grace, max(_MIN_GRACE, 4 * int(min_rtt) / 1e6))
+        return min(grace, max(floor, 4 * int(min_rtt) / 1e6))
 
     def _control_open(self) -> bool:
         """Whether the control connection is still open both ways: no end of it read,
