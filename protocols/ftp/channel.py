@@ -19,6 +19,8 @@ from typing import cast
 
 from protocols.ftp.stream import Stream
 
+_TLS_RECORD = 16 * 1024  # the most plaintext one TLS record holds
+
 
 class ChannelClosed(Exception):
     """The connection broke (reset, TLS error, end without close_notify)."""
@@ -156,10 +158,14 @@ class DataChannel:
             raise ChannelClosed(f"data connection lost: {exc.strerror or exc}") from None
 
     async def _read_tls(self, tls: ssl.SSLObject) -> bytes | memoryview:
-        # Decrypted straight into a buffer of this read's own, handed over whole.
-        view = memoryview(bytearray(self.stream.chunk_size))
+        # Decrypted straight into a buffer of this read's own, handed over whole, sized
+        # to what arrived (a small file's read does not zero a megabyte).
+        view: memoryview | None = None
         size = 0
         while True:
+            if view is None:
+                arrived = self._incoming.pending + tls.pending()
+                view = memoryview(bytearray(min(self.stream.chunk_size, max(_TLS_RECORD, arrived))))
             try:
                 got = _read_into(tls, view[size:])
             except ssl.SSLWantReadError:
@@ -167,6 +173,7 @@ class DataChannel:
                     return view[:size].toreadonly()
                 await self._flush()  # e.g. a TLS 1.3 key update answer
                 await self._fill()
+                view = None  # empty: sized again to what came
                 continue
             except ssl.SSLZeroReturnError:  # close_notify: the peer's clean end
                 self.ended = True
@@ -181,7 +188,7 @@ class DataChannel:
                 self.ended = True
                 return view[:size].toreadonly() if size else b""
             size += got
-            if size >= len(view) // 2:
+            if len(view) - size < _TLS_RECORD:  # no room for one more record
                 return view[:size].toreadonly()
 
     async def write(self, data: bytes) -> None:

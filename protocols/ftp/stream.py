@@ -19,6 +19,9 @@ from typing import Any, cast
 
 CHUNK = 1024 * 1024  # a data connection's
 CONTROL_CHUNK = 16 * 1024  # a control connection's: lines, and TLS records
+# The first chunk of a connection; each next one twice the last, up to its chunk size:
+# a small file's data connection zeroes 64 KiB, not a megabyte.
+_FIRST_CHUNK = 64 * 1024
 
 
 class Stream(asyncio.BufferedProtocol):
@@ -38,7 +41,7 @@ class Stream(asyncio.BufferedProtocol):
         self._on_connected = on_connected
         self._limit = limit
         self._chunk_size = chunk
-        self._chunk = memoryview(bytearray(chunk))
+        self._chunk = memoryview(bytearray(min(chunk, _FIRST_CHUNK)))
         self._start = 0  # of the current chunk: handed over below this
         self._fill = 0  # written by the kernel below this
         self._ready: collections.deque[memoryview] = collections.deque()  # older chunks' rest
@@ -68,10 +71,10 @@ class Stream(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         # A chunk's last sixteenth is left unused: a read into it would hand over a
         # sliver, each sliver one more write call downstream.
-        if len(self._chunk) - self._fill < self._chunk_size // 16:
+        if len(self._chunk) - self._fill < len(self._chunk) // 16:
             if self._fill > self._start:
                 self._ready.append(self._chunk[self._start : self._fill].toreadonly())
-            self._chunk = memoryview(bytearray(self._chunk_size))
+            self._chunk = memoryview(bytearray(min(self._chunk_size, 2 * len(self._chunk))))
             self._start = self._fill = 0
         return self._chunk[self._fill :]
 
