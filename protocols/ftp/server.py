@@ -988,10 +988,18 @@ class FtpSession:
             await self.send(*reply_for(failed))
             return
         name = posixpath.basename(path)
-        if problem is None and not channel.is_tls and not await self._control_stays():
-            problem = (
-                "the control connection closed with the data connection (the client was killed?)"
-            )
+        if problem is None and not channel.is_tls:
+            # The grace is spent making the bytes durable: the close then has only the
+            # placing left (and a cut upload keeps them for its resume).
+            syncing = asyncio.ensure_future(handle.sync())
+            stays = await self._control_stays()
+            with contextlib.suppress(TransferError):  # the close reports it
+                await syncing
+            if not stays:
+                problem = (
+                    "the control connection closed with the data connection "
+                    "(the client was killed?)"
+                )
         if self.stopping:
             await _abort(handle, ErrorCode.TeShuttingDown, "the server is stopping")
             return
