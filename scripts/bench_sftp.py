@@ -35,7 +35,10 @@ full_page_writes on, unlike the tests' server), so that both stores keep their p
 Rounds are interleaved (the order of the servers rotates every round) and medians are
 reported with the ratio gatewayd/OpenSSH (for rss: lower is better). gatewayd does more
 per file than OpenSSH: each upload is a transfer row, its data fsynced and renamed into
-place before the close is acknowledged. Not a test: run it with `scripts/bench sftp`.
+place before the close is acknowledged. With `up`, each round also times `dd` copying
+the big file to a new file with an fsync (bench_http's `durable_copy`; OpenSSH's server
+does not fsync an upload unless asked): printed under the table as the durable floor.
+Not a test: run it with `scripts/bench sftp`.
 
 The last line is machine-readable, the ratios gatewayd/OpenSSH:
     sftp: up 0.99 down 0.69 small 0.42 small-fsync 0.40 many 1.05 many-pg 0.90 ...
