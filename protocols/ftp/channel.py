@@ -255,5 +255,5 @@ class DataChannel:
 
 
 def _read_into(tls: ssl.SSLObject, view: memoryview) -> int:
-    """Decrypt into `view`; the count of bytes (typeshed types only the copying form)."""
-    return cast(int, tls.read(len(view), view))  # type: ignore[call-overload,arg-type,unused-ignore]
+    """Decrypt into `view`; the count of bytes (typeshed says bytes: the copying form's)."""
+    return cast(int, tls.read(len(view), view))

@@ -988,18 +988,10 @@ class FtpSession:
             await self.send(*reply_for(failed))
             return
         name = posixpath.basename(path)
-        if problem is None and not channel.is_tls:
-            # The grace is spent making the bytes durable: the close then has only the
-            # placing left (and a cut upload keeps them for its resume).
-            syncing = asyncio.ensure_future(handle.sync())
-            stays = await self._control_stays()
-            with contextlib.suppress(TransferError):  # the close reports it
-                await syncing
-            if not stays:
-                problem = (
-                    "the control connection closed with the data connection "
-                    "(the client was killed?)"
-                )
+        if problem is None and not channel.is_tls and not await self._control_stays(handle):
+            problem = (
+                "the control connection closed with the data connection (the client was killed?)"
+            )
         if self.stopping:
             await _abort(handle, ErrorCode.TeShuttingDown, "the server is stopping")
             return
@@ -1028,18 +1020,25 @@ class FtpSession:
         else:
             await self.send(226, f"transfer complete: {position} bytes, SHA-256 {handle.sha256}")
 
-    async def _control_stays(self) -> bool:
+    async def _control_stays(self, handle: TransferHandle) -> bool:
         """Plain FTP's end of upload: the control connection must outlive the data
         connection by the grace time (a killed client closes both at once: its control
-        connection, opened first, usually closes first)."""
+        connection, opened first, usually closes first). The grace is spent making the
+        upload's bytes durable: the close then has only the placing left, and a cut
+        upload keeps them for its resume."""
         if not self._control_open():
             return False
         grace = self._grace()
         if grace <= 0:
             return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.control_gone.wait(), grace)
-        return self._control_open()
+        syncing = asyncio.ensure_future(handle.sync())
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.control_gone.wait(), grace)
+            return self._control_open()
+        finally:
+            with contextlib.suppress(TransferError):  # kept by the file: the close reports it
+                await syncing
 
     def _grace(self) -> float:
         """How long the control connection must outlive the data connection: a killed
