@@ -97,10 +97,7 @@ class Stream(asyncio.BufferedProtocol):
         self._eof = True
         self._error = exc
         self._wake_reader()
-        for drainer in self._drainers:
-            if not drainer.done():
-                drainer.set_result(None)
-        self._drainers.clear()
+        self._release_drainers()
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -109,6 +106,9 @@ class Stream(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._paused_writing = False
+        self._release_drainers()
+
+    def _release_drainers(self) -> None:
         for drainer in self._drainers:
             if not drainer.done():
                 drainer.set_result(None)
