@@ -202,3 +202,58 @@ async def test_two_nodes_share_identity_tokens_audit_and_throttle(
         codes = [await d.stop() for d in daemons]
     assert codes == [0, 0], "".join(d.output for d in daemons)
     assert "admin:admin" not in "".join(d.output for d in daemons)
+
+
+async def test_a_console_session_survives_the_loss_of_its_node_and_ends_everywhere(
+    demo_config: DemoConfig, pg_database: str
+) -> None:
+    """Logged in through node A, the browser goes on through node B once A is killed
+    (kill -9), and through A again after its restart; a logout through A ends it on B."""
+    configs = node_configs(demo_config, pg_database)
+    daemons = list(await asyncio.gather(*(DaemonProcess.start(c) for c in configs)))
+    try:
+        await asyncio.gather(*(d.wait_for("gatewayd ready", 60) for d in daemons))
+        apis = [f"http://127.0.0.1:{port_of(d, 'api listening')}" for d in daemons]
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{apis[0]}/api/session", json={"user": "admin", "password": "admin"}
+            ) as answer:
+                assert answer.status == 201, await answer.text()
+                cookie = answer.cookies["gatewayd_session"].value
+                csrf = (await answer.json())["csrfToken"]
+            browser = {"Cookie": f"gatewayd_session={cookie}"}
+            stored = await pg_raw(pg_database, "SELECT * FROM console_sessions")
+            assert len(stored) == 1 and cookie not in repr(stored) and csrf not in repr(stored)
+
+            await daemons[0].kill()
+            async with session.get(f"{apis[1]}/api/session", headers=browser) as answer:
+                body = await answer.json()
+            assert (body["user"], body["csrfToken"]) == ("admin", csrf), "B knows the session"
+            # A change through B: the CSRF token given by A holds there.
+            async with session.post(
+                f"{apis[1]}/api/tokens",
+                json={"comment": "from the console"},
+                headers={**browser, "X-CSRF-Token": csrf},
+            ) as answer:
+                assert answer.status == 201, await answer.text()
+            async with session.post(
+                f"{apis[1]}/api/tokens", json={"comment": "no token"}, headers=browser
+            ) as answer:
+                assert answer.status == 403, "a change without the CSRF token is refused"
+
+            daemons[0] = await DaemonProcess.start(configs[0])
+            await daemons[0].wait_for("gatewayd ready", 60)
+            apis[0] = f"http://127.0.0.1:{port_of(daemons[0], 'api listening')}"
+            async with session.get(f"{apis[0]}/api/transfers", headers=browser) as answer:
+                assert answer.status == 200, "the restarted node still knows the session"
+            async with session.delete(
+                f"{apis[0]}/api/session", headers={**browser, "X-CSRF-Token": csrf}
+            ) as answer:
+                assert answer.status == 204, await answer.text()
+            async with session.get(f"{apis[1]}/api/transfers", headers=browser) as answer:
+                assert answer.status == 401, "logged out through A: ended on B at once"
+        assert await pg_raw(pg_database, "SELECT * FROM console_sessions") == []
+    finally:
+        codes = [await d.stop() for d in daemons]
+    assert codes == [0, 0], "".join(d.output for d in daemons)
+    assert cookie not in "".join(d.output for d in daemons), "the cookie is never logged"

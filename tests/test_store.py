@@ -91,6 +91,7 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         "0008_watchers.sql",
         "0009_schedules.sql",
         "0010_automation_state.sql",
+        "0011_console_sessions.sql",
     ]
     objects = {
         (kind, name)
@@ -102,6 +103,7 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         ("table", "audit"),
         ("table", "api_tokens"),
         ("table", "tapis_tasks"),
+        ("table", "console_sessions"),
     } <= objects
     indexes = {name for kind, name in objects if kind == "index"}
     assert indexes == {
@@ -117,6 +119,8 @@ async def test_migrations_from_empty(tmp_path: Path) -> None:
         "api_tokens_user",
         "node_commands_pending",
         "watched_files_live",
+        "console_sessions_seen",
+        "console_sessions_opened",
     }
     columns = [row[1] for row in await raw(path, "PRAGMA table_info(transfers)")]
     assert sorted(columns) == sorted(f.name for f in dataclasses.fields(Transfer))

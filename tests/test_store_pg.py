@@ -85,6 +85,7 @@ async def test_migrations_from_empty(pg_database: str) -> None:
         "watched_files",
         "automation_state",
         "poller_seen",
+        "console_sessions",
     }
     columns = await pg_raw(
         pg_database,

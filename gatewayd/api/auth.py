@@ -207,7 +207,7 @@ class Authenticator:
         # A banned address may knock thousands of times a second: one line a minute.
         self._ban_reports = ReportBound(burst=1, interval=60.0, total_burst=20, total_interval=1.0)
         # The web console's logged-in browsers (gatewayd.api.console).
-        self.sessions = SessionStore()
+        self.sessions = SessionStore(store, key, now)
 
     def __repr__(self) -> str:
         return f"Authenticator(cache={self.cache!r})"
@@ -226,7 +226,7 @@ class Authenticator:
             # Tapis clients send their JWT there: one of our bearer tokens works.
             return await self._bearer(request, tapis_token)
         if not header and COOKIE in request.cookies:
-            return self._from_session(request, request.cookies[COOKIE])
+            return await self._from_session(request, request.cookies[COOKIE])
         if not header:
             raise self._unauthorized("authentication required (HTTP Basic or a bearer token)")
         if scheme.lower() == "basic":
@@ -244,11 +244,11 @@ class Authenticator:
         await self._refuse_if_banned(request, login)
         return await self._basic(request, login, password)
 
-    def _from_session(self, request: web.Request, session_id: str) -> Principal:
+    async def _from_session(self, request: web.Request, session_id: str) -> Principal:
         """The user of a console session, with the user's current permissions; a change
         needs the session's CSRF token in a header (a cross-site page can make the
         browser send the cookie, never read the token)."""
-        session = self.sessions.get(session_id)
+        session = await self.sessions.get(session_id)
         if session is None:
             raise self._unauthorized("the console session has ended: log in again")
         request[CALLER] = session.user
@@ -266,7 +266,7 @@ class Authenticator:
             )
         user = self._config().users.get(session.user)
         if user is None or not user.enabled:
-            self.sessions.close(session_id)
+            await self.sessions.close_user(session.user)
             raise self._unauthorized("the session's user no longer exists or is disabled")
         request[SESSION] = session
         return Principal(

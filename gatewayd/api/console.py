@@ -134,7 +134,8 @@ def _session_json(call: Call, csrf: str | None, expires_in: int | None) -> dict[
     "under TLS) and the CSRF token its changes must carry",
     description="The password is checked like HTTP Basic credentials (same throttle). "
     "The session ends after 30 minutes without a request, 12 hours after the login, at "
-    "logout, or when the daemon restarts.",
+    "logout; it is kept in the database, so every node of a cluster knows it and a "
+    "restart keeps it.",
     area=None,
     letter=None,
     tag="console",
@@ -162,7 +163,7 @@ async def login(call: Call) -> web.StreamResponse:
         raise bad_request(*problems)
     auth = call.ctx.auth
     principal = await auth.login(call.request, body["user"], body["password"])
-    session = auth.sessions.open(principal.user)
+    session = await auth.sessions.open(principal.user)
     max_age = auth.sessions.max_age(session)
     answer = _session_json(Call(call.request, principal, call.ctx), session.csrf, max_age)
     response = web.json_response(answer, status=201)
@@ -197,7 +198,7 @@ async def get_session(call: Call) -> web.StreamResponse:
     auth = call.ctx.auth
     session_id = request.cookies.get(COOKIE)
     if "Authorization" not in request.headers and (
-        session_id is None or auth.sessions.get(session_id) is None
+        session_id is None or await auth.sessions.get(session_id) is None
     ):
         answer = _session_json(call, None, None)
         response = web.json_response({**answer, "user": None, "permissions": {}})
@@ -228,7 +229,7 @@ async def logout(call: Call) -> web.StreamResponse:
     response = web.Response(status=204)
     if session is None:  # nothing to end (credentials of another kind): done already
         return response
-    call.ctx.auth.sessions.close(session.id)
+    await call.ctx.auth.sessions.close(session.id)
     await call.audit("session.logout", f"user/{session.user}")
     response.del_cookie(COOKIE, path="/", samesite="Strict", secure=call.request.secure)
     return response
@@ -273,7 +274,7 @@ async def transfer_events(call: Call) -> web.StreamResponse:
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
-                if item is None or (session is not None and not sessions.alive(session.id)):
+                if item is None or (session is not None and not await sessions.alive(session.id)):
                     break  # the daemon stops, or the session ended (logout, expiry)
                 data = json.dumps(item, separators=(",", ":")).encode()
                 await response.write(b"event: transfers\ndata: " + data + b"\n\n")

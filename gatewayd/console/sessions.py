@@ -1,19 +1,25 @@
-"""Console sessions: random ids kept in this node's memory with an idle timeout and a
-lifetime, each with its own CSRF token.
+"""Console sessions: random ids with an idle timeout and a lifetime, kept in the
+database, so that every node of a cluster knows them.
 
-The cookie holds only the random id; the server keeps who it is and when it ends, so a
-logout or an expiry ends it at once (a signed cookie could not be taken back). Sessions
-live in the memory of the node that opened them: a restart logs everyone out, and behind
-a load balancer over several nodes the balancer must keep a browser on one node.
+The cookie holds only the random id; the database keeps its SHA-256 digest, who it is
+and when it was opened and last seen, so a logout or an expiry ends it at once on every
+node (a signed cookie could not be taken back), a restart or the loss of a node logs
+nobody out, and whoever reads the database cannot log in with what it holds. Each
+session's CSRF token is derived from its id with the API's signing key (shared by the
+nodes): nothing more to store, the same on every node.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from gatewayd.store import Store
+from gatewayd.store.console_sessions import ConsoleSessionRow
 
 COOKIE = "gatewayd_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -22,6 +28,9 @@ LIFETIME = 12 * 3600.0  # seconds from the login, whatever the activity
 # Sessions kept at most: logins are password checks (throttled), so this is reached
 # only by many real logins; the oldest go first.
 MAX_SESSIONS = 10_000
+# A session's last activity is written at most this often (a fraction of the idle
+# timeout): the console's every request would otherwise be a database write.
+TOUCH_SHARE = 0.02
 
 
 @dataclass
@@ -31,73 +40,85 @@ class Session:
     id: str
     user: str
     csrf: str
-    opened: float  # monotonic seconds
-    seen: float
+    opened: datetime
+    seen: datetime
 
     def csrf_ok(self, presented: str | None) -> bool:
         """Whether `presented` is this session's CSRF token (compared in constant time)."""
         return presented is not None and hmac.compare_digest(presented, self.csrf)
 
 
+def digest(session_id: str) -> str:
+    """What the database keeps of a session id."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
 class SessionStore:
-    """The sessions of one node."""
+    """The console's sessions, in the database every node shares."""
 
     def __init__(
         self,
+        store: Store,
+        key: bytes,
+        now: Callable[[], datetime],
         idle: float = IDLE_TIMEOUT,
         lifetime: float = LIFETIME,
         limit: int = MAX_SESSIONS,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.idle = idle
-        self.lifetime = lifetime
+        self.idle = timedelta(seconds=idle)
+        self.lifetime = timedelta(seconds=lifetime)
         self.limit = limit
-        self._now = monotonic
-        self._sessions: dict[str, Session] = {}
+        self._store = store
+        self._key = key
+        self._now = now
 
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def open(self, user: str) -> Session:
-        """A new session for `user` (already authenticated)."""
-        self._purge()
-        while len(self._sessions) >= self.limit:
-            del self._sessions[next(iter(self._sessions))]  # dicts keep insertion order
+    async def open(self, user: str) -> Session:
+        """A new session for `user` (already authenticated); ended ones are dropped."""
         now = self._now()
-        session = Session(secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), now, now)
-        self._sessions[session.id] = session
-        return session
+        await self._store.forget_console_sessions(
+            now - self.idle, now - self.lifetime, keep=max(0, self.limit - 1)
+        )
+        session_id = secrets.token_urlsafe(32)
+        await self._store.insert_console_session(
+            ConsoleSessionRow(digest(session_id), user, now, now)
+        )
+        return self._session(session_id, user, now, now)
 
-    def get(self, session_id: str) -> Session | None:
+    async def get(self, session_id: str) -> Session | None:
         """The live session of that id (its idle time restarts), else None."""
-        session = self._sessions.get(session_id)
-        if session is None:
+        row = await self._store.get_console_session(digest(session_id))
+        if row is None:
             return None
         now = self._now()
-        if self._expired(session, now):
-            del self._sessions[session_id]
+        if self._expired(row, now):
+            await self._store.delete_console_session(row.id)
             return None
-        session.seen = now
-        return session
+        if now - row.seen > self.idle * TOUCH_SHARE:
+            await self._store.touch_console_session(row.id, now)
+        return self._session(session_id, row.user, row.opened, now)
 
-    def alive(self, session_id: str) -> bool:
+    async def alive(self, session_id: str) -> bool:
         """Whether the session still lasts, without counting this as activity (an open
         event stream does not keep a session alive)."""
-        session = self._sessions.get(session_id)
-        return session is not None and not self._expired(session, self._now())
+        row = await self._store.get_console_session(digest(session_id))
+        return row is not None and not self._expired(row, self._now())
 
-    def close(self, session_id: str) -> bool:
-        """End a session (logout); whether it existed."""
-        return self._sessions.pop(session_id, None) is not None
+    async def close(self, session_id: str) -> bool:
+        """End a session (logout), on every node; whether it existed."""
+        return await self._store.delete_console_session(digest(session_id))
+
+    async def close_user(self, user: str) -> None:
+        """End every session of `user` (removed or disabled)."""
+        await self._store.delete_user_console_sessions(user)
 
     def max_age(self, session: Session) -> int:
         """Seconds the cookie may live: until the session's lifetime ends."""
-        return max(0, int(session.opened + self.lifetime - self._now()))
+        left = session.opened + self.lifetime - self._now()
+        return max(0, int(left.total_seconds()))
 
-    def _expired(self, session: Session, now: float) -> bool:
-        return now - session.seen > self.idle or now - session.opened > self.lifetime
+    def _session(self, session_id: str, user: str, opened: datetime, seen: datetime) -> Session:
+        csrf = hmac.new(self._key, b"console-csrf:" + session_id.encode(), "sha256")
+        return Session(session_id, user, csrf.hexdigest(), opened, seen)
 
-    def _purge(self) -> None:
-        now = self._now()
-        for sid in [s.id for s in self._sessions.values() if self._expired(s, now)]:
-            del self._sessions[sid]
+    def _expired(self, row: ConsoleSessionRow, now: datetime) -> bool:
+        return now - row.seen > self.idle or now - row.opened > self.lifetime

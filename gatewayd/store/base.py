@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from gatewayd.model import Status, Transfer
+from gatewayd.store.console_sessions import ConsoleSessionRow
 from gatewayd.store.login_failures import LoginFailures
 
 # Columns a listing may be sorted on (API names); anything else is refused by the API.
@@ -320,6 +321,35 @@ class Store(ABC):
     async def revoke_token(self, token_id: str, at: datetime) -> bool:
         """Mark a token revoked at `at`; False when there is no such token or it was
         already revoked. Returns once committed."""
+
+    # -- console sessions (shared by the nodes) ---------------------------------------
+
+    @abstractmethod
+    async def insert_console_session(self, row: ConsoleSessionRow) -> None:
+        """Record a new console session; returns once committed."""
+
+    @abstractmethod
+    async def get_console_session(self, session_id: str) -> ConsoleSessionRow | None:
+        """The session of that id (the cookie's digest), ended or not."""
+
+    @abstractmethod
+    async def touch_console_session(self, session_id: str, seen: datetime) -> None:
+        """Move the session's last activity forward to `seen` (never back)."""
+
+    @abstractmethod
+    async def delete_console_session(self, session_id: str) -> bool:
+        """End a session; whether it was there. Returns once committed."""
+
+    @abstractmethod
+    async def delete_user_console_sessions(self, user: str) -> None:
+        """End every session of `user`."""
+
+    @abstractmethod
+    async def forget_console_sessions(
+        self, seen_before: datetime, opened_before: datetime, keep: int
+    ) -> None:
+        """Drop the sessions last seen before `seen_before` or opened before
+        `opened_before`, and the oldest beyond the `keep` newest."""
 
     # -- nodes (issue 13: node registry, leases, takeover) ------------------------------
 

@@ -75,6 +75,12 @@ from gatewayd.store.codec import (
     encode_time,
     encode_update,
 )
+from gatewayd.store.console_sessions import (
+    ConsoleSessionRow,
+    ConsoleSessionStatements,
+)
+from gatewayd.store.console_sessions import decode as decode_console_session
+from gatewayd.store.console_sessions import params as console_session_params
 from gatewayd.store.dialect import POSTGRESQL
 from gatewayd.store.login_failures import (
     LoginFailures,
@@ -108,6 +114,7 @@ _N = NodeStatements(POSTGRESQL)
 _BUS = BusStatements(POSTGRESQL)
 _NOTIFY = "SELECT pg_notify($1, $2)"
 _LF = LoginFailureStatements(POSTGRESQL)
+_CS = ConsoleSessionStatements(POSTGRESQL)
 _S = ScheduleStatements(POSTGRESQL)
 _A = AutomationStatements(POSTGRESQL)
 _STATEMENTS = (_Q.insert, _Q.update, _Q.insert_audit)
@@ -656,6 +663,32 @@ class PostgresStore(Store):
         else:
             rows = await pool.fetch(_Q.list_user_tokens, user)
         return [decode_token(row) for row in rows]
+
+    # -- console sessions (shared by the nodes) ---------------------------------------
+
+    async def insert_console_session(self, row: ConsoleSessionRow) -> None:
+        await self._live_pool().execute(_CS.insert, *console_session_params(row))
+
+    async def get_console_session(self, session_id: str) -> ConsoleSessionRow | None:
+        row = await self._live_pool().fetchrow(_CS.get, session_id)
+        return None if row is None else decode_console_session(row)
+
+    async def touch_console_session(self, session_id: str, seen: datetime) -> None:
+        at = encode_time(seen)
+        await self._live_pool().execute(_CS.touch, at, session_id, at)
+
+    async def delete_console_session(self, session_id: str) -> bool:
+        return await self._live_pool().fetchval(_CS.delete, session_id) is not None
+
+    async def delete_user_console_sessions(self, user: str) -> None:
+        await self._live_pool().execute(_CS.delete_user, user)
+
+    async def forget_console_sessions(
+        self, seen_before: datetime, opened_before: datetime, keep: int
+    ) -> None:
+        await self._live_pool().execute(
+            _CS.forget, encode_time(seen_before), encode_time(opened_before), max(0, keep - 1)
+        )
 
     # -- nodes (issue 13: node registry, leases, takeover) ------------------------------
     # Heartbeats are written and leases judged by the database server's clock

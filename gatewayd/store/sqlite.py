@@ -59,6 +59,12 @@ from gatewayd.store.codec import (
     encode_time,
     encode_update,
 )
+from gatewayd.store.console_sessions import (
+    ConsoleSessionRow,
+    ConsoleSessionStatements,
+)
+from gatewayd.store.console_sessions import decode as decode_console_session
+from gatewayd.store.console_sessions import params as console_session_params
 from gatewayd.store.dialect import SQLITE
 from gatewayd.store.login_failures import (
     LoginFailures,
@@ -89,6 +95,7 @@ _Q = Statements(SQLITE)
 _N = NodeStatements(SQLITE)
 _BUS = BusStatements(SQLITE)
 _LF = LoginFailureStatements(SQLITE)
+_CS = ConsoleSessionStatements(SQLITE)
 _S = ScheduleStatements(SQLITE)
 _A = AutomationStatements(SQLITE)
 # Within a batch, inserts go before the updates that may follow them.
@@ -583,6 +590,37 @@ class SqliteStore(Store):
         else:
             rows = await self._reader().execute_fetchall(_Q.list_user_tokens, (user,))
         return [decode_token(row) for row in rows]
+
+    # -- console sessions (shared by the nodes) ---------------------------------------
+
+    async def insert_console_session(self, row: ConsoleSessionRow) -> None:
+        async with self._live_writer().transaction() as conn:
+            await conn.execute(_CS.insert, console_session_params(row))
+
+    async def get_console_session(self, session_id: str) -> ConsoleSessionRow | None:
+        rows = list(await self._reader().execute_fetchall(_CS.get, (session_id,)))
+        return decode_console_session(rows[0]) if rows else None
+
+    async def touch_console_session(self, session_id: str, seen: datetime) -> None:
+        at = encode_time(seen)
+        async with self._live_writer().transaction() as conn:
+            await conn.execute(_CS.touch, (at, session_id, at))
+
+    async def delete_console_session(self, session_id: str) -> bool:
+        async with self._live_writer().transaction() as conn:
+            rows = list(await conn.execute_fetchall(_CS.delete, (session_id,)))
+        return bool(rows)
+
+    async def delete_user_console_sessions(self, user: str) -> None:
+        async with self._live_writer().transaction() as conn:
+            await conn.execute(_CS.delete_user, (user,))
+
+    async def forget_console_sessions(
+        self, seen_before: datetime, opened_before: datetime, keep: int
+    ) -> None:
+        args = (encode_time(seen_before), encode_time(opened_before), max(0, keep - 1))
+        async with self._live_writer().transaction() as conn:
+            await conn.execute(_CS.forget, args)
 
     # -- nodes (issue 13: node registry, leases, takeover) ------------------------------
     # One daemon per file: the registry only records this node, nobody takes it over
