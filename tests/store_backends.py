@@ -4,6 +4,8 @@ private server, see tests/pg_support.py)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,19 @@ class Backend:
             return PostgresStore(PgTarget(dsn=self.dsn, **kw), node=node)
         assert self.path is not None
         return SqliteStore(self.path, node=node, **kw)
+
+    @asynccontextmanager
+    async def two_nodes(self) -> AsyncIterator[tuple[Store, Store]]:
+        """Two open stores on the database, as two nodes see it (node-a, node-b);
+        SQLite has one node: both are the same store."""
+        async with AsyncExitStack() as stack:
+            first = await stack.enter_async_context(self.make("node-a"))
+            second = (
+                await stack.enter_async_context(self.make("node-b"))
+                if self.dsn is not None
+                else first
+            )
+            yield first, second
 
     async def raw(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """A statement (`?` parameters) through a connection of the test's own."""

@@ -6,11 +6,10 @@ and the lifetime hold, and the database never holds a usable cookie."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gatewayd.clock import ManualClock
 from gatewayd.console.sessions import SessionStore, digest
 from gatewayd.store.base import Store
 from tests.store_backends import Backend
@@ -18,38 +17,24 @@ from tests.store_backends import Backend
 KEY = b"k" * 32
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.at = datetime(2024, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at += timedelta(seconds=seconds)
+@pytest.fixture
+async def stores(backend: Backend) -> AsyncIterator[tuple[Store, Store]]:
+    async with backend.two_nodes() as both:
+        yield both
 
 
 @pytest.fixture
-async def stores(backend: Backend) -> AsyncIterator[tuple[Store, Store]]:
-    async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(backend.make("node-a"))
-        # SQLite has one node: both session stores share its store.
-        second = (
-            await stack.enter_async_context(backend.make("node-b"))
-            if backend.dsn is not None
-            else first
-        )
-        yield first, second
+def clock() -> ManualClock:
+    return ManualClock()
 
 
-def nodes(stores: tuple[Store, Store], clock: Clock, **kw: float) -> tuple[SessionStore, ...]:
-    return tuple(SessionStore(s, KEY, clock, **kw) for s in stores)  # type: ignore[arg-type]
+def nodes(stores: tuple[Store, Store], clock: ManualClock, **kw: float) -> list[SessionStore]:
+    return [SessionStore(s, KEY, clock.now, **kw) for s in stores]
 
 
 async def test_a_session_of_one_node_works_on_the_other_and_ends_on_both(
-    stores: tuple[Store, Store],
+    stores: tuple[Store, Store], clock: ManualClock
 ) -> None:
-    clock = Clock()
     a, b = nodes(stores, clock)
     s = await a.open("admin")
     on_b = await b.get(s.id)
@@ -65,10 +50,9 @@ async def test_a_session_of_one_node_works_on_the_other_and_ends_on_both(
 
 
 async def test_the_database_holds_only_a_digest_of_the_cookie(
-    stores: tuple[Store, Store],
+    stores: tuple[Store, Store], clock: ManualClock
 ) -> None:
-    clock = Clock()
-    (a, _) = nodes(stores, clock)
+    a, _ = nodes(stores, clock)
     s = await a.open("admin")
     assert await stores[0].get_console_session(s.id) is None, "the cookie is not a key"
     row = await stores[0].get_console_session(digest(s.id))
@@ -77,9 +61,8 @@ async def test_the_database_holds_only_a_digest_of_the_cookie(
 
 
 async def test_sessions_expire_when_idle_and_at_their_lifetime(
-    stores: tuple[Store, Store],
+    stores: tuple[Store, Store], clock: ManualClock
 ) -> None:
-    clock = Clock()
     a, b = nodes(stores, clock, idle=100, lifetime=250, limit=2)
     s = await a.open("admin")
     clock.advance(90)
@@ -96,8 +79,9 @@ async def test_sessions_expire_when_idle_and_at_their_lifetime(
     assert await b.get(s.id) is None, "past its lifetime, however active"
 
 
-async def test_the_oldest_sessions_go_beyond_the_limit(stores: tuple[Store, Store]) -> None:
-    clock = Clock()
+async def test_the_oldest_sessions_go_beyond_the_limit(
+    stores: tuple[Store, Store], clock: ManualClock
+) -> None:
     a, b = nodes(stores, clock, limit=2)
     first = await a.open("a")
     clock.advance(1)
@@ -108,8 +92,9 @@ async def test_the_oldest_sessions_go_beyond_the_limit(stores: tuple[Store, Stor
     assert await b.get(second.id) is not None and await a.get(third.id) is not None
 
 
-async def test_closing_a_user_ends_its_sessions_only(stores: tuple[Store, Store]) -> None:
-    clock = Clock()
+async def test_closing_a_user_ends_its_sessions_only(
+    stores: tuple[Store, Store], clock: ManualClock
+) -> None:
     a, b = nodes(stores, clock)
     mine, also_mine, theirs = await a.open("ann"), await b.open("ann"), await a.open("bob")
     await b.close_user("ann")

@@ -5,7 +5,6 @@ one holds on the other, and the windows, bans and delays are the in-memory throt
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -34,15 +33,8 @@ class Clock:
 
 @pytest.fixture
 async def stores(backend: Backend) -> AsyncIterator[tuple[Store, Store]]:
-    async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(backend.make("node-a"))
-        # SQLite has one node: both throttles share its store.
-        second = (
-            await stack.enter_async_context(backend.make("node-b"))
-            if backend.dsn is not None
-            else first
-        )
-        yield first, second
+    async with backend.two_nodes() as both:
+        yield both
 
 
 async def test_failures_on_two_nodes_add_up_to_a_ban_on_both(stores: tuple[Store, Store]) -> None:
