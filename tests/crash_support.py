@@ -72,6 +72,25 @@ async def wait_file(path: Path, what: str, daemon: DaemonProcess, timeout: float
     return path.read_text()
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not: it waits for a parent to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+async def gone(pid: int, what: str, timeout: float = 10) -> None:
+    """Wait (bounded) until process `pid` no longer runs."""
+    try:
+        async with asyncio.timeout(timeout):
+            while alive(pid):
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"{what} (pid {pid}) still runs after {timeout} s") from None
+
+
 def end_sleeper(out: Path, label: str = "window") -> None:
     """Kill the sleeping shell of `window_task` (its own process group), if alive."""
     pid_file = out / f"{label}.pid"

@@ -21,6 +21,7 @@ from tests.crash_support import (
     all_rows,
     died_by_itself,
     end_sleeper,
+    gone,
     hidden_files,
     kill_9,
     start_daemon,
@@ -196,9 +197,14 @@ async def test_kill_9_in_post_tasks_resumes_the_chain_alone(tmp_path: Path, prot
     try:
         await first.wait_for("gatewayd ready")
         client = in_background(r.upload(first, tmp_path / "local" / "order.bin", "order.bin"))
-        await wait_file(out / "window.pid", "the window task", first)
+        sleeper = int(await wait_file(out / "window.pid", "the window task", first))
     finally:
         await kill_9(first)
+    try:
+        # The program runs in a session of its own (kill_9 of the daemon's process group
+        # does not reach it): it dies with the daemon, and the rerun is alone.
+        await gone(sleeper, "the EXEC program of the killed daemon")
+    finally:
         end_sleeper(out)
     assert not await client
     at_kill = read_row(r.db, 1)

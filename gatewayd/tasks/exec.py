@@ -7,7 +7,11 @@ one argument) and `delay` (the time limit in milliseconds; absent or 0: the daem
 `exec_timeout`).
 
 The program runs without a shell, in its own session and process group, with stdin from
-/dev/null and the markers in its environment (see `markers.marker_env`). Its stdout and
+/dev/null and the markers in its environment (see `markers.marker_env`). On Linux it is
+started through util-linux's `setpriv --pdeathsig KILL`, so that it dies with the daemon
+even when the daemon is killed (kill -9, the OOM killer) and cannot stop it: after the
+restart the transfer's chain runs the task again, and the program of the killed run must
+not go on beside the new one. Its stdout and
 stderr lines go to the task log as they come. Exit status 0 is success, 1 a warning, any
 other a failure whose message carries the status and the last line of stderr. At the
 time limit (or when the task is cancelled) the whole process group gets SIGTERM, then
@@ -25,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +42,9 @@ from gatewayd.tasks._fsops import os_error_text
 from gatewayd.tasks._target import retarget
 from gatewayd.tasks.base import TaskContext, register
 from gatewayd.tasks.markers import marker_env, substitute, substitute_args
+
+# Starts a program with a parent-death signal (util-linux; absent on other systems).
+_SETPRIV = shutil.which("setpriv") if os.uname().sysname == "Linux" else None
 
 # Longer lines are logged in pieces: a program without newlines cannot exhaust memory.
 _MAX_LINE = 64 * 1024
@@ -144,10 +152,17 @@ class _ExecTask(ArgsTask):
         program, argv = self._command(ctx)
         timeout = self._timeout(ctx)
         env = {**os.environ, **marker_env(ctx)}
+        # Found here rather than by the exec itself: behind setpriv a missing program
+        # would be an exit status, not the error it is.
+        found = await asyncio.to_thread(shutil.which, program, path=env.get("PATH", os.defpath))
+        if found is None:
+            raise self.fail(f"cannot run {program}: no such executable file")
+        command = [found, *argv]
+        if _SETPRIV is not None:
+            command = [_SETPRIV, "--pdeathsig", "KILL", "--", *command]
         try:
             process = await asyncio.create_subprocess_exec(
-                program,
-                *argv,
+                *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
