@@ -274,3 +274,38 @@ async def test_crash_after_a_post_task_published_its_file_does_not_fail_the_reru
     assert sorted(p.name for p in archive.iterdir()) == ["order.bin"]
     assert (archive / "order.bin").read_bytes() == data
     assert lines(out / "trace") == ["post order.bin"]
+
+
+async def test_a_transcoding_in_place_cut_before_its_commit_is_not_done_twice(
+    tmp_path: Path,
+) -> None:
+    """Killed after TRANSCODE replaced the received file, before the row recorded the
+    task done: the rerun finds the file it wrote (its extended attribute) and leaves it
+    alone; transcoding Latin-1 to UTF-8 a second time would garble every accent."""
+    out = tmp_path / "out"
+    post = [
+        {"type": "TRANSCODE", "args": {"fromCharset": "latin-1", "toCharset": "utf-8"}},
+        trace_task(out, "post"),
+    ]
+    r = Receiver(tmp_path, "http", post=post)
+    text = "Crème brûlée à la française, déjà vu.\n" * 2000
+    local = tmp_path / "local" / "menu.txt"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(text.encode("latin-1"))
+
+    first = await start_daemon(r.env.config_file, crash_at=crashpoints.TASK_PUBLISHED)
+    await first.wait_for("gatewayd ready")
+    client = in_background(r.upload(first, local, "menu.txt"))
+    await died_by_itself(first)
+    await client
+    assert (r.inbox / "menu.txt").read_bytes() == text.encode("utf-8"), "transcoded once"
+    at_crash = read_row(r.db, 1)
+    assert (at_crash["step"], at_crash["task_number"]) == ("POST TASKS", 0), at_crash
+
+    done, output = await finish_alone(r)
+    assert done["status"] == "DONE", done["error_msg"]
+    assert (r.inbox / "menu.txt").read_bytes() == text.encode("utf-8"), "not transcoded twice"
+    assert done["filesize"] == len(text.encode("utf-8"))
+    assert "done before the restart, not run again" in output
+    assert lines(out / "trace") == ["post menu.txt"]
+    assert hidden_files(r.inbox) == []

@@ -204,3 +204,23 @@ async def test_only_the_task_a_run_resumes_at_is_a_rerun(tmp_path: Path) -> None
         await env.stop()
     assert done.status == Status.DONE, done.error_msg
     assert os.listdir(archive) == ["f.bin"]
+
+
+async def test_a_rerun_transcoding_in_place_knows_its_own_output(tmp_path: Path) -> None:
+    """The file a TRANSCODE in place wrote is marked with the task's tag: its rerun
+    leaves that file alone, while the same task of another place transcodes it."""
+    latin = "déjà vu\n".encode("latin-1")
+    ctx = at_task(file_ctx(tmp_path, "t.txt", latin))
+    args = {"fromCharset": "latin-1", "toCharset": "utf-8"}
+    await run_task("TRANSCODE", args, ctx)
+    path = Path(ctx.transfer.local_filepath)
+    assert path.read_bytes() == "déjà vu\n".encode()
+    ctx.rerun = True  # a crash came before the row recorded the task done
+    await run_task("TRANSCODE", args, ctx)
+    assert path.read_bytes() == "déjà vu\n".encode(), "not transcoded twice"
+    assert ctx.transfer.filesize == len("déjà vu\n".encode())
+    # Another task of the chain (another tag), or a run that is no rerun: it transcodes.
+    other = at_task(ctx, number=1)
+    other.rerun = True
+    await run_task("TRANSCODE", args, other)
+    assert path.read_bytes() == "déjà vu\n".encode().decode("latin-1").encode()

@@ -2,14 +2,20 @@
 
 Both stream the file (constant memory whatever its size) into a temporary file that
 replaces the original atomically, keeping its permission bits; the transfer's
-`filesize` is updated. TRANSCODE may write to `outputPath` instead (the transfer keeps
-pointing at the original; an existing file there is replaced only with `overwrite`).
+`filesize` is updated. The new file carries the extended attribute
+`user.gatewayd.rewritten`, the tag of the task's place in the transfer: a rerun after a
+crash that came between the replacement and the row's commit finds its own work done
+and does not transform it twice (converting a character set twice would garble it).
+On a file system without user extended attributes that rerun transforms it again.
+TRANSCODE may write to `outputPath` instead (the transfer keeps pointing at the
+original; an existing file there is replaced only with `overwrite`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import os
 from typing import Any, BinaryIO, ClassVar
 
@@ -38,12 +44,20 @@ class _InPlaceTask(ArgsTask):
 
     async def _rewrite(self, ctx: TaskContext, source: str, dest: str, overwrite: bool) -> None:
         """Write `transform(source)` to `dest` atomically; follow the size if in place."""
+        in_place, tag = dest == source, ctx.temp_tag
 
         def write(out: BinaryIO) -> None:
             with _fsops.open_input(source, ctx.rule_folder) as data:
                 self.transform(data, out)
+            if in_place and tag is not None:
+                _mark_rewritten(out.fileno(), tag)
 
         try:
+            done = in_place and ctx.rerun and tag is not None
+            if done and await asyncio.to_thread(_rewritten_by, source, tag or ""):
+                ctx.log.info(f"{self.type_name}: done before the restart, not run again")
+                ctx.transfer.filesize = (await asyncio.to_thread(os.stat, source)).st_size
+                return
             await asyncio.to_thread(
                 _fsops.write_atomic,
                 dest,
@@ -62,6 +76,22 @@ class _InPlaceTask(ArgsTask):
 
     def transform(self, data: BinaryIO, out: BinaryIO) -> None:
         raise NotImplementedError
+
+
+_REWRITTEN = "user.gatewayd.rewritten"
+
+
+def _mark_rewritten(fd: int, tag: str) -> None:
+    with contextlib.suppress(OSError):  # no user xattrs here: the rerun redoes the work
+        os.setxattr(fd, _REWRITTEN, tag.encode())
+
+
+def _rewritten_by(path: str, tag: str) -> bool:
+    """Whether `path` is the file that the task of `tag` wrote in place."""
+    try:
+        return os.getxattr(path, _REWRITTEN, follow_symlinks=False) == tag.encode()
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------- TRANSCODE
