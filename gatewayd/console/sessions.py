@@ -41,7 +41,6 @@ class Session:
     user: str
     csrf: str
     opened: datetime
-    seen: datetime
 
     def csrf_ok(self, presented: str | None) -> bool:
         """Whether `presented` is this session's CSRF token (compared in constant time)."""
@@ -82,7 +81,7 @@ class SessionStore:
         await self._store.insert_console_session(
             ConsoleSessionRow(digest(session_id), user, now, now)
         )
-        return self._session(session_id, user, now, now)
+        return self._session(session_id, user, now)
 
     async def get(self, session_id: str) -> Session | None:
         """The live session of that id (its idle time restarts), else None."""
@@ -95,7 +94,7 @@ class SessionStore:
             return None
         if now - row.seen > self.idle * TOUCH_SHARE:
             await self._store.touch_console_session(row.id, now)
-        return self._session(session_id, row.user, row.opened, now)
+        return self._session(session_id, row.user, row.opened)
 
     async def alive(self, session_id: str) -> bool:
         """Whether the session still lasts, without counting this as activity (an open
@@ -116,9 +115,9 @@ class SessionStore:
         left = session.opened + self.lifetime - self._now()
         return max(0, int(left.total_seconds()))
 
-    def _session(self, session_id: str, user: str, opened: datetime, seen: datetime) -> Session:
+    def _session(self, session_id: str, user: str, opened: datetime) -> Session:
         csrf = hmac.new(self._key, b"console-csrf:" + session_id.encode(), "sha256")
-        return Session(session_id, user, csrf.hexdigest(), opened, seen)
+        return Session(session_id, user, csrf.hexdigest(), opened)
 
     def _expired(self, row: ConsoleSessionRow, now: datetime) -> bool:
         return now - row.seen > self.idle or now - row.opened > self.lifetime

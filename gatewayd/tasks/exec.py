@@ -7,15 +7,16 @@ one argument) and `delay` (the time limit in milliseconds; absent or 0: the daem
 `exec_timeout`).
 
 The program runs without a shell, in its own session and process group, with stdin from
-/dev/null and the markers in its environment (see `markers.marker_env`). On Linux it is
-started through util-linux's `setpriv --pdeathsig KILL`, so that it dies with the daemon
-even when the daemon is killed (kill -9, the OOM killer) and cannot stop it: after the
-restart the transfer's chain runs the task again, and the program of the killed run must
-not go on beside the new one. Its stdout and
+/dev/null and the markers in its environment (see `markers.marker_env`). Its stdout and
 stderr lines go to the task log as they come. Exit status 0 is success, 1 a warning, any
 other a failure whose message carries the status and the last line of stderr. At the
 time limit (or when the task is cancelled) the whole process group gets SIGTERM, then
 SIGKILL after `kill_grace` seconds.
+
+On Linux the program is started through util-linux's `setpriv --pdeathsig KILL`, so that
+it dies with the daemon even when the daemon is killed (kill -9, the OOM killer) and
+cannot stop it: after the restart the transfer's chain runs the task again, and the
+program of the killed run must not go on beside the new one.
 
 The task lasts until the program has exited and its stdout and stderr are closed: a
 process it starts in the background without redirecting its output (`job &` rather than

@@ -49,12 +49,11 @@ class _InPlaceTask(ArgsTask):
         def write(out: BinaryIO) -> None:
             with _fsops.open_input(source, ctx.rule_folder) as data:
                 self.transform(data, out)
-            if in_place and tag is not None:
+            if in_place:
                 _mark_rewritten(out.fileno(), tag)
 
         try:
-            done = in_place and ctx.rerun and tag is not None
-            if done and await asyncio.to_thread(_rewritten_by, source, tag or ""):
+            if in_place and ctx.rerun and await asyncio.to_thread(_rewritten_by, source, tag):
                 ctx.log.info(f"{self.type_name}: done before the restart, not run again")
                 ctx.transfer.filesize = (await asyncio.to_thread(os.stat, source)).st_size
                 return
@@ -81,13 +80,17 @@ class _InPlaceTask(ArgsTask):
 _REWRITTEN = "user.gatewayd.rewritten"
 
 
-def _mark_rewritten(fd: int, tag: str) -> None:
+def _mark_rewritten(fd: int, tag: str | None) -> None:
+    if tag is None:  # outside a transfer's chain: there is no rerun to tell
+        return
     with contextlib.suppress(OSError):  # no user xattrs here: the rerun redoes the work
         os.setxattr(fd, _REWRITTEN, tag.encode())
 
 
-def _rewritten_by(path: str, tag: str) -> bool:
+def _rewritten_by(path: str, tag: str | None) -> bool:
     """Whether `path` is the file that the task of `tag` wrote in place."""
+    if tag is None:
+        return False
     try:
         return os.getxattr(path, _REWRITTEN, follow_symlinks=False) == tag.encode()
     except OSError:
