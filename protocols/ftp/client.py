@@ -243,8 +243,15 @@ class FtpClient(ProtocolClient):
                     pending.close()
                     raise
             channel = await conn.transfer_command(f"STOR {target}", pending)
-            await self._write_all(channel, source, offset)
-            await conn.final_reply("STOR")
+            try:
+                await self._write_all(channel, source, offset)
+                # Open until the partner's answer: a socket closed before the partner
+                # has read everything answers the partner's late TLS record (a TLS 1.3
+                # session ticket) with a reset, and a reset drops the bytes the partner
+                # has not read yet (vsftpd: "426 Failure reading network stream").
+                await conn.final_reply("STOR")
+            finally:
+                channel.close()
             source.confirm(source.size)
             if target != path:
                 await conn.command(f"RNFR {target}", (350,))
@@ -297,7 +304,6 @@ class FtpClient(ProtocolClient):
                 pending.cancel()
                 with contextlib.suppress(BaseException):
                     await pending
-            channel.close()
 
     async def _hash(self, conn: ControlConnection, path: str) -> str | None:
         """The partner's SHA-256 of `path` (HASH, draft-bryan-ftpext-hash), where it
