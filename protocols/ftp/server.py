@@ -55,7 +55,10 @@ from protocols.ftp.wire import MAX_LINE, Command, LineError, parse_command, quot
 
 log = structlog.get_logger("gatewayd.ftp")
 
-CHUNK = 256 * 1024  # bytes read from a download's file at a time
+# Bytes read from a download's file at a time. Each read is one worker-thread hop and
+# one write (one TLS write) on the data connection: 1 MiB instead of 256 KiB took plain
+# downloads from ~550 to ~750 MB/s and FTPS ones from ~420 to ~580 here (curl, 1 GiB).
+CHUNK = 1024 * 1024
 _TCP_ESTABLISHED = 1  # tcpi_state of Linux's TCP_INFO (CLOSE_WAIT once a FIN came)
 # Where Linux's struct tcp_info holds tcpi_min_rtt (microseconds, since Linux 4.6): the
 # shortest round trip seen. Not tcpi_rtt: on a control connection, where the client
