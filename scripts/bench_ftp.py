@@ -13,9 +13,9 @@ gatewayd does more per file than vsftpd: it fsyncs every upload, hashes it, reco
 in its database and places it before answering 226. Over plain FTP it also waits a
 grace time before completing an upload (a killed client must not pass for a finished
 one: four round trips of the control connection, at least 10 ms): "small ftp" shows
-that cost. Each round also times `dd` copying the big file to a new file with an fsync
-(bench_http's `durable_copy`): on a disk slower than the page cache, the bound of any durable
-upload; printed under the table.
+that cost. Each round also times a copy of the big file written, hashed and fsynced as
+gatewayd writes an upload, no network (bench_http's `durable_copy`): on a disk slower
+than the page cache, what a durable upload is up against; printed under the table.
 
 gatewayd runs as a `gatewayd serve` subprocess per event loop asked for (`--loops`).
 Needs Debian's vsftpd, curl and lftp, and root (vsftpd logs in a system user of its own,
@@ -293,8 +293,10 @@ def main() -> int:
         for round_number in range(1, args.rounds + 1):
             for case in cases:
                 for peer in peers if round_number % 2 else reversed(peers):
+                    os.sync()  # no case pays for the writeback an earlier one left
                     times.setdefault((case, peer.name), []).append(bench.run(peer, case))
             if any(case.startswith("upload") for case in cases):
+                os.sync()
                 times.setdefault(("fsync", "dd"), []).append(durable_copy(bench.source, work))
             print(f"round {round_number}/{args.rounds} done", file=sys.stderr)
         report(bench, args.rounds, cases, peers, times)

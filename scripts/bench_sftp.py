@@ -35,9 +35,10 @@ full_page_writes on, unlike the tests' server), so that both stores keep their p
 Rounds are interleaved (the order of the servers rotates every round) and medians are
 reported with the ratio gatewayd/OpenSSH (for rss: lower is better). gatewayd does more
 per file than OpenSSH: each upload is a transfer row, its data fsynced and renamed into
-place before the close is acknowledged. With `up`, each round also times `dd` copying
-the big file to a new file with an fsync (bench_http's `durable_copy`; OpenSSH's server
-does not fsync an upload unless asked): printed under the table as the durable floor.
+place before the close is acknowledged. With `up`, each round also times a copy of the
+big file written, hashed and fsynced as gatewayd writes an upload (bench_http's
+`durable_copy`; OpenSSH's server does not fsync an upload unless asked): printed under
+the table as what this disk makes durable.
 Not a test: run it with `scripts/bench sftp`.
 
 The last line is machine-readable, the ratios gatewayd/OpenSSH:
@@ -659,7 +660,8 @@ class Bench:
                 if "up" in t.results
             )
             print(
-                f"durable floor: dd copy + fsync of the big file {floor:.1f} MiB/s (median; "
+                f"durable copy of the big file (one thread: written, hashed, fsynced each second) "
+                f"{floor:.1f} MiB/s (median; "
                 f"OpenSSH's sftp-server does not fsync an upload); uploads reach {reached} of it"
             )
         print("sftp: " + " ".join(ratios))
