@@ -48,7 +48,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 sys.path.insert(0, str(CHECKOUT / "scripts"))
 
-from bench_http import durable_copy, floor_line, summary  # noqa: E402
+from bench_http import DURABLE_COPY, durable_copy, durable_line, summary  # noqa: E402
 
 from gatewayd.passwords import hash_password  # noqa: E402
 
@@ -296,8 +296,7 @@ def main() -> int:
                     os.sync()  # no case pays for the writeback an earlier one left
                     times.setdefault((case, peer.name), []).append(bench.run(peer, case))
             if any(case.startswith("upload") for case in cases):
-                os.sync()
-                times.setdefault(("fsync", "dd"), []).append(durable_copy(bench.source, work))
+                times.setdefault(DURABLE_COPY, []).append(durable_copy(bench.source, work))
             print(f"round {round_number}/{args.rounds} done", file=sys.stderr)
         report(bench, args.rounds, cases, peers, times)
     finally:
@@ -331,8 +330,8 @@ def report(
             rate = amount / statistics.median(times[(case, peer.name)])
             line += f"{rate:>22.0f}{rate / reference:>7.2f}"
         print(line)
-    if ("fsync", "dd") in times:
-        print(floor_line(bench.size, cases, peers, times))
+    if DURABLE_COPY in times:
+        print(durable_line(bench.size, cases, peers, times))
     print(summary(cases, peers, times, bench="ftp"))
 
 
